@@ -1,0 +1,222 @@
+"""The pure timing core: every rule about time lives here, and nothing else does.
+
+The Judge owns no socket and no timer. The caller tells it what happened and when (monotonic
+seconds), and it answers with plain events saying what to do: send a ping, report a beat, report
+its own stall, declare death. ``next_deadline`` says when the caller should call ``on_timer``.
+
+The rules (ttd = time_to_dead, fb = first_beat):
+
+- Pings go out every ``interval`` (at most ttd / 2), whether or not the last one was answered, each
+  with a new token. A reply to *any* ping of the current run proves the heart alive at the moment
+  it is read, so a reply that was delayed past the next ping still counts as life; its round trip
+  is measured against its own ping, never the newest one (``Beat.stale`` says which it answered).
+- Silence is counted from ``since``: the latest of the last reply, the end of the grace
+  (start + fb) and the end of the monitor's own last stall. Death is declared when a timer finds
+  ``now >= since + ttd``. Hence no death before start + fb + ttd, and a heart that stops
+  answering is declared dead ttd after its last reply plus the caller's scheduling delay.
+- A timer that fires more than ``stall_after`` after the time the Judge asked for means the
+  caller's loop (or process) stalled. The time it could not observe is not the heart's fault:
+  ``since`` moves to now and a fresh ping goes out, so the heart gets a full ttd.
+  ``stall_after`` is (ttd - interval) / 2: any smaller delay keeps every reply of a live heart
+  within its deadline (see docs/how-it-decides.md), so only a larger one needs forgiving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from heartbeat import _validate
+
+# How many sent pings keep their send time for round-trip measurement. A reply to an older
+# ping still proves life; it only goes without an RTT.
+_RTT_WINDOW = 64
+
+
+class State(str, Enum):
+    """Where a monitored heart stands."""
+
+    IDLE = "idle"
+    STARTING = "starting"
+    BEATING = "beating"
+    LATE = "late"
+    DEAD = "dead"
+    STOPPED = "stopped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Ping:
+    """Send a ping carrying ``token`` now."""
+
+    token: int
+
+
+@dataclass(frozen=True)
+class Beat:
+    """A reply arrived. ``rtt`` is None when its ping is too old to remember."""
+
+    token: int
+    rtt: float | None
+    stale: bool
+
+
+@dataclass(frozen=True)
+class Stall:
+    """The caller woke ``late_by`` seconds after the time asked: that time was not counted."""
+
+    late_by: float
+
+
+@dataclass(frozen=True)
+class Dead:
+    """The heart is dead: nothing was heard from it for ``silent_for`` seconds."""
+
+    silent_for: float
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    """The state went from ``old`` to ``new``."""
+
+    old: State
+    new: State
+
+
+Event = Ping | Beat | Stall | Dead | StateChanged
+
+_WATCHING = (State.STARTING, State.BEATING, State.LATE)
+
+
+class Judge:
+    """Decides, from times and events alone, whether a heart is alive.
+
+    >>> judge = Judge(time_to_dead=3.0, first_beat=5.0)
+    >>> judge.start(100.0)
+    [StateChanged(old=<State.IDLE: 'idle'>, new=<State.STARTING: 'starting'>), Ping(token=1)]
+    >>> judge.on_reply(100.002, 1)  # doctest: +ELLIPSIS
+    [StateChanged(...), Beat(token=1, rtt=0.00..., stale=False)]
+    >>> judge.next_deadline
+    101.5
+    """
+
+    def __init__(
+        self, time_to_dead: float = 3.0, first_beat: float = 5.0, interval: float | None = None
+    ) -> None:
+        self.time_to_dead = _validate.number("time_to_dead", time_to_dead)
+        self.first_beat = _validate.number("first_beat", first_beat, allow_zero=True)
+        most = self.time_to_dead / 2
+        if interval is None:
+            self.interval = most
+        else:
+            self.interval = _validate.number("interval", interval)
+            if self.interval > most:
+                raise ValueError(
+                    f"interval must be at most time_to_dead / 2 = {most:g} s "
+                    f"so a heart is pinged twice before it is judged, got {interval!r}"
+                )
+        self.stall_after = (self.time_to_dead - self.interval) / 2
+        # Late: silent for longer than halfway between the expected beat and death.
+        self._late_after = (self.time_to_dead + self.interval) / 2
+        self.state = State.IDLE
+        #: How many times the caller's own stalls were forgiven in this run.
+        self.stalls = 0
+        self._started = 0.0
+        self._since = 0.0
+        self._last_reply: float | None = None
+        self._next_ping = 0.0
+        self._asked = 0.0
+        self._token = 0
+        self._sent: dict[int, float] = {}
+
+    @property
+    def next_deadline(self) -> float | None:
+        """When ``on_timer`` should next be called, or None when not watching."""
+        if self.state not in _WATCHING:
+            return None
+        return self._deadline()
+
+    @property
+    def last_reply(self) -> float | None:
+        """When the last reply of this run was read, or None."""
+        return self._last_reply
+
+    def start(self, now: float) -> list[Event]:
+        """Begin a fresh run (also after a death or a stop): grace starts now."""
+        self._started = now
+        self._since = now + self.first_beat
+        self._last_reply = None
+        self._token = 0
+        self._sent.clear()
+        self.stalls = 0
+        events = self._become(State.STARTING)
+        events.append(self._ping(now))
+        self._asked = self._deadline()
+        return events
+
+    def stop(self) -> list[Event]:
+        """End the run; nothing is judged after this."""
+        if self.state not in _WATCHING:
+            return []  # idle, stopped, or dead: a death stays on the record
+        return self._become(State.STOPPED)
+
+    def on_reply(self, now: float, token: int) -> list[Event]:
+        """A reply carrying ``token`` was read at ``now``. Unknown tokens are ignored."""
+        if self.state not in _WATCHING or not 1 <= token <= self._token:
+            return []
+        sent = self._sent.pop(token, None)
+        self._last_reply = now
+        self._since = max(self._since, now)
+        events = self._become(State.BEATING)
+        rtt = None if sent is None else max(0.0, now - sent)
+        events.append(Beat(token, rtt, stale=token != self._token))
+        return events
+
+    def on_timer(self, now: float) -> list[Event]:
+        """The caller's timer fired; call it after reading every reply already received."""
+        if self.state not in _WATCHING:
+            return []
+        events: list[Event] = []
+        late_by = now - self._asked
+        if late_by > self.stall_after:
+            # The caller could not observe the heart, nor ping it, for late_by seconds.
+            self.stalls += 1
+            self._since = max(self._since, now)
+            self._next_ping = now
+            events.append(Stall(late_by))
+        elif now >= self._since + self.time_to_dead:
+            silent_for = now - (self._started if self._last_reply is None else self._last_reply)
+            events += self._become(State.DEAD)
+            events.append(Dead(silent_for))
+            return events
+        if now >= self._next_ping:
+            events.append(self._ping(now))
+        events += self._become(self._judged_state(now))
+        self._asked = self._deadline()
+        return events
+
+    def _judged_state(self, now: float) -> State:
+        if self._last_reply is None:
+            return State.STARTING if now < self._started + self.first_beat else State.LATE
+        return State.LATE if now >= self._since + self._late_after else State.BEATING
+
+    def _deadline(self) -> float:
+        deadline = min(self._next_ping, self._since + self.time_to_dead)
+        if self.state is State.BEATING:
+            # Wake when the heart turns late too, so the state is never stale for long.
+            deadline = min(deadline, self._since + self._late_after)
+        return deadline
+
+    def _ping(self, now: float) -> Ping:
+        self._token += 1
+        self._sent[self._token] = now
+        if len(self._sent) > _RTT_WINDOW:
+            del self._sent[next(iter(self._sent))]
+        self._next_ping = now + self.interval
+        return Ping(self._token)
+
+    def _become(self, new: State) -> list[Event]:
+        old, self.state = self.state, new
+        return [] if old is new else [StateChanged(old, new)]

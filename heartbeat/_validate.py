@@ -1,0 +1,81 @@
+"""Checks on user input that raise errors a person can act on.
+
+Every public entry point validates here *before* it creates a socket or a timer, so bad input
+never leaves anything half-started and never surfaces as a traceback from inside zmq.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from dataclasses import dataclass
+
+_HOST_RE = re.compile(r"^(\*|[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])$")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A parsed zmq endpoint: ``transport`` is tcp, ipc or inproc."""
+
+    transport: str
+    host: str
+    port: int | None
+
+    @property
+    def is_ipv6(self) -> bool:
+        """True when the host is a bracketed IPv6 literal (zmq needs IPV6 set for it)."""
+        return self.host.startswith("[")
+
+    @property
+    def is_loopback(self) -> bool:
+        """True for endpoints only this machine can reach."""
+        if self.transport != "tcp":
+            return True
+        host = self.host.strip("[]")
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+
+def number(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a float if it is a finite positive number (or zero if allowed)."""
+    expected = "a finite number >= 0" if allow_zero else "a finite number > 0"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be {expected} (seconds), got {value!r}")
+    result = float(value)
+    if not math.isfinite(result) or result < 0 or (result == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {expected} (seconds), got {value!r}")
+    return result
+
+
+def endpoint(url: object, *, bind: bool) -> Endpoint:
+    """Parse ``url`` as ``tcp://host:port``, ``ipc://path`` or ``inproc://name``.
+
+    ``bind`` allows port 0 (let the system pick) and ``*`` as the host; a peer we connect to
+    needs a real host and a port from 1 to 65535.
+    """
+    expected = "'tcp://host:port', 'ipc://path' or 'inproc://name'"
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str like {expected}, got {url!r}")
+    transport, sep, rest = url.partition("://")
+    if not sep or transport not in ("tcp", "ipc", "inproc"):
+        raise ValueError(f"url {url!r} is not a zmq endpoint: expected {expected}")
+    if transport in ("ipc", "inproc"):
+        if not rest or "\x00" in rest:
+            raise ValueError(f"url {url!r} has no {transport} name: expected {expected}")
+        return Endpoint(transport, rest, None)
+    host, colon, port_text = rest.rpartition(":")
+    if not colon or not host or not _HOST_RE.match(host):
+        raise ValueError(f"url {url!r} has no valid host: expected 'tcp://host:port'")
+    if host == "*" and not bind:
+        raise ValueError(f"url {url!r}: '*' can only be bound, connect to a real host")
+    lowest = 0 if bind else 1
+    if not port_text.isdigit() or not lowest <= int(port_text) <= 65535:
+        raise ValueError(
+            f"url {url!r} has port {port_text!r}: expected a number from {lowest} to 65535"
+        )
+    return Endpoint("tcp", host, int(port_text))
