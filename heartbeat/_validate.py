@@ -79,3 +79,21 @@ def endpoint(url: object, *, bind: bool) -> Endpoint:
             f"url {url!r} has port {port_text!r}: expected a number from {lowest} to 65535"
         )
     return Endpoint("tcp", host, int(port_text))
+
+
+def curve_key(name: str, value: object) -> bytes:
+    """Return a CURVE key as 40 Z85 bytes; accepts Z85 (str or bytes) or 32 raw bytes."""
+    if isinstance(value, str):
+        value = value.encode("ascii", "replace")
+    if not isinstance(value, bytes):
+        raise TypeError(f"{name} must be a CURVE key as bytes or str, got {value!r}")
+    if len(value) == 32:
+        from zmq.utils import z85
+
+        return z85.encode(value)
+    if len(value) != 40:
+        raise ValueError(
+            f"{name} must be a 40-character Z85 CURVE key (as zmq.curve_keypair() makes) "
+            f"or 32 raw bytes, got {len(value)} bytes"
+        )
+    return value

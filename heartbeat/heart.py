@@ -23,7 +23,7 @@ _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
 
 
-class _EchoDevice(ThreadProxySteerable):  # type: ignore[misc]
+class _EchoDevice(ThreadProxySteerable):
     """A steerable proxy whose frontend is also its backend: every message goes back out.
 
     The sockets are made in the device's own thread (zmq sockets are not thread-safe); this
@@ -32,17 +32,17 @@ class _EchoDevice(ThreadProxySteerable):  # type: ignore[misc]
 
     def __init__(self, context: zmq.Context[Any], url: str, ctrl_url: str) -> None:
         # out_type < 0: the ROUTER is both ends, so frames return to the peer that sent them.
-        super().__init__(zmq.ROUTER, -1, zmq.PUB, zmq.PAIR)
+        super().__init__(zmq.ROUTER, -1, zmq.PUB, zmq.PAIR)  # type: ignore[no-untyped-call]
         self.context_factory = lambda: context
         self.bind_in(url)
-        self.bind_ctrl(ctrl_url)
+        self.bind_ctrl(ctrl_url)  # type: ignore[no-untyped-call]
         self.ready = threading.Event()
         self.error: zmq.ZMQError | None = None
         self.endpoint = ""
 
     def run_device(self) -> None:
         try:
-            ins, outs, _mons, ctrls = self._setup_sockets()
+            ins, outs, _mons, ctrls = self._setup_sockets()  # type: ignore[no-untyped-call]
             self.endpoint = ins.get(zmq.LAST_ENDPOINT).decode()
         except zmq.ZMQError as exc:
             # Device.run closes the sockets made so far; start() raises the error for us.
@@ -60,6 +60,19 @@ class Heart:
     Any frames that arrive on the ROUTER socket are sent back to their sender unchanged, which is
     what jupyter_client's ``HBChannel`` and any REQ or DEALER client expect.
 
+    Parameters
+    ----------
+    url:
+        Where to bind: ``tcp://host:port`` (port 0: any free port), ``ipc://path`` or
+        ``inproc://name``. Loopback by default; binding elsewhere without CURVE logs a warning.
+    context:
+        The zmq context; default ``zmq.Context.instance()``. It is never terminated by ``stop()``.
+    max_message_size:
+        Bytes; a peer sending a larger message is disconnected (ZMQ_MAXMSGSIZE). None: no limit.
+    curve_secretkey:
+        Make the heart a CURVE server with this secret key (Z85); only clients that know its
+        public key get answers.
+
     >>> with Heart("tcp://127.0.0.1:0") as heart:
     ...     heart.port > 0
     True
@@ -71,8 +84,14 @@ class Heart:
         *,
         context: zmq.Context[Any] | None = None,
         max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+        curve_secretkey: bytes | str | None = None,
     ) -> None:
         self._endpoint = _validate.endpoint(url, bind=True)
+        self._curve_secretkey = (
+            None
+            if curve_secretkey is None
+            else _validate.curve_key("curve_secretkey", curve_secretkey)
+        )
         if context is not None and not isinstance(context, zmq.Context):
             raise TypeError(f"context must be a zmq.Context or None, got {context!r}")
         if max_message_size is not None and (
@@ -119,12 +138,16 @@ class Heart:
         device = _EchoDevice(context, self._requested_url, self._ctrl_url)
         # Linger 0: a heart being stopped has nothing worth delivering.
         device.setsockopt_in(zmq.LINGER, 0)
-        device.setsockopt_ctrl(zmq.LINGER, 0)
-        device.setsockopt_mon(zmq.LINGER, 0)
+        device.setsockopt_ctrl(zmq.LINGER, 0)  # type: ignore[no-untyped-call]
+        device.setsockopt_mon(zmq.LINGER, 0)  # type: ignore[no-untyped-call]
         if self._endpoint.is_ipv6:
             device.setsockopt_in(zmq.IPV6, 1)
         if self._max_message_size is not None:
             device.setsockopt_in(zmq.MAXMSGSIZE, self._max_message_size)
+        if self._curve_secretkey is not None:
+            device.setsockopt_in(zmq.CURVE_SERVER, 1)
+            device.setsockopt_in(zmq.CURVE_SECRETKEY, self._curve_secretkey)
+            device.setsockopt_in(zmq.CURVE_PUBLICKEY, zmq.curve_public(self._curve_secretkey))
         device.start()
         device.launcher.name = "heartbeat-heart"
         if not device.ready.wait(_START_TIMEOUT):  # pragma: no cover - libzmq wedged
@@ -138,9 +161,10 @@ class Heart:
             ) from None
         self._device = device
         self._url = device.endpoint
-        if not self._endpoint.is_loopback:
+        if not self._endpoint.is_loopback and self._curve_secretkey is None:
             log.warning(
-                "heart bound to %s, which other machines can reach; anyone there can ping it",
+                "heart bound to %s without CURVE: other machines can reach it, and anyone "
+                "there can ping it or flood it; pass curve_secretkey= to authenticate",
                 self._url,
             )
 

@@ -15,6 +15,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 from heartbeat import _validate
 from heartbeat._judge import Beat, Dead, Event, Judge, Ping, State
 from heartbeat._stats import RttStats, RttWindow
+from heartbeat.probe import curve_client
 
 log = logging.getLogger("heartbeat")
 
@@ -59,6 +60,9 @@ class HeartMonitor:
     on_event:
         Called on the loop with every event of the timing core (``Ping``, ``Beat``,
         ``Stall``, ``StateChanged``, ``Dead``), for logging and live displays.
+    curve_serverkey:
+        The heart's CURVE public key (Z85); the monitor then connects as a CURVE client with
+        an ephemeral key pair.
     """
 
     def __init__(
@@ -71,8 +75,14 @@ class HeartMonitor:
         context: zmq.Context[Any] | None = None,
         io_loop: IOLoop | None = None,
         on_event: Callable[[Event], object] | None = None,
+        curve_serverkey: bytes | str | None = None,
     ) -> None:
         self._endpoint = _validate.endpoint(url, bind=False)
+        self._curve_serverkey = (
+            None
+            if curve_serverkey is None
+            else _validate.curve_key("curve_serverkey", curve_serverkey)
+        )
         self._judge = Judge(time_to_dead, first_beat, interval)
         if context is not None and not isinstance(context, zmq.Context):
             raise TypeError(f"context must be a zmq.Context or None, got {context!r}")
@@ -191,7 +201,7 @@ class HeartMonitor:
 
     def _open_socket(self, context: zmq.Context[Any]) -> zmq.Socket[Any]:
         try:
-            socket = context.socket(zmq.REQ)
+            socket: zmq.Socket[Any] = context.socket(zmq.REQ)
         except zmq.ZMQError as exc:
             raise RuntimeError(f"cannot open a socket for {self._url}: {exc.strerror}") from None
         try:
@@ -205,6 +215,8 @@ class HeartMonitor:
             socket.setsockopt(zmq.RECONNECT_IVL, ivl)
             if self._endpoint.is_ipv6:
                 socket.setsockopt(zmq.IPV6, 1)
+            if self._curve_serverkey is not None:
+                curve_client(socket, self._curve_serverkey)
             socket.connect(self._url)
         except zmq.ZMQError as exc:
             socket.close(linger=0)
@@ -272,7 +284,7 @@ class HeartMonitor:
             return
         # zmq's descriptor is edge-triggered and our direct send may have consumed the edge of
         # a reply that arrived meanwhile; look once so that reply is not left waiting.
-        if stream.socket.get(zmq.EVENTS) & zmq.POLLIN and self._loop is not None:
+        if int(stream.socket.get(zmq.EVENTS)) & zmq.POLLIN and self._loop is not None:
             self._loop.add_callback(self._drain)
 
     def _drain(self) -> None:

@@ -292,9 +292,7 @@ fractions = st.floats(min_value=0.0, max_value=0.95)
     rtt_fracs=st.lists(fractions, min_size=1, max_size=50),
     late_fracs=st.lists(fractions, min_size=1, max_size=50),
     bind_frac=st.floats(min_value=0.0, max_value=1.0),
-    stalls=st.lists(
-        st.tuples(st.floats(0.0, 30.0), st.floats(0.0, 10.0)), max_size=4
-    ),
+    stalls=st.lists(st.tuples(st.floats(0.0, 30.0), st.floats(0.0, 10.0)), max_size=4),
 )
 def test_replies_always_in_time_means_never_dead(
     ttd: float,

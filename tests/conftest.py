@@ -1,0 +1,127 @@
+"""Shared fixtures: real kernel processes, and a check that every test cleans up after itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+SLOW = os.environ.get("HEARTBEAT_SLOW") == "1"
+
+
+def read_json_line(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    """Read one JSON line from ``proc``'s stdout, failing (not hanging) after ``timeout``."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            raise AssertionError(f"no output from pid {proc.pid} within {timeout} s")
+    line = proc.stdout.readline()
+    if not line:
+        raise AssertionError(f"pid {proc.pid} closed its output (exit {proc.poll()})")
+    return dict(json.loads(line))
+
+
+@dataclass
+class Kernel:
+    """A stand-in kernel process running a real Heart."""
+
+    proc: subprocess.Popen[str]
+    url: str = ""
+    pid: int = 0
+    frozen: bool = field(default=False)
+
+    def command(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def read(self, timeout: float = 30.0) -> dict[str, Any]:
+        return read_json_line(self.proc, timeout)
+
+    def freeze(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+        self.frozen = False
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.frozen:
+            self.thaw()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def spawn_kernel(*args: str, wait: bool = True) -> Kernel:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "heartbeat._standin", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    kernel = Kernel(proc)
+    if wait:
+        hello = kernel.read()
+        kernel.url, kernel.pid = hello["url"], hello["pid"]
+    return kernel
+
+
+@pytest.fixture
+def kernel_factory() -> Iterator[Callable[..., Kernel]]:
+    kernels: list[Kernel] = []
+
+    def make(*args: str, wait: bool = True) -> Kernel:
+        kernel = spawn_kernel(*args, wait=wait)
+        kernels.append(kernel)
+        return kernel
+
+    yield make
+    for kernel in kernels:
+        kernel.close()
+
+
+@pytest.fixture
+def kernel(kernel_factory: Callable[..., Kernel]) -> Kernel:
+    return kernel_factory()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_threads() -> Iterator[None]:
+    """After every test, no thread it started is still running."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not extra or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert not extra, f"threads left running: {extra}"
