@@ -200,19 +200,16 @@ class Judge:
     def _judged_state(self, now: float) -> State:
         if self._last_reply is None:
             return State.STARTING if now < self._started + self.first_beat else State.LATE
-        return State.LATE if now >= self._late_at() else State.BEATING
-
-    def _late_at(self) -> float:
-        # Measured from the heart's own last word (or the grace's end), not from our stalls:
-        # a stall forgives silence but is no evidence of life.
-        heard = self._started if self._last_reply is None else self._last_reply
-        return max(heard, self._started + self.first_beat) + self._late_after
+        if self.state is State.LATE:
+            return State.LATE  # only a reply clears it: a forgiven stall is no sign of life
+        # Silence is counted as for death, so the monitor's own stall never makes a heart late.
+        return State.LATE if now >= self._since + self._late_after else State.BEATING
 
     def _deadline(self) -> float:
         deadline = min(self._next_ping, self._since + self.time_to_dead)
         if self.state is State.BEATING:
             # Wake when the heart turns late too, so the state is never stale for long.
-            deadline = min(deadline, self._late_at())
+            deadline = min(deadline, self._since + self._late_after)
         return deadline
 
     def _ping(self, now: float) -> Ping:

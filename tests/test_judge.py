@@ -214,6 +214,16 @@ def test_lateness_up_to_the_stall_threshold_is_ordinary_and_still_judged() -> No
     assert events[-1] == Dead(pytest.approx(1.25))
 
 
+def test_a_stall_does_not_make_a_beating_heart_late() -> None:
+    judge = Judge(time_to_dead=1.0, first_beat=0.0)
+    judge.start(0.0)
+    judge.on_reply(0.001, 1)
+    events = judge.on_timer(3.0)  # the loop froze for 2.5 s past the ping due at 0.5
+    assert isinstance(events[0], Stall)
+    assert judge.state is State.BEATING
+    assert judge.next_deadline == approx(3.5)  # the next ping; late only at 3.75
+
+
 def test_a_stall_forgives_silence_but_is_no_evidence_of_life() -> None:
     judge = Judge(time_to_dead=1.0, first_beat=0.0)
     judge.start(0.0)
