@@ -51,8 +51,9 @@ def hb_url(info: dict[str, object], source: str) -> Target:
     return Target(url, key.encode() if isinstance(key, str) and key else None)
 
 
-def read_connection_file(path: Path) -> Target:
+def read_connection_file(path: str | Path) -> Target:
     """Read a Jupyter connection file; ValueError if it is missing, not JSON or incomplete."""
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
