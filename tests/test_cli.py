@@ -228,9 +228,7 @@ def test_watch_json_reports_states_beats_and_death_then_exits_1(kernel: Kernel) 
 
 
 def test_watch_ctrl_c_exits_0(heart: Heart) -> None:
-    proc = subprocess.Popen(
-        [EXE, "watch", heart.url, "--json"], stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([EXE, "watch", heart.url, "--json"], stdout=subprocess.PIPE, text=True)
     try:
         while read_json_line(proc, 10)["event"] != "beat":
             pass

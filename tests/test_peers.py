@@ -41,7 +41,7 @@ def ipykernel_heartbeat() -> Iterator[tuple[str, zmq.Context[Any], Heartbeat]]:
 def test_monitor_watches_ipykernels_heartbeat_and_sees_it_die(
     ipykernel_heartbeat: tuple[str, zmq.Context[Any], Heartbeat],
 ) -> None:
-    url, ctx, hb = ipykernel_heartbeat
+    url, ctx, _hb = ipykernel_heartbeat
 
     async def scenario() -> Watch:
         watch = Watch(url, time_to_dead=0.5, first_beat=2.0)

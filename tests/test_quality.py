@@ -10,9 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        args, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
-    )
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_mypy_strict_is_clean() -> None:
@@ -23,5 +21,7 @@ def test_mypy_strict_is_clean() -> None:
 def test_ruff_is_clean() -> None:
     result = run(sys.executable, "-m", "ruff", "check", "heartbeat", "tests", "benchmarks")
     assert result.returncode == 0, result.stdout + result.stderr
-    result = run(sys.executable, "-m", "ruff", "format", "--check", "heartbeat", "tests", "benchmarks")
+    result = run(
+        sys.executable, "-m", "ruff", "format", "--check", "heartbeat", "tests", "benchmarks"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
