@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
+import zmq.asyncio
 from tornado.ioloop import IOLoop
 from zmq.eventloop.zmqstream import ZMQStream
 
@@ -200,6 +201,10 @@ class HeartMonitor:
     # -- internals -------------------------------------------------------------------------
 
     def _open_socket(self, context: zmq.Context[Any]) -> zmq.Socket[Any]:
+        if isinstance(context, zmq.asyncio.Context):
+            # An asyncio (or other) context, as jupyter_client's async clients hold: ZMQStream
+            # needs plain sockets, so use a plain view of the same libzmq context.
+            context = zmq.Context.shadow(context.underlying)
         try:
             socket: zmq.Socket[Any] = context.socket(zmq.REQ)
         except zmq.ZMQError as exc:

@@ -1,0 +1,280 @@
+"""Drop-ins for jupyter_client and jupyter_server (the ``jupyter`` extra).
+
+- :class:`HBChannel` replaces ``jupyter_client.channels.HBChannel`` in a kernel client
+  (``client.hb_channel_class = HBChannel``): the same interface, judged by the timing core.
+- :class:`HeartbeatKernelManager` (async) and :class:`HeartbeatIOLoopKernelManager` (sync) are
+  kernel managers whose restarter also listens to the heart: a kernel whose process lives but
+  whose heart has stopped (frozen, deadlocked below Python, unreachable) is restarted by the
+  usual machinery. For jupyter_server (one line)::
+
+      jupyter server \
+        --AsyncMappingKernelManager.kernel_manager_class=heartbeat.jupyter.HeartbeatKernelManager
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from typing import Any
+
+import zmq
+from jupyter_client.channels import InvalidPortNumber
+from jupyter_client.channelsabc import HBChannelABC
+from jupyter_client.ioloop.manager import AsyncIOLoopKernelManager, IOLoopKernelManager
+from jupyter_client.ioloop.restarter import AsyncIOLoopKernelRestarter, IOLoopKernelRestarter
+from tornado.ioloop import IOLoop
+from traitlets import Bool, Float, Instance, TraitError, Type, default, validate
+from traitlets.config import LoggingConfigurable
+
+from heartbeat import _validate
+from heartbeat._judge import Dead, Event, Judge, State
+from heartbeat.monitor import HeartMonitor
+
+_ALIVE = (State.BEATING, State.LATE)
+
+
+class HBChannel(threading.Thread):
+    """A heartbeat channel for jupyter_client kernel clients, with a first-beat grace.
+
+    Same constructor and methods as ``jupyter_client.channels.HBChannel``. The differences:
+    the first ``first_beat`` seconds are a grace for the kernel to start; ``call_handlers`` is
+    called once per death (no reply for ``time_to_dead`` seconds), not on every missed ping;
+    the monitor's own stalls are forgiven; a reply already received is never judged missing.
+    After a death the channel keeps watching, with a fresh grace, so a restarted kernel is
+    seen beating again.
+
+    ``is_beating()`` is True once the kernel has answered and until it is declared dead.
+    """
+
+    #: Seconds of silence, after the grace, that mean death.
+    time_to_dead: float = 3.0
+    #: Seconds of grace after ``start()`` / ``unpause()`` for the kernel to come up.
+    first_beat: float = 5.0
+
+    def __init__(
+        self,
+        context: zmq.Context[Any] | None = None,
+        session: Any = None,
+        address: tuple[str, int] | str = "",
+        *,
+        curve_serverkey: bytes | None = None,
+    ) -> None:
+        super().__init__(name="heartbeat-hbchannel", daemon=True)
+        if isinstance(address, tuple):
+            if address[1] == 0:
+                raise InvalidPortNumber("The port number for a channel cannot be 0.")
+            address = f"tcp://{address[0]}:{int(address[1])}"
+        self.context = context
+        self.session = session
+        self.address = address
+        self.curve_serverkey = curve_serverkey
+        self._paused = False
+        self._monitor: HeartMonitor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._silent_for = 0.0
+
+    def start(self) -> None:
+        """Start watching in the channel's thread; bad settings raise here, not in the thread."""
+        _validate.endpoint(self.address, bind=False)
+        Judge(self.time_to_dead, self.first_beat)
+        super().start()
+        self._ready.wait()
+
+    def run(self) -> None:
+        """The thread's body: an event loop that runs the HeartMonitor."""
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._done = asyncio.Event()
+        self._monitor = HeartMonitor(
+            self.address,
+            time_to_dead=self.time_to_dead,
+            first_beat=self.first_beat,
+            context=self.context,
+            curve_serverkey=self.curve_serverkey,
+            on_event=self._on_event,
+        )
+        try:
+            if not self._paused:
+                self._monitor.start(self._on_dead)
+        finally:
+            self._ready.set()
+        await self._done.wait()
+        self._monitor.stop()
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, Dead):
+            self._silent_for = event.silent_for
+
+    def _on_dead(self) -> None:
+        self.call_handlers(self._silent_for)
+        self._resume()
+
+    def _resume(self) -> None:
+        monitor = self._monitor
+        done = self._done is not None and self._done.is_set()
+        if monitor is not None and not monitor.running and not self._paused and not done:
+            monitor.start(self._on_dead)
+
+    def _in_thread(self, fn: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            # RuntimeError: the loop closed meanwhile, so the channel has stopped anyway.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(fn)
+
+    def pause(self) -> None:
+        """Stop judging until ``unpause()``."""
+        self._paused = True
+        if self._monitor is not None:
+            self._in_thread(self._monitor.stop)
+
+    def unpause(self) -> None:
+        """Resume judging, with a fresh ``first_beat`` grace."""
+        self._paused = False
+        self._in_thread(self._resume)
+
+    def is_beating(self) -> bool:
+        """True while running, not paused, and the kernel answers."""
+        monitor = self._monitor
+        return (
+            self.is_alive() and not self._paused and monitor is not None and monitor.state in _ALIVE
+        )
+
+    def stop(self) -> None:
+        """Stop the channel and join its thread. Idempotent."""
+        if self._done is not None:
+            done = self._done
+            self._in_thread(done.set)
+        if self.is_alive():
+            self.join()
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to close beyond ``stop()``: the monitor closes its own socket."""
+
+    def call_handlers(self, since_last_heartbeat: float) -> None:
+        """Called in the channel's thread when the kernel is declared dead. Override it."""
+
+
+HBChannelABC.register(HBChannel)
+
+
+# -- kernel managers --------------------------------------------------------------------------
+
+
+class HeartbeatKernelRestarter(AsyncIOLoopKernelRestarter):
+    """The async restarter, with polls serialised so a heart death can ask for one at once."""
+
+    _lock = Instance(asyncio.Lock, allow_none=True)
+
+    async def poll(self) -> None:  # type: ignore[override]
+        """Poll the kernel, one poll at a time."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            await super().poll()
+
+
+class HeartbeatIOLoopKernelRestarter(IOLoopKernelRestarter):
+    """The sync restarter (its polls never overlap: they run on the loop without awaiting)."""
+
+
+class _HeartbeatMixin(LoggingConfigurable):
+    time_to_dead = Float(
+        3.0,
+        config=True,
+        help="Seconds of heartbeat silence, after first_beat, that mean the kernel is dead.",
+    )
+    first_beat = Float(
+        5.0,
+        config=True,
+        help="Seconds of grace after a kernel (re)starts before its heartbeat is judged.",
+    )
+    _heart_monitor = Instance(HeartMonitor, allow_none=True)
+    _heart_dead = Bool(False)
+
+    @validate("time_to_dead", "first_beat")
+    def _check_timing(self, proposal: Any) -> float:
+        name = proposal["trait"].name
+        try:
+            return _validate.number(name, proposal["value"], allow_zero=name == "first_beat")
+        except (TypeError, ValueError) as exc:
+            raise TraitError(str(exc)) from None
+
+    def _start_heart_monitor(self) -> None:
+        self._stop_heart_monitor()
+        url = self._make_url("hb")  # type: ignore[attr-defined]
+        key = getattr(self, "curve_publickey", None)
+        monitor = HeartMonitor(
+            url,
+            time_to_dead=self.time_to_dead,
+            first_beat=self.first_beat,
+            context=self.context,  # type: ignore[attr-defined]
+            curve_serverkey=key or None,
+        )
+        self._heart_monitor = monitor
+        monitor.start(self._on_heart_dead)
+
+    def _stop_heart_monitor(self) -> None:
+        if self._heart_monitor is not None:
+            self._heart_monitor.stop()
+        self._heart_monitor = None
+        self._heart_dead = False
+
+    def _on_heart_dead(self) -> None:
+        self._heart_dead = True
+        self.log.warning(
+            "Kernel's heart has been silent for %s s (first_beat %s s): treating it as dead",
+            self.time_to_dead,
+            self.first_beat,
+        )
+        restarter = getattr(self, "_restarter", None)
+        if restarter is not None:
+            # Ask now rather than wait up to a whole polling period.
+            IOLoop.current().add_callback(restarter.poll)
+
+    def start_restarter(self) -> None:
+        """Start the restarter, and the heart monitor that informs it."""
+        super().start_restarter()  # type: ignore[misc]
+        if self.has_kernel:  # type: ignore[attr-defined]
+            self._start_heart_monitor()
+
+    def stop_restarter(self) -> None:
+        """Stop both; a shutting-down kernel is judged by its process alone."""
+        self._stop_heart_monitor()
+        super().stop_restarter()  # type: ignore[misc]
+
+
+class HeartbeatKernelManager(_HeartbeatMixin, AsyncIOLoopKernelManager):
+    """An AsyncIOLoopKernelManager whose kernel is dead when its process *or its heart* is."""
+
+    @default("restarter_class")
+    def _default_restarter_class(self) -> type:
+        return HeartbeatKernelRestarter
+
+    async def _async_is_alive(self) -> bool:
+        if self._heart_dead:
+            return False
+        return bool(await super()._async_is_alive())
+
+    is_alive = _async_is_alive  # type: ignore[assignment]  # as AsyncKernelManager does
+
+
+class HeartbeatIOLoopKernelManager(_HeartbeatMixin, IOLoopKernelManager):
+    """The sync IOLoopKernelManager variant; needs a running tornado IOLoop, as its restarter."""
+
+    restarter_class = Type(
+        default_value=HeartbeatIOLoopKernelRestarter,
+        klass=IOLoopKernelRestarter,
+        config=True,
+    )
+
+    def is_alive(self) -> bool:
+        """False when the process has exited or the heart has been declared dead."""
+        if self._heart_dead:
+            return False
+        return bool(super().is_alive())
