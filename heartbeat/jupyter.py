@@ -19,8 +19,8 @@ import threading
 from typing import Any
 
 import zmq
+from jupyter_client.channels import HBChannel as _JupyterHBChannel
 from jupyter_client.channels import InvalidPortNumber
-from jupyter_client.channelsabc import HBChannelABC
 from jupyter_client.ioloop.manager import AsyncIOLoopKernelManager, IOLoopKernelManager
 from jupyter_client.ioloop.restarter import AsyncIOLoopKernelRestarter, IOLoopKernelRestarter
 from tornado.ioloop import IOLoop
@@ -34,10 +34,11 @@ from heartbeat.monitor import HeartMonitor
 _ALIVE = (State.BEATING, State.LATE)
 
 
-class HBChannel(threading.Thread):
+class HBChannel(_JupyterHBChannel):
     """A heartbeat channel for jupyter_client kernel clients, with a first-beat grace.
 
-    Same constructor and methods as ``jupyter_client.channels.HBChannel``. The differences:
+    A subclass of ``jupyter_client.channels.HBChannel`` (the blocking and threaded clients
+    require one), with its constructor and methods, all reimplemented. The differences:
     the first ``first_beat`` seconds are a grace for the kernel to start; ``call_handlers`` is
     called once per death (no reply for ``time_to_dead`` seconds), not on every missed ping;
     the monitor's own stalls are forgiven; a reply already received is never judged missing.
@@ -60,7 +61,8 @@ class HBChannel(threading.Thread):
         *,
         curve_serverkey: bytes | None = None,
     ) -> None:
-        super().__init__(name="heartbeat-hbchannel", daemon=True)
+        # Not jupyter_client's __init__: none of its socket or poller machinery is used.
+        threading.Thread.__init__(self, name="heartbeat-hbchannel", daemon=True)
         if isinstance(address, tuple):
             if address[1] == 0:
                 raise InvalidPortNumber("The port number for a channel cannot be 0.")
@@ -68,8 +70,9 @@ class HBChannel(threading.Thread):
         self.context = context
         self.session = session
         self.address = address
+        self._url: str = address
         self.curve_serverkey = curve_serverkey
-        self._paused = False
+        self._paused: bool = False
         self._monitor: HeartMonitor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Event | None = None
@@ -78,7 +81,8 @@ class HBChannel(threading.Thread):
 
     def start(self) -> None:
         """Start watching in the channel's thread; bad settings raise here, not in the thread."""
-        _validate.endpoint(self.address, bind=False)
+        self._url = str(self.address)
+        _validate.endpoint(self._url, bind=False)
         Judge(self.time_to_dead, self.first_beat)
         super().start()
         self._ready.wait()
@@ -91,7 +95,7 @@ class HBChannel(threading.Thread):
         self._loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
         self._monitor = HeartMonitor(
-            self.address,
+            self._url,
             time_to_dead=self.time_to_dead,
             first_beat=self.first_beat,
             context=self.context,
@@ -158,9 +162,6 @@ class HBChannel(threading.Thread):
 
     def call_handlers(self, since_last_heartbeat: float) -> None:
         """Called in the channel's thread when the kernel is declared dead. Override it."""
-
-
-HBChannelABC.register(HBChannel)
 
 
 # -- kernel managers --------------------------------------------------------------------------

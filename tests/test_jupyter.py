@@ -1,0 +1,229 @@
+"""The Jupyter drop-ins, driven by jupyter_client's own client and manager code and a real
+ipykernel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from jupyter_client import BlockingKernelClient, KernelManager
+from jupyter_client.channelsabc import HBChannelABC
+from jupyter_client.threaded import ThreadedKernelClient
+from traitlets import TraitError
+from traitlets.config.loader import KVArgParseConfigLoader
+
+from heartbeat.jupyter import HBChannel, HeartbeatKernelManager, HeartbeatKernelRestarter
+from heartbeat.probe import ping
+from tests.test_monitor import SLACK
+
+HOLD_GIL = "import ctypes; ctypes.PyDLL(None).usleep({us})"
+
+
+class RecordingHBChannel(HBChannel):
+    failures: list[float]
+
+    def call_handlers(self, since_last_heartbeat: float) -> None:
+        self.failures.append(since_last_heartbeat)
+
+
+def recording(ttd: float, fb: float) -> type[RecordingHBChannel]:
+    return type(
+        "Recording",
+        (RecordingHBChannel,),
+        {"time_to_dead": ttd, "first_beat": fb, "failures": []},
+    )
+
+
+def wait_for(condition: Any, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture
+def ipykernel() -> Iterator[KernelManager]:
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel()
+    # Ready before the test's channel starts, so the tests can use a short first_beat.
+    end = time.monotonic() + 60
+    while ping(km._make_url("hb"), timeout=0.5) is None:
+        assert time.monotonic() < end, "ipykernel's heart never answered"
+    yield km
+    if km.has_kernel:
+        os.kill(km.provisioner.pid, signal.SIGCONT)  # type: ignore[union-attr]
+    km.shutdown_kernel(now=True)
+
+
+def test_it_is_an_hbchannel_to_jupyter_client() -> None:
+    assert issubclass(HBChannel, HBChannelABC)
+    channel = HBChannel(None, None, ("127.0.0.1", 5555))
+    assert channel.address == "tcp://127.0.0.1:5555"
+    assert channel.time_to_dead == 3.0 and channel.first_beat == 5.0
+    assert not channel.is_beating() and not channel.is_alive()
+
+
+@pytest.mark.parametrize("client_class", [BlockingKernelClient, ThreadedKernelClient])
+def test_a_client_using_it_beats_through_a_gil_bound_cell_then_sees_a_freeze(
+    ipykernel: KernelManager, client_class: type
+) -> None:
+    channel_class = recording(ttd=1.0, fb=2.0)
+    client = client_class(connection_file=ipykernel.connection_file)
+    client.load_connection_file()
+    client.hb_channel_class = channel_class
+    client.start_channels()
+    started = time.monotonic()
+    try:
+        hb = client.hb_channel
+        assert isinstance(hb, RecordingHBChannel)
+        assert wait_for(hb.is_beating, 60)
+        assert client.is_alive()  # for these clients: hb_channel.is_beating()
+        if client_class is BlockingKernelClient:
+            client.wait_for_ready(timeout=60)
+            reply = client.execute_interactive(HOLD_GIL.format(us=4_000_000), timeout=60)
+            assert reply["content"]["status"] == "ok"
+            assert hb.failures == [] and hb.is_beating()
+        time.sleep(max(0.0, started + 2.0 - time.monotonic()))  # past the grace
+        os.kill(ipykernel.provisioner.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+        frozen = time.monotonic()
+        assert wait_for(lambda: bool(hb.failures), 30)
+        assert time.monotonic() - frozen <= 1.5 + SLACK
+        assert 1.0 - 0.01 <= hb.failures[0] <= 1.5 + SLACK
+        assert not hb.is_beating()
+    finally:
+        client.stop_channels()
+    assert not client.hb_channel.is_alive()
+
+
+def test_a_client_not_made_by_a_manager_waits_for_ready_on_its_heartbeat(
+    ipykernel: KernelManager,
+) -> None:
+    client = BlockingKernelClient(connection_file=ipykernel.connection_file)
+    client.load_connection_file()
+    client.hb_channel_class = recording(ttd=1.0, fb=30.0)
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)  # loops on is_alive() -> our is_beating()
+        assert client.hb_channel.is_beating()
+    finally:
+        client.stop_channels()
+
+
+def test_pause_and_unpause(ipykernel: KernelManager) -> None:
+    hb = recording(ttd=0.5, fb=30.0)(None, None, ipykernel._make_url("hb"))
+    hb.start()
+    try:
+        assert wait_for(hb.is_beating, 60)
+        hb.pause()
+        assert not hb.is_beating()
+        os.kill(ipykernel.provisioner.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+        time.sleep(1.0)  # paused: twice time_to_dead of silence is not judged
+        assert hb.failures == []
+        os.kill(ipykernel.provisioner.pid, signal.SIGCONT)  # type: ignore[union-attr]
+        hb.unpause()
+        assert wait_for(hb.is_beating, 10)
+        assert hb.failures == []
+    finally:
+        hb.stop()
+        hb.stop()
+    assert not hb.is_alive()
+
+
+def test_after_a_death_the_channel_keeps_watching_and_sees_the_kernel_return(
+    ipykernel: KernelManager,
+) -> None:
+    hb = recording(ttd=0.5, fb=1.0)(None, None, ipykernel._make_url("hb"))
+    hb.start()
+    pid = ipykernel.provisioner.pid  # type: ignore[union-attr]
+    try:
+        assert wait_for(hb.is_beating, 60)
+        os.kill(pid, signal.SIGSTOP)
+        assert wait_for(lambda: bool(hb.failures), 10)
+        os.kill(pid, signal.SIGCONT)
+        assert wait_for(hb.is_beating, 10)
+        assert len(hb.failures) == 1
+    finally:
+        hb.stop()
+
+
+def test_bad_settings_fail_in_start_not_in_the_thread() -> None:
+    hb = HBChannel(None, None, "tcp://127.0.0.1:0")
+    with pytest.raises(ValueError, match="from 1 to 65535"):
+        hb.start()
+    hb = HBChannel(None, None, "tcp://127.0.0.1:5555")
+    hb.time_to_dead = -1
+    with pytest.raises(ValueError, match="time_to_dead"):
+        hb.start()
+    assert not hb.is_alive()
+
+
+# -- the kernel manager -------------------------------------------------------------------------
+
+
+def test_time_to_dead_and_first_beat_are_configurable_like_any_jupyter_option() -> None:
+    config = KVArgParseConfigLoader(
+        argv=["--HeartbeatKernelManager.time_to_dead=10", "--HeartbeatKernelManager.first_beat=0"]
+    ).load_config()
+    km = HeartbeatKernelManager(config=config)
+    assert km.time_to_dead == 10.0 and km.first_beat == 0.0
+    default = HeartbeatKernelManager()
+    assert default.time_to_dead == 3.0 and default.first_beat == 5.0
+    assert default.restarter_class is HeartbeatKernelRestarter
+    with pytest.raises(TraitError, match="time_to_dead must be a finite number > 0"):
+        HeartbeatKernelManager(time_to_dead=0)
+    with pytest.raises(TraitError, match="first_beat"):
+        HeartbeatKernelManager(first_beat=float("inf"))
+
+
+def test_a_frozen_kernel_is_restarted_and_a_busy_one_is_not() -> None:
+    async def scenario() -> dict[str, Any]:
+        km = HeartbeatKernelManager(kernel_name="python3", time_to_dead=1.0, first_beat=10.0)
+        restarts: list[float] = []
+        try:
+            await km.start_kernel()
+            km.add_restart_callback(lambda: restarts.append(time.monotonic()))
+            client = km.client()
+            client.start_channels()
+            await client.wait_for_ready(timeout=60)
+            first_pid = km.provisioner.pid  # type: ignore[union-attr]
+
+            # A cell that holds the GIL for 10 s: the heart answers, nothing restarts.
+            msg_id = client.execute(HOLD_GIL.format(us=10_000_000))
+            reply = await client.get_shell_msg(timeout=60)
+            assert reply["parent_header"]["msg_id"] == msg_id
+            assert reply["content"]["status"] == "ok"
+            assert restarts == [] and km.provisioner.pid == first_pid  # type: ignore[union-attr]
+            client.stop_channels()
+
+            # Frozen: the process lives, the heart is silent, the restarter restarts it.
+            os.kill(first_pid, signal.SIGSTOP)
+            frozen = time.monotonic()
+            end = frozen + 60
+            while not restarts and time.monotonic() < end:
+                await asyncio.sleep(0.05)
+            assert restarts, "the frozen kernel was not restarted"
+            end = time.monotonic() + 60
+            while not (km.provisioner and km.provisioner.pid != first_pid):
+                assert time.monotonic() < end, "no new kernel"
+                await asyncio.sleep(0.05)
+            await asyncio.wait_for(km.ready, 60)  # the restart has finished
+            assert await km.is_alive()
+            new_pid = km.provisioner.pid
+            return {"frozen": frozen, "restarts": restarts, "old": first_pid, "new": new_pid}
+        finally:
+            await km.shutdown_kernel(now=True)
+
+    result = asyncio.run(scenario())
+    assert result["new"] != result["old"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(result["old"], 0)  # the frozen one was killed, not left behind
+    # Death within the bound (ttd .. 1.5 ttd after the last reply) plus the prompt poll.
+    assert result["restarts"][0] - result["frozen"] <= 1.5 * 1.0 + SLACK
+    assert len(result["restarts"]) == 1
