@@ -109,17 +109,26 @@ def test_demo_tells_the_whole_story_and_leaves_no_process() -> None:
 
 
 def test_demo_ctrl_c_cleans_up() -> None:
-    proc = subprocess.Popen([EXE, "demo"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [EXE, "demo"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     assert proc.stdout is not None
     pid = None
-    for line in proc.stdout:
-        if m := re.search(r"stand-in kernel \(pid (\d+)\)", line):
-            pid = int(m.group(1))
-        if "1. the kernel idles" in line:
-            break
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(30) == 130
-    proc.stdout.close()
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if m := re.search(r"stand-in kernel \(pid (\d+)\)", line):
+                pid = int(m.group(1))
+            if "1. the kernel idles" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stdout.read()
+        assert proc.wait(30) == 130, "".join(seen) + rest
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
     assert pid is not None and gone(pid)
 
 
