@@ -31,6 +31,15 @@ from heartbeat import _validate
 from heartbeat._judge import Dead, Event, Judge, State
 from heartbeat.monitor import HeartMonitor
 
+try:
+    # Under jupyter_server, kernel managers should be ServerKernelManagers (execution state,
+    # activity, events); without it, the plain async manager of jupyter_client.
+    from jupyter_server.services.kernels.kernelmanager import (
+        ServerKernelManager as _AsyncBase,
+    )
+except ImportError:  # pragma: no cover - jupyter_server is optional
+    _AsyncBase = AsyncIOLoopKernelManager  # type: ignore[assignment,misc]
+
 _ALIVE = (State.BEATING, State.LATE)
 
 
@@ -250,8 +259,13 @@ class _HeartbeatMixin(LoggingConfigurable):
         super().stop_restarter()  # type: ignore[misc]
 
 
-class HeartbeatKernelManager(_HeartbeatMixin, AsyncIOLoopKernelManager):
-    """An AsyncIOLoopKernelManager whose kernel is dead when its process *or its heart* is."""
+class HeartbeatKernelManager(_HeartbeatMixin, _AsyncBase):
+    """An async kernel manager whose kernel is dead when its process *or its heart* is.
+
+    A subclass of jupyter_client's ``AsyncIOLoopKernelManager``; when jupyter_server is
+    installed, of its ``ServerKernelManager`` (itself an ``AsyncIOLoopKernelManager``), as
+    jupyter_server expects of a ``kernel_manager_class``.
+    """
 
     @default("restarter_class")
     def _default_restarter_class(self) -> type:

@@ -1,0 +1,173 @@
+"""A real `jupyter server` with HeartbeatKernelManager: a frozen kernel is restarted, and the
+restart is visible through the REST API and the kernel's websocket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from tests.conftest import free_port
+
+CONFIG_LINE = (
+    "--AsyncMappingKernelManager.kernel_manager_class=heartbeat.jupyter.HeartbeatKernelManager"
+)
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    base: str
+    token: str
+
+    def api(self, method: str, path: str) -> Any:
+        request = urllib.request.Request(
+            f"{self.base}{path}",
+            method=method,
+            headers={"Authorization": f"token {self.token}"},
+            data=b"{}" if method == "POST" else None,
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    port = free_port()
+    token = secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+    }
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}",
+            "--ServerApp.open_browser=False",
+            "--ServerApp.allow_root=True",  # CI runs as root
+            f"--ServerApp.root_dir={tmp_path}",
+            CONFIG_LINE,
+            "--HeartbeatKernelManager.time_to_dead=1",
+            "--HeartbeatKernelManager.first_beat=10",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    srv = Server(proc, f"http://127.0.0.1:{port}", token)
+    try:
+        end = time.monotonic() + 60
+        while True:
+            try:
+                srv.api("GET", "/api/status")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None, (tmp_path / "server.log").read_text()
+                assert time.monotonic() < end, "jupyter server did not come up"
+                time.sleep(0.2)
+        yield srv
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def kernel_pid(kernel_id: str) -> int | None:
+    """The pid of the ipykernel whose command line names this kernel's connection file."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(f"kernel-{kernel_id}.json".encode() in part for part in cmdline):
+            return int(entry.name)
+    return None
+
+
+def test_a_frozen_kernel_is_restarted_by_jupyter_server(server: Server) -> None:
+    kernel = server.api("POST", "/api/kernels")
+    kid = kernel["id"]
+    end = time.monotonic() + 60
+    while (old := kernel_pid(kid)) is None:
+        assert time.monotonic() < end, "no kernel process"
+        time.sleep(0.1)
+
+    start = time.monotonic()
+
+    async def scenario() -> tuple[list[str], float, float]:
+        ws_url = server.base.replace("http", "ws") + f"/api/kernels/{kid}/channels"
+        request = HTTPRequest(
+            ws_url, headers={"Authorization": f"token {server.token}"}, connect_timeout=30
+        )
+        conn = await websocket_connect(request)
+        states: list[str] = []
+        try:
+            # Wait for the kernel to be up (it reports idle), well past first_beat.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                kinfo = server.api("GET", f"/api/kernels/{kid}")
+                if kinfo["execution_state"] == "idle":
+                    break
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(max(0.0, 10.5 - (time.monotonic() - start)))
+            os.kill(old, signal.SIGSTOP)
+            frozen = time.monotonic()
+            while "restarting" not in states:
+                left = frozen + 60 - time.monotonic()
+                assert left > 0, f"no restart; states seen: {states}"
+                raw = await asyncio.wait_for(conn.read_message(), timeout=left)
+                assert raw is not None, "websocket closed"
+                msg = json.loads(raw)
+                if msg.get("msg_type") == "status":
+                    states.append(msg["content"]["execution_state"])
+            return states, frozen, time.monotonic()
+        finally:
+            conn.close()
+
+    states, frozen, restarted = asyncio.run(scenario())
+    # Death within the bound, plus the restarter's prompt poll and its own latency.
+    assert restarted - frozen <= 1.5 * 1.0 + 5.0
+    end = time.monotonic() + 60
+    while (new := kernel_pid(kid)) in (None, old):
+        assert time.monotonic() < end, "no new kernel process"
+        time.sleep(0.1)
+    with pytest.raises(ProcessLookupError):
+        os.kill(old, 0)
+    # The REST API still lists the same kernel, now running in a new process, and idle again.
+    end = time.monotonic() + 60
+    while (info := server.api("GET", f"/api/kernels/{kid}"))["execution_state"] != "idle":
+        assert time.monotonic() < end, f"kernel not back: {info}"
+        time.sleep(0.2)
+    assert info["id"] == kid and new != old
+    assert "restarting" in states
+    server.api("DELETE", f"/api/kernels/{kid}")
