@@ -110,7 +110,12 @@ def test_demo_tells_the_whole_story_and_leaves_no_process() -> None:
 
 def test_demo_ctrl_c_cleans_up() -> None:
     proc = subprocess.Popen(
-        [EXE, "demo"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [EXE, "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # As from a terminal, even when this test runs in a background job that ignores ^C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     pid = None
