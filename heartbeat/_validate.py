@@ -6,10 +6,15 @@ never leaves anything half-started and never surfaces as a traceback from inside
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import math
 import re
+import resource
 from dataclasses import dataclass
+from typing import Any
+
+import zmq
 
 _HOST_RE = re.compile(r"^(\*|[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])$")
 
@@ -97,3 +102,21 @@ def curve_key(name: str, value: object) -> bytes:
             f"or 32 raw bytes, got {len(value)} bytes"
         )
     return value
+
+
+def socket_error(exc: zmq.ZMQError, context: zmq.Context[Any], what: str) -> Exception:
+    """The error to raise when zmq cannot open a socket: name the limit that was hit."""
+    if exc.errno != errno.EMFILE:
+        return RuntimeError(f"{what}: {exc.strerror}")
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        max_sockets = str(context.get(zmq.MAX_SOCKETS))
+    except zmq.ZMQError:
+        max_sockets = "a limited number of"
+    return OSError(
+        errno.EMFILE,
+        f"{what}: too many open files. This process may open {soft} file descriptors "
+        f"(the RLIMIT_NOFILE soft limit, 'ulimit -n') and its zmq context {max_sockets} "
+        "sockets (zmq.MAX_SOCKETS); raise the limit, or watch many hearts with one "
+        "HeartbeatPool socket",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import uuid
@@ -155,6 +156,10 @@ class Heart:
         if device.error is not None:
             device.join(_STOP_TIMEOUT)
             err = device.error
+            if err.errno == errno.EMFILE:
+                raise _validate.socket_error(
+                    err, context, f"cannot start a heart on {self._requested_url!r}"
+                )
             raise ValueError(
                 f"cannot bind heart to {self._requested_url!r}: {err.strerror}; "
                 "expected a free address on this machine"

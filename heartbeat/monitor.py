@@ -100,6 +100,7 @@ class HeartMonitor:
         self._timer: object | None = None
         self._callback: Callable[[], object] | None = None
         self._nonce = b""
+        self._fd = -1
         self._rtts = RttWindow()
         self._started_at: float | None = None
         #: Round-trip time of the last beat, in seconds (None before any).
@@ -179,6 +180,7 @@ class HeartMonitor:
         loop = self._io_loop if self._io_loop is not None else IOLoop.current()
         context = self._context if self._context is not None else zmq.Context.instance()
         socket = self._open_socket(context)
+        self._fd = socket.FD
         self._loop = loop
         self._stream = ZMQStream(socket, loop)
         self._stream.on_recv(self._on_recv)
@@ -208,7 +210,9 @@ class HeartMonitor:
         try:
             socket: zmq.Socket[Any] = context.socket(zmq.REQ)
         except zmq.ZMQError as exc:
-            raise RuntimeError(f"cannot open a socket for {self._url}: {exc.strerror}") from None
+            raise _validate.socket_error(
+                exc, context, f"cannot open a socket for {self._url}"
+            ) from None
         try:
             socket.linger = 0
             # Relaxed: a lost reply never wedges the socket; the next ping simply goes out.
@@ -237,7 +241,14 @@ class HeartMonitor:
         self._timer = None
         stream, self._stream = self._stream, None
         if stream is not None:
-            stream.close(linger=0)
+            try:
+                stream.close(linger=0)
+            except zmq.ZMQError:
+                # Its context was terminated: zmq can no longer name the descriptor, so the
+                # loop forgets it by number, and the socket is closed directly.
+                if self._loop is not None:
+                    self._loop.remove_handler(self._fd)
+                stream.socket.close(linger=0)
 
     def _schedule(self) -> None:
         deadline = self._judge.next_deadline
@@ -251,12 +262,27 @@ class HeartMonitor:
         self._timer = None
         if self._stream is None:
             return
-        # Flush before judging: a reply already in the socket is read before any verdict.
-        self._stream.flush(zmq.POLLIN)
+        try:
+            # Flush before judging: a reply already in the socket is read before any verdict.
+            self._stream.flush(zmq.POLLIN)
+        except zmq.ZMQError as exc:
+            self._fail(exc)
+            return
         if self._stream is None:
             return
         self._dispatch(self._judge.on_timer(time.monotonic()))
         self._schedule()
+
+    def _fail(self, exc: zmq.ZMQError) -> None:
+        # The socket is unusable (most often: its context was terminated). The heart's fate is
+        # unknown, so this is no death; it is said loudly, and the socket is closed so that a
+        # context.term() waiting on it can finish.
+        log.error(
+            "monitor of %s stopped: its socket failed (%s); the heart was not judged dead",
+            self._url,
+            exc.strerror,
+        )
+        self.stop()
 
     def _on_recv(self, frames: list[bytes]) -> None:
         token = self._decode(frames)
@@ -284,8 +310,7 @@ class HeartMonitor:
             log.debug("ping %d to %s not queued: send queue full", token, self._url)
             return
         except zmq.ZMQError as exc:
-            log.error("monitor of %s stopped: cannot send (%s)", self._url, exc.strerror)
-            self.stop()
+            self._fail(exc)
             return
         # zmq's descriptor is edge-triggered and our direct send may have consumed the edge of
         # a reply that arrived meanwhile; look once so that reply is not left waiting.
@@ -294,7 +319,10 @@ class HeartMonitor:
 
     def _drain(self) -> None:
         if self._stream is not None:
-            self._stream.flush(zmq.POLLIN)
+            try:
+                self._stream.flush(zmq.POLLIN)
+            except zmq.ZMQError as exc:
+                self._fail(exc)
 
     def _dispatch(self, events: list[Event]) -> None:
         for event in events:
