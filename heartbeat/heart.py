@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import threading
+import time
 import uuid
 from types import TracebackType
 from typing import Any
@@ -22,6 +24,31 @@ DEFAULT_MAX_MESSAGE_SIZE = 8192
 # Bounded waits on the echo thread, so a broken libzmq cannot hang start() or stop().
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
+_PORT_RELEASE_TIMEOUT = 2.0
+
+
+def _wait_until_bindable(url: str, timeout: float) -> None:
+    """Return once ``url``'s tcp port can be bound again, or after ``timeout`` seconds."""
+    host, _, port = url[len("tcp://") :].rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(
+            None if host in ("*", "") else host, int(port), type=socket.SOCK_STREAM
+        )
+    except (OSError, ValueError):
+        return
+    family, kind, proto, _, address = infos[0]
+    end = time.monotonic() + timeout
+    while True:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as zmq does
+            try:
+                probe.bind(address)
+                return
+            except OSError:
+                if time.monotonic() > end:
+                    return
+        time.sleep(0.005)
 
 
 class _EchoDevice(ThreadProxySteerable):
@@ -179,7 +206,7 @@ class Heart:
         The context is left alone, so a kernel's other sockets keep working.
         """
         device, self._device = self._device, None
-        self._url = ""
+        url, self._url = self._url, ""
         if device is None:
             return
         context = device.context_factory()
@@ -196,6 +223,10 @@ class Heart:
             device.join(_STOP_TIMEOUT)
         if device.launcher.is_alive():  # pragma: no cover - libzmq wedged
             log.error("heart thread did not stop within %s s", _STOP_TIMEOUT)
+        if self._endpoint.transport == "tcp":
+            # zmq closes listeners in its I/O thread, after close() returns: wait (briefly)
+            # until the port is free, so a heart restarted on it binds at once.
+            _wait_until_bindable(url, _PORT_RELEASE_TIMEOUT)
 
     def __enter__(self) -> Heart:
         self.start()
