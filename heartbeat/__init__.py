@@ -4,6 +4,7 @@ from heartbeat._judge import Beat, Dead, Event, Judge, Ping, Stall, State, State
 from heartbeat._stats import RttStats
 from heartbeat.heart import Heart
 from heartbeat.monitor import HeartMonitor
+from heartbeat.pool import HeartbeatPool
 
 __all__ = [
     "Beat",
@@ -11,6 +12,7 @@ __all__ = [
     "Event",
     "Heart",
     "HeartMonitor",
+    "HeartbeatPool",
     "Judge",
     "Ping",
     "RttStats",

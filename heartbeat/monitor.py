@@ -6,17 +6,18 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
-import zmq.asyncio
 from tornado.ioloop import IOLoop
-from zmq.eventloop.zmqstream import ZMQStream
 
 from heartbeat import _validate
 from heartbeat._judge import Beat, Dead, Event, Judge, Ping, State
+from heartbeat._link import Link, SocketLink, plain_context
 from heartbeat._stats import RttStats, RttWindow
-from heartbeat.probe import curve_client
+
+if TYPE_CHECKING:
+    from heartbeat.pool import HeartbeatPool
 
 log = logging.getLogger("heartbeat")
 
@@ -64,6 +65,9 @@ class HeartMonitor:
     curve_serverkey:
         The heart's CURVE public key (Z85); the monitor then connects as a CURVE client with
         an ephemeral key pair.
+    pool:
+        A :class:`~heartbeat.pool.HeartbeatPool` whose one socket and one timer this monitor
+        shares with the pool's other members (for watching many hearts); same rules.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class HeartMonitor:
         io_loop: IOLoop | None = None,
         on_event: Callable[[Event], object] | None = None,
         curve_serverkey: bytes | str | None = None,
+        pool: HeartbeatPool | None = None,
     ) -> None:
         self._endpoint = _validate.endpoint(url, bind=False)
         self._curve_serverkey = (
@@ -92,15 +97,19 @@ class HeartMonitor:
         if on_event is not None and not callable(on_event):
             raise TypeError(f"on_event must be callable or None, got {on_event!r}")
         self._url = url
+        if pool is not None:
+            from heartbeat.pool import HeartbeatPool
+
+            if not isinstance(pool, HeartbeatPool):
+                raise TypeError(f"pool must be a HeartbeatPool or None, got {pool!r}")
+            pool._check_member(self)
         self._context = context
         self._io_loop = io_loop
         self._on_event = on_event
-        self._loop: IOLoop | None = None
-        self._stream: ZMQStream | None = None
-        self._timer: object | None = None
+        self._pool = pool
+        self._link: Link | None = None
         self._callback: Callable[[], object] | None = None
         self._nonce = b""
-        self._fd = -1
         self._rtts = RttWindow()
         self._started_at: float | None = None
         #: Round-trip time of the last beat, in seconds (None before any).
@@ -145,7 +154,12 @@ class HeartMonitor:
     @property
     def running(self) -> bool:
         """True from ``start()`` until ``stop()`` or death."""
-        return self._stream is not None
+        return self._link is not None
+
+    @property
+    def curve_serverkey(self) -> bytes | None:
+        """The heart's CURVE public key (Z85), or None."""
+        return self._curve_serverkey
 
     @property
     def stats(self) -> RttStats:
@@ -171,19 +185,18 @@ class HeartMonitor:
     def start(self, callback: Callable[[], object] | None = None) -> None:
         """Start watching; ``callback()`` is called on the loop, at most once, on death.
 
-        Raises RuntimeError if already running, ValueError if the url cannot be connected.
+        Raises RuntimeError if already running, ValueError if the url cannot be connected,
+        OSError if the process is out of file descriptors or zmq sockets.
         """
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable or None, got {callback!r}")
         if self.running:
             raise RuntimeError(f"monitor of {self._url} is already running; stop() it first")
-        loop = self._io_loop if self._io_loop is not None else IOLoop.current()
-        context = self._context if self._context is not None else zmq.Context.instance()
-        socket = self._open_socket(context)
-        self._fd = socket.FD
-        self._loop = loop
-        self._stream = ZMQStream(socket, loop)
-        self._stream.on_recv(self._on_recv)
+        if self._pool is not None:
+            self._link = self._pool._join(self)
+        else:
+            loop = self._io_loop if self._io_loop is not None else IOLoop.current()
+            self._link = SocketLink(self, loop, plain_context(self._context))
         self._callback = callback
         # A fresh nonce per run: replies to an earlier run's pings can never count in this one.
         self._nonce = os.urandom(_NONCE_BYTES)
@@ -192,7 +205,7 @@ class HeartMonitor:
         now = time.monotonic()
         self._started_at = now
         self._dispatch(self._judge.start(now))
-        self._schedule()
+        self._wake()
 
     def stop(self) -> None:
         """Stop watching and close the socket; the callback will not be called. Idempotent."""
@@ -200,78 +213,21 @@ class HeartMonitor:
         self._shutdown()
         self._dispatch(self._judge.stop())
 
-    # -- internals -------------------------------------------------------------------------
+    # -- what the link calls ---------------------------------------------------------------
 
-    def _open_socket(self, context: zmq.Context[Any]) -> zmq.Socket[Any]:
-        if isinstance(context, zmq.asyncio.Context):
-            # An asyncio (or other) context, as jupyter_client's async clients hold: ZMQStream
-            # needs plain sockets, so use a plain view of the same libzmq context.
-            context = zmq.Context.shadow(context.underlying)
-        try:
-            socket: zmq.Socket[Any] = context.socket(zmq.REQ)
-        except zmq.ZMQError as exc:
-            raise _validate.socket_error(
-                exc, context, f"cannot open a socket for {self._url}"
-            ) from None
-        try:
-            socket.linger = 0
-            # Relaxed: a lost reply never wedges the socket; the next ping simply goes out.
-            # Not correlated: our own tokens match replies to pings, so a reply that comes
-            # after the next ping was sent still proves life (see _judge).
-            socket.setsockopt(zmq.REQ_RELAXED, 1)
-            # Reconnect quickly: a kernel that binds late must get the queued ping at once.
-            ivl = int(min(100.0, max(10.0, self._judge.interval * 250)))
-            socket.setsockopt(zmq.RECONNECT_IVL, ivl)
-            if self._endpoint.is_ipv6:
-                socket.setsockopt(zmq.IPV6, 1)
-            if self._curve_serverkey is not None:
-                curve_client(socket, self._curve_serverkey)
-            socket.connect(self._url)
-        except zmq.ZMQError as exc:
-            socket.close(linger=0)
-            raise ValueError(
-                f"cannot connect to {self._url!r}: {exc.strerror}; expected a reachable "
-                "'tcp://host:port', 'ipc://path' or 'inproc://name'"
-            ) from None
-        return socket
+    def _judge_now(self, now: float) -> None:
+        """Judge; the link has read every reply already received."""
+        if self._link is None:
+            return
+        self._dispatch(self._judge.on_timer(now))
+        self._wake()
 
-    def _shutdown(self) -> None:
-        if self._timer is not None and self._loop is not None:
-            self._loop.remove_timeout(self._timer)
-        self._timer = None
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.close(linger=0)
-            except zmq.ZMQError:
-                # Its context was terminated: zmq can no longer name the descriptor, so the
-                # loop forgets it by number, and the socket is closed directly.
-                if self._loop is not None:
-                    self._loop.remove_handler(self._fd)
-                stream.socket.close(linger=0)
-
-    def _schedule(self) -> None:
-        deadline = self._judge.next_deadline
-        if self._loop is None or self._stream is None or deadline is None:
+    def _on_reply(self, payload: bytes, now: float) -> None:
+        if len(payload) != _NONCE_BYTES + _TOKEN_BYTES or not payload.startswith(self._nonce):
+            log.debug("ignoring a reply that is not one of our pings: %r", payload[:32])
             return
-        # The judge's clock is time.monotonic(); a relative delay needs no shared clock.
-        delay = max(0.0, deadline - time.monotonic())
-        self._timer = self._loop.call_later(delay, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self._stream is None:
-            return
-        try:
-            # Flush before judging: a reply already in the socket is read before any verdict.
-            self._stream.flush(zmq.POLLIN)
-        except zmq.ZMQError as exc:
-            self._fail(exc)
-            return
-        if self._stream is None:
-            return
-        self._dispatch(self._judge.on_timer(time.monotonic()))
-        self._schedule()
+        token = int.from_bytes(payload[_NONCE_BYTES:], "big")
+        self._dispatch(self._judge.on_reply(now, token))
 
     def _fail(self, exc: zmq.ZMQError) -> None:
         # The socket is unusable (most often: its context was terminated). The heart's fate is
@@ -284,50 +240,23 @@ class HeartMonitor:
         )
         self.stop()
 
-    def _on_recv(self, frames: list[bytes]) -> None:
-        token = self._decode(frames)
-        if token is None:
-            log.debug("ignoring a reply that is not one of our pings: %r", frames[:2])
-            return
-        self._dispatch(self._judge.on_reply(time.monotonic(), token))
+    # -- internals -------------------------------------------------------------------------
 
-    def _decode(self, frames: list[bytes]) -> int | None:
-        if len(frames) != 1:
-            return None
-        payload = frames[0]
-        if len(payload) != _NONCE_BYTES + _TOKEN_BYTES or not payload.startswith(self._nonce):
-            return None
-        return int.from_bytes(payload[_NONCE_BYTES:], "big")
+    def _wake(self) -> None:
+        deadline = self._judge.next_deadline
+        if self._link is not None and deadline is not None:
+            self._link.wake_at(deadline)
 
-    def _send_ping(self, token: int) -> None:
-        stream = self._stream
-        if stream is None:
-            return
-        try:
-            stream.socket.send(self._nonce + token.to_bytes(_TOKEN_BYTES, "big"), zmq.NOBLOCK)
-        except zmq.Again:
-            # Queue full: the heart is not reading, and the judge will see the silence.
-            log.debug("ping %d to %s not queued: send queue full", token, self._url)
-            return
-        except zmq.ZMQError as exc:
-            self._fail(exc)
-            return
-        # zmq's descriptor is edge-triggered and our direct send may have consumed the edge of
-        # a reply that arrived meanwhile; look once so that reply is not left waiting.
-        if int(stream.socket.get(zmq.EVENTS)) & zmq.POLLIN and self._loop is not None:
-            self._loop.add_callback(self._drain)
-
-    def _drain(self) -> None:
-        if self._stream is not None:
-            try:
-                self._stream.flush(zmq.POLLIN)
-            except zmq.ZMQError as exc:
-                self._fail(exc)
+    def _shutdown(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
 
     def _dispatch(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, Ping):
-                self._send_ping(event.token)
+                if self._link is not None:
+                    self._link.send(self._nonce + event.token.to_bytes(_TOKEN_BYTES, "big"))
             elif isinstance(event, Beat):
                 self._rtts.add(event.rtt, late=event.rtt is not None and event.rtt > self.interval)
                 if event.rtt is not None:

@@ -392,7 +392,7 @@ def test_replies_from_a_previous_run_never_count_in_the_next(kernel: Kernel) -> 
         assert watch.monitor._nonce != old_nonce
         # A forged reply carrying the old run's token is ignored.
         before = len(watch.beats())
-        watch.monitor._on_recv([old_nonce + (1).to_bytes(8, "big")])
+        watch.monitor._on_reply(old_nonce + (1).to_bytes(8, "big"), time.monotonic())
         assert len(watch.beats()) == before
         watch.monitor.stop()
         return watch

@@ -1,0 +1,267 @@
+"""Watching many hearts from one process: one ROUTER socket and one timer for all of them.
+
+Each heart is still watched by its own :class:`~heartbeat.monitor.HeartMonitor` and judged by
+the same pure core, with the same timing contract; only the transport is shared::
+
+    pool = HeartbeatPool()
+    monitors = [pool.watch(url, time_to_dead=3.0, first_beat=5.0) for url in urls]
+    for m in monitors:
+        m.start(on_dead)
+
+One socket means no per-kernel socket (zmq allows 1023 a context by default), no per-kernel
+timer, and replies read in batches. Each tcp heart still needs one file descriptor for its
+connection: past the process limit, ``start()`` raises an OSError that names it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import resource
+import time
+from typing import Any
+
+import zmq
+from tornado.ioloop import IOLoop
+
+from heartbeat import _validate
+from heartbeat._link import plain_context, reconnect_ivl
+from heartbeat.monitor import HeartMonitor
+
+log = logging.getLogger("heartbeat")
+
+# File descriptors left for everything else the process does.
+_FD_MARGIN = 64
+# Replies read per wake-up at most, so one flood cannot hold the loop.
+_DRAIN_LIMIT = 50_000
+
+
+class _PoolLink:
+    """A member's place in the pool: its routing id, and its one valid entry in the heap."""
+
+    def __init__(self, pool: HeartbeatPool, monitor: HeartMonitor, rid: bytes) -> None:
+        self.pool = pool
+        self.monitor = monitor
+        self.rid = rid
+        self.generation = 0
+        self.closed = False
+
+    def send(self, payload: bytes) -> None:
+        self.pool._send(self.rid, payload)
+
+    def wake_at(self, deadline: float) -> None:
+        self.generation += 1
+        self.pool._wake_at(self, deadline)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pool._leave(self)
+
+
+class HeartbeatPool:
+    """One ROUTER socket and one timer shared by many HeartMonitors.
+
+    Parameters
+    ----------
+    context:
+        The zmq context; default ``zmq.Context.instance()``.
+    io_loop:
+        The tornado IOLoop; default ``IOLoop.current()`` when the first member starts.
+    batch:
+        Seconds by which the shared timer may wake late so that members due close together
+        are judged in one wake-up (default 0.01). Kept well under every member's stall
+        threshold, so it never counts as a stall.
+    """
+
+    def __init__(
+        self,
+        *,
+        context: zmq.Context[Any] | None = None,
+        io_loop: IOLoop | None = None,
+        batch: float = 0.01,
+    ) -> None:
+        if context is not None and not isinstance(context, zmq.Context):
+            raise TypeError(f"context must be a zmq.Context or None, got {context!r}")
+        if io_loop is not None and not isinstance(io_loop, IOLoop):
+            raise TypeError(f"io_loop must be a tornado IOLoop or None, got {io_loop!r}")
+        self.batch = _validate.number("batch", batch, allow_zero=True)
+        self._context = context
+        self._io_loop = io_loop
+        self._loop: IOLoop | None = None
+        self._socket: zmq.Socket[Any] | None = None
+        self._fd = -1
+        self._members: dict[bytes, _PoolLink] = {}
+        self._heap: list[tuple[float, int, _PoolLink, int]] = []
+        self._seq = itertools.count()
+        self._ids = itertools.count(1)
+        self._timer: object | None = None
+        self._timer_at = float("inf")
+        self._judging = False
+
+    def __len__(self) -> int:
+        """How many members are watching now."""
+        return len(self._members)
+
+    def watch(self, url: str, **kwargs: Any) -> HeartMonitor:
+        """A HeartMonitor of ``url`` in this pool (not started); keywords as HeartMonitor's."""
+        return HeartMonitor(url, pool=self, **kwargs)
+
+    def close(self) -> None:
+        """Stop every member and close the socket. Idempotent."""
+        for link in list(self._members.values()):
+            link.monitor.stop()
+        self._close_socket()
+
+    # -- what members call -----------------------------------------------------------------
+
+    def _check_member(self, monitor: HeartMonitor) -> None:
+        if monitor.curve_serverkey is not None:
+            raise ValueError(
+                "a HeartbeatPool cannot use CURVE (one socket has one server key): watch "
+                f"{monitor.url} with a HeartMonitor of its own"
+            )
+
+    def _join(self, monitor: HeartMonitor) -> _PoolLink:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if not monitor.url.startswith("inproc://") and len(self._members) + _FD_MARGIN >= soft:
+            raise OSError(
+                f"cannot watch {monitor.url}: {len(self._members)} hearts are watched and each "
+                f"needs a file descriptor; this process may open {soft} (the RLIMIT_NOFILE soft "
+                "limit, 'ulimit -n'): raise it"
+            )
+        socket = self._open_socket()
+        rid = b"hb" + next(self._ids).to_bytes(8, "big")
+        try:
+            socket.setsockopt(zmq.CONNECT_ROUTING_ID, rid)
+            socket.connect(monitor.url)
+        except zmq.ZMQError as exc:
+            if not self._members:
+                self._close_socket()
+            raise ValueError(f"cannot connect to {monitor.url!r}: {exc.strerror}") from None
+        link = _PoolLink(self, monitor, rid)
+        self._members[rid] = link
+        return link
+
+    def _leave(self, link: _PoolLink) -> None:
+        self._members.pop(link.rid, None)
+        if self._socket is not None:
+            # ZMQError: already gone, or the context was terminated.
+            with contextlib.suppress(zmq.ZMQError):
+                self._socket.disconnect(link.monitor.url)
+        if not self._members:
+            self._close_socket()  # nothing is held while nothing is watched
+
+    def _send(self, rid: bytes, payload: bytes) -> None:
+        if self._socket is None:
+            return
+        try:
+            # The empty frame makes it a REQ-style envelope, which every heart echoes back.
+            self._socket.send_multipart([rid, b"", payload], zmq.NOBLOCK)
+        except zmq.Again:
+            return  # not connected yet, or its queue is full: the judge sees the silence
+        except zmq.ZMQError as exc:
+            self._fail(exc)
+            return
+        if not self._judging and self._loop is not None:
+            # A send can swallow the descriptor's edge for replies already waiting.
+            self._loop.add_callback(self._drain)
+
+    def _wake_at(self, link: _PoolLink, deadline: float) -> None:
+        heapq.heappush(self._heap, (deadline, next(self._seq), link, link.generation))
+        self._schedule()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _open_socket(self) -> zmq.Socket[Any]:
+        if self._socket is not None:
+            return self._socket
+        context = plain_context(self._context)
+        try:
+            socket: zmq.Socket[Any] = context.socket(zmq.ROUTER)
+        except zmq.ZMQError as exc:
+            raise _validate.socket_error(exc, context, "cannot open the pool's socket") from None
+        socket.linger = 0
+        socket.setsockopt(zmq.RECONNECT_IVL, reconnect_ivl(0.1))
+        socket.setsockopt(zmq.IPV6, 1)
+        # Hearts answer at the speed they are pinged; deep queues only hide a dead peer.
+        socket.sndhwm = socket.rcvhwm = 100_000
+        self._loop = self._io_loop if self._io_loop is not None else IOLoop.current()
+        self._fd = socket.FD
+        self._loop.add_handler(self._fd, self._on_readable, IOLoop.READ)
+        self._socket = socket
+        return socket
+
+    def _close_socket(self) -> None:
+        socket, self._socket = self._socket, None
+        if self._loop is not None and self._timer is not None:
+            self._loop.remove_timeout(self._timer)
+        self._timer = None
+        self._timer_at = float("inf")
+        self._heap.clear()
+        if socket is not None and self._loop is not None:
+            self._loop.remove_handler(self._fd)
+            socket.close(linger=0)
+
+    def _fail(self, exc: zmq.ZMQError) -> None:
+        log.error("heartbeat pool stopped: its socket failed (%s)", exc.strerror)
+        for link in list(self._members.values()):
+            link.monitor._fail(exc)
+        self._close_socket()
+
+    def _schedule(self) -> None:
+        if not self._heap or self._loop is None:
+            return
+        due = self._heap[0][0] + self.batch
+        if due >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._loop.remove_timeout(self._timer)
+        self._timer_at = due
+        self._timer = self._loop.call_later(max(0.0, due - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        # Flush before judging: every reply already in the socket is read first.
+        if not self._drain():
+            return
+        now = time.monotonic()
+        heap = self._heap
+        self._judging = True
+        try:
+            while heap and heap[0][0] <= now:
+                _, _, link, generation = heapq.heappop(heap)
+                if link.closed or generation != link.generation:
+                    continue  # superseded by a later wake_at, or the member left
+                link.monitor._judge_now(now)
+        finally:
+            self._judging = False
+        self._drain()
+        self._schedule()
+
+    def _on_readable(self, fd: int, events: int) -> None:
+        self._drain()
+
+    def _drain(self) -> bool:
+        """Read every reply waiting; False if the socket is gone."""
+        socket = self._socket
+        if socket is None:
+            return False
+        try:
+            for _ in range(_DRAIN_LIMIT):
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+                link = self._members.get(frames[0])
+                if link is not None and len(frames) == 3 and not frames[1]:
+                    link.monitor._on_reply(frames[2], time.monotonic())
+        except zmq.Again:
+            return True
+        except zmq.ZMQError as exc:
+            self._fail(exc)
+            return False
+        # Limit reached: more may wait, and the edge-triggered descriptor will not say so.
+        if self._loop is not None:
+            self._loop.add_callback(self._drain)
+        return True

@@ -1,0 +1,199 @@
+"""HeartbeatPool: many monitors, one socket, one timer, the same rules."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import zmq
+
+from heartbeat import Dead, Heart, HeartbeatPool, HeartMonitor, State
+from tests.conftest import Kernel, free_port
+from tests.test_monitor import SLACK, Watch
+
+
+def pooled(pool: HeartbeatPool, url: str, **kwargs: Any) -> Watch:
+    watch = Watch(url, **kwargs)
+    watch.monitor = HeartMonitor(url, pool=pool, on_event=watch._record, **kwargs)
+    return watch
+
+
+def test_a_hundred_hearts_beat_through_one_socket_and_one_dies_alone(
+    kernel_factory: Callable[..., Kernel],
+) -> None:
+    victim = kernel_factory()
+    hearts = [Heart() for _ in range(100)]
+    for heart in hearts:
+        heart.start()
+
+    async def scenario() -> tuple[list[Watch], Watch, float]:
+        pool = HeartbeatPool()
+        watches = [pooled(pool, h.url, time_to_dead=1.0, first_beat=0.5) for h in hearts]
+        doomed = pooled(pool, victim.url, time_to_dead=1.0, first_beat=0.5)
+        for w in [*watches, doomed]:
+            w.start()
+        assert len(pool) == 101
+        assert await doomed.until(lambda: len(doomed.beats()) >= 3, timeout=10)
+        victim.kill()
+        killed = time.monotonic()
+        assert await doomed.until(lambda: bool(doomed.died), timeout=10)
+        await asyncio.sleep(1.0)
+        pool.close()
+        assert len(pool) == 0 and pool._socket is None
+        return watches, doomed, killed
+
+    try:
+        watches, doomed, killed = asyncio.run(scenario())
+    finally:
+        for heart in hearts:
+            heart.stop()
+    assert all(w.died == [] and len(w.beats()) >= 4 for w in watches)
+    assert all(w.monitor.state is State.STOPPED for w in watches)
+    last = doomed.beats()[-1][0]
+    assert last <= killed + 0.1
+    assert 1.0 - 0.01 <= doomed.died[0] - last <= 1.5 + SLACK
+    assert doomed.monitor.state is State.DEAD
+
+
+def test_the_seed_in_a_pool_a_heart_bound_late_within_the_grace_is_not_dead() -> None:
+    port = free_port()
+
+    async def scenario() -> Watch:
+        pool = HeartbeatPool()
+        watch = pooled(pool, f"tcp://127.0.0.1:{port}", time_to_dead=0.3, first_beat=3.0)
+        watch.start()
+        await asyncio.sleep(2.0)
+        with Heart(f"tcp://127.0.0.1:{port}"):
+            assert await watch.until(lambda: bool(watch.beats()), timeout=2)
+            await asyncio.sleep(2.0)
+        watch.monitor.stop()
+        return watch
+
+    watch = asyncio.run(scenario())
+    assert watch.died == []
+
+
+def test_a_blocked_loop_kills_no_member() -> None:
+    hearts = [Heart() for _ in range(20)]
+    for heart in hearts:
+        heart.start()
+
+    async def scenario() -> list[Watch]:
+        pool = HeartbeatPool()
+        watches = [pooled(pool, h.url, time_to_dead=0.3, first_beat=0.0) for h in hearts]
+        for w in watches:
+            w.start()
+        assert await watches[0].until(lambda: all(w.beats() for w in watches), timeout=10)
+        time.sleep(2.0)  # the loop is blocked: every member's deadline passes unseen
+        await asyncio.sleep(1.0)
+        pool.close()
+        return watches
+
+    try:
+        watches = asyncio.run(scenario())
+    finally:
+        for heart in hearts:
+            heart.stop()
+    assert all(w.died == [] for w in watches)
+    assert all(w.monitor.stalls >= 1 for w in watches)
+
+
+def test_members_stop_and_restart_independently_and_the_socket_closes_when_idle() -> None:
+    async def scenario() -> None:
+        with Heart() as a, Heart() as b:
+            pool = HeartbeatPool()
+            wa = pooled(pool, a.url, time_to_dead=0.3, first_beat=0.0)
+            wb = pooled(pool, b.url, time_to_dead=0.3, first_beat=0.0)
+            wa.start()
+            wb.start()
+            assert await wa.until(lambda: bool(wa.beats() and wb.beats()), timeout=5)
+            wa.monitor.stop()
+            assert len(pool) == 1 and pool._socket is not None
+            before = len(wb.beats())
+            assert await wb.until(lambda: len(wb.beats()) > before + 3, timeout=5)
+            wa.start()
+            restarted = time.monotonic()
+            assert await wa.until(lambda: bool(wa.beats(since=restarted)), timeout=5)
+            wa.monitor.stop()
+            wb.monitor.stop()
+            assert len(pool) == 0 and pool._socket is None
+            assert wa.died == [] and wb.died == []
+            pool.close()  # idempotent
+
+    asyncio.run(scenario())
+
+
+def test_inproc_hearts_in_a_pool() -> None:
+    async def scenario() -> Watch:
+        with Heart("inproc://pooled-heart"):
+            pool = HeartbeatPool()
+            watch = pooled(pool, "inproc://pooled-heart", time_to_dead=0.2, first_beat=0.0)
+            watch.start()
+            assert await watch.until(lambda: len(watch.beats()) >= 3, timeout=5)
+            pool.close()
+        return watch
+
+    assert asyncio.run(scenario()).died == []
+
+
+def test_a_silent_member_dies_after_the_grace_exactly_like_a_lone_monitor() -> None:
+    async def scenario() -> Watch:
+        pool = HeartbeatPool()
+        watch = pooled(pool, f"tcp://127.0.0.1:{free_port()}", time_to_dead=0.2, first_beat=0.3)
+        watch.start()
+        assert await watch.until(lambda: bool(watch.died), timeout=5)
+        return watch
+
+    watch = asyncio.run(scenario())
+    [dead] = watch.of(Dead)
+    assert watch.died[0] - watch.events[0][0] >= 0.5 - 0.01
+
+
+def test_bad_arguments() -> None:
+    pool = HeartbeatPool()
+    with pytest.raises(ValueError, match="cannot use CURVE"):
+        pool.watch("tcp://127.0.0.1:5555", curve_serverkey=zmq.curve_keypair()[0])
+    with pytest.raises(TypeError, match="pool must be a HeartbeatPool"):
+        HeartMonitor("tcp://127.0.0.1:5555", pool="pool")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch"):
+        HeartbeatPool(batch=-1)
+    with pytest.raises(TypeError, match="context"):
+        HeartbeatPool(context=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="time_to_dead"):
+        pool.watch("tcp://127.0.0.1:5555", time_to_dead=0)
+
+
+POOL_FD_LIMIT = textwrap.dedent(
+    """
+    import asyncio, resource
+    from heartbeat import HeartbeatPool
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    async def main():
+        pool = HeartbeatPool()
+        try:
+            for i in range(1000):
+                pool.watch(f"tcp://127.0.0.1:{20000 + i}", first_beat=60).start()
+        except OSError as exc:
+            print(len(pool), exc)
+        pool.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_the_file_descriptor_limit_is_a_clear_error_that_names_it() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", POOL_FD_LIMIT], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    count, _, message = result.stdout.strip().partition(" ")
+    assert int(count) == 200 - 64
+    assert "may open 200" in message and "ulimit -n" in message
