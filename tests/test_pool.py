@@ -152,6 +152,7 @@ def test_a_silent_member_dies_after_the_grace_exactly_like_a_lone_monitor() -> N
 
     watch = asyncio.run(scenario())
     [dead] = watch.of(Dead)
+    assert dead.silent_for >= 0.5 - 0.01  # silent since start: first_beat + time_to_dead
     assert watch.died[0] - watch.events[0][0] >= 0.5 - 0.01
 
 
