@@ -101,6 +101,8 @@ class Heart:
         Make the heart a CURVE server with this secret key (Z85); only clients that know its
         public key get answers.
 
+    Examples
+    --------
     >>> with Heart("tcp://127.0.0.1:0") as heart:
     ...     heart.port > 0
     True

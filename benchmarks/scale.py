@@ -1,0 +1,367 @@
+"""How much does watching N hearts cost one process? Prints a table; never asserts speed.
+
+Side by side, each in a fresh process, every heart pinged once a second:
+
+- ``pool``: HeartbeatPool (one ROUTER socket, one timer, full judgement), time_to_dead 2 s;
+- ``bare``: one ROUTER socket that only sends pings and reads replies (no judgement at all):
+  the floor any design pays;
+- ``monitor``: one HeartMonitor (REQ socket + ZMQStream) per heart on one loop;
+- ``hbchannel``: jupyter_client's own HBChannel per heart (a thread each), time_to_dead 1 s.
+
+The hearts live in several other processes. One extra heart (a real ``Heart`` in its own
+process) is killed mid-run to measure detection latency. Usage::
+
+    python -m benchmarks.scale                     # 100, 1000, 3000, 10000 hearts
+    python -m benchmarks.scale --sizes 200 --duration 5 --kinds pool bare   # CI smoke
+    python -m benchmarks.scale --sizes 10000 --duration 300 --kinds pool    # the soak
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+HOSTS = 8  # processes the hearts are spread over
+KINDS = ("pool", "bare", "monitor", "hbchannel")
+LIMITS = {"monitor": 1000, "hbchannel": 1000}  # per-kernel sockets/threads: 1023 a context
+
+
+# -- the driver ---------------------------------------------------------------------------------
+
+
+def spawn_hearts(n: int) -> tuple[list[subprocess.Popen[str]], list[str]]:
+    procs, urls = [], []
+    per = -(-n // HOSTS)
+    for start in range(0, n, per):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.hearts_host", "--count", str(min(per, n - start))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        urls += [f"tcp://127.0.0.1:{p}" for p in json.loads(proc.stdout.readline())["ports"]]
+        procs.append(proc)
+    return procs, urls
+
+
+def run_one(kind: str, urls: list[str], duration: float) -> dict[str, Any]:
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "heartbeat._standin"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert victim.stdout is not None
+    victim_url = json.loads(victim.stdout.readline())["url"]
+    args = {"kind": kind, "urls": urls, "victim": victim_url, "duration": duration}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.scale", "--worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stdin is not None and worker.stdout is not None
+    worker.stdin.write(json.dumps(args) + "\n")
+    worker.stdin.flush()
+    assert worker.stdout.readline().strip() == "kill"
+    victim.kill()
+    victim.wait()
+    worker.stdin.write(f"{time.monotonic()}\n")
+    worker.stdin.flush()
+    result = json.loads(worker.stdout.readline())
+    worker.wait()
+    for stream in (victim.stdin, victim.stdout, worker.stdin, worker.stdout):
+        if stream is not None:
+            stream.close()
+    return dict(result)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'hearts':>7} {'kind':<10} {'cpu %':>7} {'rss MiB':>8} {'beats/s':>8} " + (
+        f"{'false deaths':>12} {'detect s':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        detect = "-" if r["detect"] is None else f"{r['detect']:.2f}"
+        lines.append(
+            f"{r['n']:>7} {r['kind']:<10} {r['cpu']:>7.1f} {r['rss']:>8.0f} "
+            f"{r['beats_per_s']:>8.0f} {r['false_deaths']:>12} {detect:>9}"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (cpu_ax, det_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for kind in KINDS:
+        mine = [r for r in rows if r["kind"] == kind]
+        if not mine:
+            continue
+        xs = [r["n"] for r in mine]
+        cpu_ax.plot(xs, [r["cpu"] for r in mine], marker="o", label=kind)
+        dets = [(r["n"], r["detect"]) for r in mine if r["detect"] is not None]
+        if dets:
+            det_ax.plot(*zip(*dets, strict=True), marker="o", label=kind)
+    cpu_ax.set(xscale="log", xlabel="hearts", ylabel="CPU % of one core", title="CPU")
+    det_ax.set(
+        xscale="log",
+        xlabel="hearts",
+        ylabel="seconds after the kill",
+        title="detection of one killed heart",
+    )
+    cpu_ax.legend()
+    det_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 3000, 10000])
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds measured")
+    parser.add_argument("--plot", type=Path, help="write a PNG here (needs matplotlib)")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    if args.worker:
+        return worker()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
+    rows = []
+    for n in args.sizes:
+        procs, urls = spawn_hearts(n)
+        try:
+            for kind in args.kinds:
+                if n > LIMITS.get(kind, n):
+                    continue
+                row = run_one(kind, urls, args.duration)
+                rows.append(row)
+                print(table([row]).splitlines()[-1], flush=True)
+        finally:
+            for proc in procs:
+                if proc.stdin is not None:
+                    proc.stdin.close()
+                proc.wait()
+                if proc.stdout is not None:
+                    proc.stdout.close()
+    print()
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    if args.plot and plot(rows, args.plot):
+        print(f"plot written to {args.plot}")
+    return 1 if any(r["false_deaths"] for r in rows) else 0
+
+
+# -- one measured configuration, in its own process --------------------------------------------
+
+
+def worker() -> int:
+    args = json.loads(sys.stdin.readline())
+    result = asyncio.run(measure(args["kind"], args["urls"], args["victim"], args["duration"]))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def measure(kind: str, urls: list[str], victim: str, duration: float) -> dict[str, Any]:
+    zmq.Context.instance().set(zmq.MAX_SOCKETS, 100_000)
+    state: dict[str, Any] = {"beats": 0, "deaths": set(), "victim_dead": None}
+    setup = {
+        "pool": setup_pool,
+        "bare": setup_bare,
+        "monitor": setup_monitors,
+        "hbchannel": setup_hbchannels,
+    }[kind]
+    stop = setup(urls + [victim], victim, state)
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(4.0)  # past first_beat: every heart is beating
+    beats0, cpu0, t0 = state["beats"], cpu_seconds(), time.monotonic()
+    await asyncio.sleep(duration)
+    cpu, wall, beats = cpu_seconds() - cpu0, time.monotonic() - t0, state["beats"] - beats0
+    print("kill", flush=True)
+    killed = float(await loop.run_in_executor(None, sys.stdin.readline))
+    end = time.monotonic() + 10
+    while state["victim_dead"] is None and time.monotonic() < end and kind != "bare":
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(1.0)
+    false_deaths = len(state["deaths"] - {victim})
+    rss = rss_mib()
+    stop()
+    return {
+        "n": len(urls),
+        "kind": kind,
+        "cpu": 100 * cpu / wall,
+        "rss": rss,
+        "beats_per_s": beats / wall,
+        "false_deaths": false_deaths,
+        "detect": None if state["victim_dead"] is None else state["victim_dead"] - killed,
+    }
+
+
+def _counting(state: dict[str, Any]) -> Any:
+    from heartbeat import Beat
+
+    def on_event(event: object) -> None:
+        if isinstance(event, Beat):
+            state["beats"] += 1
+
+    return on_event
+
+
+def _on_dead(state: dict[str, Any], url: str, victim: str) -> Any:
+    def dead() -> None:
+        state["deaths"].add(url)
+        if url == victim:
+            state["victim_dead"] = time.monotonic()
+
+    return dead
+
+
+def setup_pool(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
+    from heartbeat import HeartbeatPool
+
+    pool = HeartbeatPool()
+    on_event = _counting(state)
+    for url in urls:
+        m = pool.watch(url, time_to_dead=2.0, first_beat=3.0, interval=1.0, on_event=on_event)
+        m.start(_on_dead(state, url, victim))
+    return pool.close
+
+
+def setup_monitors(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
+    from heartbeat import HeartMonitor
+
+    on_event = _counting(state)
+    monitors = []
+    for url in urls:
+        m = HeartMonitor(url, time_to_dead=2.0, first_beat=3.0, interval=1.0, on_event=on_event)
+        m.start(_on_dead(state, url, victim))
+        monitors.append(m)
+    return lambda: [m.stop() for m in monitors]
+
+
+def setup_bare(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
+    from tornado.ioloop import IOLoop, PeriodicCallback
+
+    loop = IOLoop.current()
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.linger = 0
+    sock.sndhwm = sock.rcvhwm = 100_000
+    rids = []
+    for i, url in enumerate(urls):
+        rid = b"b" + i.to_bytes(8, "big")
+        sock.setsockopt(zmq.CONNECT_ROUTING_ID, rid)
+        sock.connect(url)
+        rids.append(rid)
+    slot = [0]
+    ticks_per_s = 10
+
+    def drain(*_: object) -> None:
+        try:
+            while True:
+                sock.recv_multipart(zmq.NOBLOCK)
+                state["beats"] += 1
+        except zmq.Again:
+            pass
+
+    def tick() -> None:
+        # Every heart once a second, spread over ten ticks.
+        k = slot[0] % ticks_per_s
+        slot[0] += 1
+        for rid in rids[k::ticks_per_s]:
+            try:
+                sock.send_multipart([rid, b"", b"ping"], zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        drain()
+
+    loop.add_handler(sock.FD, drain, IOLoop.READ)
+    timer = PeriodicCallback(tick, 1000 / ticks_per_s)
+    timer.start()
+
+    def stop() -> None:
+        timer.stop()
+        loop.remove_handler(sock.FD)
+        sock.close()
+
+    return stop
+
+
+def setup_hbchannels(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
+    from jupyter_client.channels import HBChannel
+
+    ctx = zmq.Context.instance()
+    lock = threading.Lock()
+
+    class Counting(HBChannel):  # type: ignore[misc]
+        time_to_dead = 1.0
+
+        def __init__(self, url: str) -> None:
+            super().__init__(ctx, address=url)
+            self.url = url
+
+        def call_handlers(self, since_last_heartbeat: float) -> None:
+            with lock:
+                state["deaths"].add(self.url)
+                if self.url == victim and state["victim_dead"] is None:
+                    state["victim_dead"] = time.monotonic()
+
+    channels = [Counting(url) for url in urls]
+    for ch in channels:
+        ch.start()
+
+    def count() -> None:
+        # HBChannel does not report beats; one per channel and second while is_beating().
+        while not stopped.is_set():
+            stopped.wait(1.0)
+            state["beats"] += sum(ch.is_beating() for ch in channels)
+
+    stopped = threading.Event()
+    counter = threading.Thread(target=count, daemon=True)
+    counter.start()
+
+    def stop() -> None:
+        stopped.set()
+        for ch in channels:
+            ch.stop()
+
+    return stop
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sys.exit(main())
