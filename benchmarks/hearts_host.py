@@ -10,6 +10,7 @@ line, then runs until its stdin closes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -35,10 +36,8 @@ def main() -> int:
 
 
 def _echo(router: zmq.Socket[bytes]) -> None:
-    try:
+    with contextlib.suppress(zmq.ZMQError):
         zmq.proxy(router, router)
-    except zmq.ZMQError:
-        pass
 
 
 if __name__ == "__main__":

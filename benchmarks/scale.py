@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -146,7 +147,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         return worker()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
     rows = []
     for n in args.sizes:
@@ -205,7 +206,7 @@ async def measure(kind: str, urls: list[str], victim: str, duration: float) -> d
         "monitor": setup_monitors,
         "hbchannel": setup_hbchannels,
     }[kind]
-    stop = setup(urls + [victim], victim, state)
+    stop = setup([*urls, victim], victim, state)
     loop = asyncio.get_running_loop()
     await asyncio.sleep(4.0)  # past first_beat: every heart is beating
     beats0, cpu0, t0 = state["beats"], cpu_seconds(), time.monotonic()
@@ -302,10 +303,8 @@ def setup_bare(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
         k = slot[0] % ticks_per_s
         slot[0] += 1
         for rid in rids[k::ticks_per_s]:
-            try:
+            with contextlib.suppress(zmq.Again):
                 sock.send_multipart([rid, b"", b"ping"], zmq.NOBLOCK)
-            except zmq.Again:
-                pass
         drain()
 
     loop.add_handler(sock.FD, drain, IOLoop.READ)
