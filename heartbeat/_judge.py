@@ -151,6 +151,7 @@ class Judge:
         self._token = 0
         self._sent.clear()
         self.stalls = 0
+        self._next_ping = now
         events = self._become(State.STARTING)
         events.append(self._ping(now))
         self._asked = self._deadline()
@@ -217,7 +218,10 @@ class Judge:
         self._sent[self._token] = now
         if len(self._sent) > _RTT_WINDOW:
             del self._sent[next(iter(self._sent))]
-        self._next_ping = now + self.interval
+        # Keep the cadence when a timer runs a little late, so pings do not drift apart.
+        self._next_ping += self.interval
+        if self._next_ping <= now:
+            self._next_ping = now + self.interval
         return Ping(self._token)
 
     def _become(self, new: State) -> list[Event]:

@@ -42,6 +42,23 @@ def _seconds(allow_zero: bool = False) -> type[float]:
     return parse  # type: ignore[return-value]
 
 
+def _timing_options(parser: argparse.ArgumentParser, time_to_dead: float) -> None:
+    parser.add_argument(
+        "--time-to-dead",
+        type=_seconds(),
+        default=time_to_dead,
+        metavar="S",
+        help=f"seconds of silence, after the grace, that mean death (default {time_to_dead:g})",
+    )
+    parser.add_argument(
+        "--first-beat",
+        type=_seconds(allow_zero=True),
+        default=5.0,
+        metavar="S",
+        help="seconds of grace for the kernel to start before judging (default 5)",
+    )
+
+
 def _parser() -> _Parser:
     parser = _Parser(
         prog="heartbeat",
@@ -60,20 +77,7 @@ def _parser() -> _Parser:
         "manager's own loop is blocked, and a real death reported within the bound.",
         epilog="example: heartbeat demo --time-to-dead 0.5",
     )
-    demo.add_argument(
-        "--time-to-dead",
-        type=_seconds(),
-        default=1.0,
-        metavar="S",
-        help="seconds of silence that mean death (default 1 for the demo)",
-    )
-    demo.add_argument(
-        "--first-beat",
-        type=_seconds(allow_zero=True),
-        default=5.0,
-        metavar="S",
-        help="grace for the kernel to start (default 5)",
-    )
+    _timing_options(demo, time_to_dead=1.0)
 
     probe = sub.add_parser(
         "probe",
@@ -105,20 +109,7 @@ def _parser() -> _Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     watch.add_argument("target", metavar="TARGET")
-    watch.add_argument(
-        "--time-to-dead",
-        type=_seconds(),
-        default=3.0,
-        metavar="S",
-        help="seconds of silence, after the grace, that mean death (default 3)",
-    )
-    watch.add_argument(
-        "--first-beat",
-        type=_seconds(allow_zero=True),
-        default=5.0,
-        metavar="S",
-        help="seconds of grace before judging (default 5)",
-    )
+    _timing_options(watch, time_to_dead=3.0)
     watch.add_argument("--json", action="store_true", help="one JSON object a line per event")
     return parser
 

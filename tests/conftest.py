@@ -105,6 +105,16 @@ def kernel(kernel_factory: Callable[..., Kernel]) -> Kernel:
     return kernel_factory()
 
 
+def wait_for(condition: Callable[[], object], timeout: float) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def free_port() -> int:
     import socket
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -27,6 +28,19 @@ def heartbeat(*args: str, timeout: float = 60, **kw: Any) -> subprocess.Complete
     return subprocess.run(
         [EXE, *args], capture_output=True, text=True, timeout=timeout, check=False, **kw
     )
+
+
+@contextlib.contextmanager
+def spawned(*args: str, **kwargs: Any) -> Iterator[subprocess.Popen[str]]:
+    """The console script running with a piped stdout; killed and reaped on the way out."""
+    proc = subprocess.Popen([EXE, *args], stdout=subprocess.PIPE, text=True, **kwargs)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
 
 
 def gone(pid: int) -> bool:
@@ -109,18 +123,15 @@ def test_demo_tells_the_whole_story_and_leaves_no_process() -> None:
 
 
 def test_demo_ctrl_c_cleans_up() -> None:
-    proc = subprocess.Popen(
-        [EXE, "demo"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        # As from a terminal, even when this test runs in a background job that ignores ^C.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    assert proc.stdout is not None
     pid = None
     seen = []
-    try:
+    # As from a terminal, even when this test runs in a background job that ignores ^C.
+    with spawned(
+        "demo",
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    ) as proc:
+        assert proc.stdout is not None
         for line in proc.stdout:
             seen.append(line)
             if m := re.search(r"stand-in kernel \(pid (\d+)\)", line):
@@ -130,10 +141,6 @@ def test_demo_ctrl_c_cleans_up() -> None:
         proc.send_signal(signal.SIGINT)
         rest = proc.stdout.read()
         assert proc.wait(30) == 130, "".join(seen) + rest
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
     assert pid is not None and gone(pid)
 
 
@@ -215,12 +222,8 @@ def test_probe_bad_input_is_one_line_and_exit_2(tmp_path: Path, setup: str, word
 
 
 def test_watch_json_reports_states_beats_and_death_then_exits_1(kernel: Kernel) -> None:
-    proc = subprocess.Popen(
-        [EXE, "watch", kernel.url, "--time-to-dead", "0.5", "--first-beat", "0.5", "--json"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    argv = ["watch", kernel.url, "--time-to-dead", "0.5", "--first-beat", "0.5", "--json"]
+    with spawned(*argv) as proc:
         records = [read_json_line(proc, 10)]
         while not any(r["event"] == "beat" for r in records):
             records.append(read_json_line(proc, 10))
@@ -228,11 +231,6 @@ def test_watch_json_reports_states_beats_and_death_then_exits_1(kernel: Kernel) 
         while records[-1]["event"] != "dead":
             records.append(read_json_line(proc, 10))
         assert proc.wait(10) == 1
-    finally:
-        proc.kill()
-        proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
     assert records[0]["event"] == "watch" and records[0]["url"] == kernel.url
     states = [(r["old"], r["new"]) for r in records if r["event"] == "state"]
     assert states[0] == ("idle", "starting") and ("starting", "beating") in states
@@ -242,17 +240,11 @@ def test_watch_json_reports_states_beats_and_death_then_exits_1(kernel: Kernel) 
 
 
 def test_watch_ctrl_c_exits_0(heart: Heart) -> None:
-    proc = subprocess.Popen([EXE, "watch", heart.url, "--json"], stdout=subprocess.PIPE, text=True)
-    try:
+    with spawned("watch", heart.url, "--json") as proc:
         while read_json_line(proc, 10)["event"] != "beat":
             pass
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
-    finally:
-        proc.kill()
-        proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
 
 
 def test_watch_on_a_terminal_keeps_a_live_status_line(heart: Heart) -> None:

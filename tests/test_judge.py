@@ -44,6 +44,16 @@ def test_pings_keep_their_pace_whether_or_not_they_are_answered() -> None:
     assert tokens == [2, 3, 4, 5, 6]
 
 
+def test_pings_keep_their_cadence_when_the_timer_runs_a_little_late() -> None:
+    judge = Judge(time_to_dead=1.0, first_beat=10.0)  # interval 0.5, stall after 0.25
+    judge.start(0.0)
+    judge.on_timer(0.52)
+    judge.on_timer(1.03)
+    assert judge.next_deadline == approx(1.5)  # not 1.53: lateness does not accumulate
+    judge.on_timer(5.0)  # a stall: the cadence restarts from now
+    assert judge.next_deadline == approx(5.5)
+
+
 def test_a_reply_is_a_beat_with_its_round_trip() -> None:
     judge = Judge(time_to_dead=3.0, first_beat=5.0)
     judge.start(0.0)
@@ -208,6 +218,8 @@ def test_lateness_up_to_the_stall_threshold_is_ordinary_and_still_judged() -> No
     assert judge.next_deadline == approx(0.751)
     judge.on_timer(0.751 + 0.2)  # late wake-up, 200 ms late
     assert judge.state is State.LATE
+    assert judge.next_deadline == approx(1.0)  # the next ping, on its cadence
+    assert pings(judge.on_timer(1.0)) == [3]
     assert judge.next_deadline == approx(1.001)
     events = judge.on_timer(1.001 + 0.25)  # death deadline, 250 ms late: not a stall
     assert judge.stalls == 0

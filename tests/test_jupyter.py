@@ -19,6 +19,7 @@ from traitlets.config.loader import KVArgParseConfigLoader
 
 from heartbeat.jupyter import HBChannel, HeartbeatKernelManager, HeartbeatKernelRestarter
 from heartbeat.probe import ping
+from tests.conftest import wait_for
 from tests.test_monitor import SLACK
 
 HOLD_GIL = "import ctypes; ctypes.PyDLL(None).usleep({us})"
@@ -37,15 +38,6 @@ def recording(ttd: float, fb: float) -> type[RecordingHBChannel]:
         (RecordingHBChannel,),
         {"time_to_dead": ttd, "first_beat": fb, "failures": []},
     )
-
-
-def wait_for(condition: Any, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 @pytest.fixture

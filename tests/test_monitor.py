@@ -336,22 +336,25 @@ class DelayingHeart:
         self.sock.close()
         self.ctx.term()
 
+    def watch_for(self, seconds: float, **kwargs: Any) -> Watch:
+        """Watch this heart for ``seconds``, then close it."""
+
+        async def scenario() -> Watch:
+            watch = Watch(self.url, **kwargs)
+            watch.start()
+            await asyncio.sleep(seconds)
+            watch.monitor.stop()
+            return watch
+
+        try:
+            return run(scenario())
+        finally:
+            self.close()
+
 
 def test_replies_slower_than_the_ping_interval_are_life_with_their_true_round_trip() -> None:
     # interval 0.25, ttd 0.5: each reply lands after the next ping went out
-    heart = DelayingHeart(delay=0.35)
-
-    async def scenario() -> Watch:
-        watch = Watch(heart.url, time_to_dead=0.5, first_beat=0.0)
-        watch.start()
-        await asyncio.sleep(3.0)
-        watch.monitor.stop()
-        return watch
-
-    try:
-        watch = run(scenario())
-    finally:
-        heart.close()
+    watch = DelayingHeart(delay=0.35).watch_for(3.0, time_to_dead=0.5, first_beat=0.0)
     assert watch.died == []
     rtts = [b.rtt for _, b in watch.beats() if b.rtt is not None]
     assert len(rtts) >= 5
@@ -363,19 +366,8 @@ def test_replies_slower_than_the_ping_interval_are_life_with_their_true_round_tr
 
 def test_a_lost_reply_never_wedges_the_req_socket() -> None:
     heart = DelayingHeart(delay=0.0, drop=lambda n: n % 2 == 0)  # every other reply is lost
-
-    async def scenario() -> Watch:
-        # Pings every 0.15 s; with every other reply lost, one still comes every 0.3 s.
-        watch = Watch(heart.url, time_to_dead=0.6, first_beat=0.0, interval=0.15)
-        watch.start()
-        await asyncio.sleep(3.0)
-        watch.monitor.stop()
-        return watch
-
-    try:
-        watch = run(scenario())
-    finally:
-        heart.close()
+    # Pings every 0.15 s; with every other reply lost, one still comes every 0.3 s.
+    watch = heart.watch_for(3.0, time_to_dead=0.6, first_beat=0.0, interval=0.15)
     assert watch.died == []
     assert len(watch.beats()) >= 6
     assert len(watch.of(Ping)) >= 1.6 * len(watch.beats())  # replies really were lost

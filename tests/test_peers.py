@@ -20,7 +20,7 @@ from jupyter_client.manager import AsyncKernelManager
 from heartbeat import Heart, HeartMonitor, State
 from heartbeat.connection import read_connection_file
 from heartbeat.probe import ping
-from tests.conftest import Kernel
+from tests.conftest import Kernel, wait_for
 from tests.test_monitor import SLACK, Watch
 
 
@@ -136,15 +136,6 @@ class RecordingHBChannel(HBChannel):
 
     def call_handlers(self, since_last_heartbeat: float) -> None:
         self.failures.append(since_last_heartbeat)
-
-
-def wait_for(condition: Any, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_jupyter_clients_hbchannel_beats_against_our_heart_and_sees_it_stop() -> None:

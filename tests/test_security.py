@@ -19,9 +19,8 @@ from jupyter_client.channels import HBChannel as JupyterHBChannel
 from heartbeat import Heart, State
 from heartbeat.jupyter import HBChannel
 from heartbeat.probe import ping
-from tests.conftest import Kernel
+from tests.conftest import Kernel, wait_for
 from tests.test_monitor import Watch
-from tests.test_peers import wait_for
 
 KEYS = zmq.curve_keypair()  # (public, secret) of the kernel's heart
 

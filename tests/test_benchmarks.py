@@ -1,0 +1,71 @@
+"""The benchmarks run, in a short form (HEARTBEAT_SLOW=1: a long one). They print numbers;
+these tests assert only behaviour: no false death, every real death reported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SLOW
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_scale_benchmark_smoke() -> None:
+    sizes, duration = ("1000", "30") if SLOW else ("200", "3")
+    result = run(
+        "benchmarks.scale",
+        "--sizes",
+        sizes,
+        "--duration",
+        duration,
+        "--kinds",
+        "pool",
+        "bare",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr  # exit 1: a false death
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
+    table = {row[1]: row for row in rows[-2:]}
+    assert set(table) == {"pool", "bare"}
+    pool = table["pool"]
+    assert pool[0] == sizes and pool[5] == "0"  # hearts, false deaths
+    assert pool[6] != "-"  # the killed heart was reported dead
+
+
+@pytest.mark.slow
+def test_soak_a_minute_of_chaos() -> None:
+    duration = "600" if SLOW else "60"
+    result = run(
+        "benchmarks.soak",
+        "--hearts",
+        "6",
+        "--duration",
+        duration,
+        "--seed",
+        "7",
+        timeout=float(duration) + 300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    counts = dict(
+        (line.rsplit(maxsplit=1)[0].strip(), line.rsplit(maxsplit=1)[1])
+        for line in result.stdout.splitlines()[1:8]
+    )
+    assert counts["false deaths"] == "0"
+    assert int(counts["deaths reported"]) >= 1  # chaos did happen, and was reported
+    assert result.stdout.strip().endswith("0 violations")
