@@ -26,6 +26,7 @@ def run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_scale_benchmark_smoke() -> None:
     sizes, duration = ("1000", "30") if SLOW else ("200", "3")
     result = run(
@@ -49,6 +50,7 @@ def test_scale_benchmark_smoke() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_soak_a_minute_of_chaos() -> None:
     duration = "600" if SLOW else "60"
     result = run(
