@@ -92,14 +92,15 @@ def run_one(kind: str, urls: list[str], duration: float) -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = f"{'hearts':>7} {'kind':<10} {'cpu %':>7} {'rss MiB':>8} {'beats/s':>8} " + (
-        f"{'false deaths':>12} {'detect s':>9}"
+        f"{'false deaths':>12} {'detect s':>9} {'silent s':>9}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         detect = "-" if r["detect"] is None else f"{r['detect']:.2f}"
+        silent = "-" if r.get("silent") is None else f"{r['silent']:.2f}"
         lines.append(
             f"{r['n']:>7} {r['kind']:<10} {r['cpu']:>7.1f} {r['rss']:>8.0f} "
-            f"{r['beats_per_s']:>8.0f} {r['false_deaths']:>12} {detect:>9}"
+            f"{r['beats_per_s']:>8.0f} {r['false_deaths']:>12} {detect:>9} {silent:>9}"
         )
     return "\n".join(lines)
 
@@ -119,7 +120,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
             continue
         xs = [r["n"] for r in mine]
         cpu_ax.plot(xs, [r["cpu"] for r in mine], marker="o", label=kind)
-        dets = [(r["n"], r["detect"]) for r in mine if r["detect"] is not None]
+        dets = [(r["n"], r["silent"]) for r in mine if r.get("silent") is not None]
         if dets:
             det_ax.plot(*zip(*dets, strict=True), marker="o", label=kind)
     cpu_ax.set(xscale="log", xlabel="hearts", ylabel="CPU % of one core", title="CPU")
@@ -209,9 +210,10 @@ async def measure(kind: str, urls: list[str], victim: str, duration: float) -> d
     stop = setup([*urls, victim], victim, state)
     loop = asyncio.get_running_loop()
     await asyncio.sleep(4.0)  # past first_beat: every heart is beating
-    beats0, cpu0, t0 = state["beats"], cpu_seconds(), time.monotonic()
+    count = state.get("count", lambda: state["beats"])
+    beats0, cpu0, t0 = count(), cpu_seconds(), time.monotonic()
     await asyncio.sleep(duration)
-    cpu, wall, beats = cpu_seconds() - cpu0, time.monotonic() - t0, state["beats"] - beats0
+    cpu, wall, beats = cpu_seconds() - cpu0, time.monotonic() - t0, count() - beats0
     print("kill", flush=True)
     killed = float(await loop.run_in_executor(None, sys.stdin.readline))
     end = time.monotonic() + 10
@@ -229,17 +231,19 @@ async def measure(kind: str, urls: list[str], victim: str, duration: float) -> d
         "beats_per_s": beats / wall,
         "false_deaths": false_deaths,
         "detect": None if state["victim_dead"] is None else state["victim_dead"] - killed,
+        "silent": state.get("silent"),
     }
 
 
-def _counting(state: dict[str, Any]) -> Any:
-    from heartbeat import Beat
+def _victim_events(state: dict[str, Any], url: str, victim: str) -> Any:
+    """For the victim only: record the silence it was declared dead after."""
+    from heartbeat import Dead
 
     def on_event(event: object) -> None:
-        if isinstance(event, Beat):
-            state["beats"] += 1
+        if isinstance(event, Dead):
+            state["silent"] = event.silent_for
 
-    return on_event
+    return on_event if url == victim else None
 
 
 def _on_dead(state: dict[str, Any], url: str, victim: str) -> Any:
@@ -255,22 +259,38 @@ def setup_pool(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
     from heartbeat import HeartbeatPool
 
     pool = HeartbeatPool()
-    on_event = _counting(state)
-    for url in urls:
-        m = pool.watch(url, time_to_dead=2.0, first_beat=3.0, interval=1.0, on_event=on_event)
+    monitors = [
+        pool.watch(
+            url,
+            time_to_dead=2.0,
+            first_beat=3.0,
+            interval=1.0,
+            on_event=_victim_events(state, url, victim),
+        )
+        for url in urls
+    ]
+    for url, m in zip(urls, monitors, strict=True):
         m.start(_on_dead(state, url, victim))
+    # The monitors count their own beats: no per-event callback weighs on the measurement.
+    state["count"] = lambda: sum(m.stats.count for m in monitors)
     return pool.close
 
 
 def setup_monitors(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
     from heartbeat import HeartMonitor
 
-    on_event = _counting(state)
     monitors = []
     for url in urls:
-        m = HeartMonitor(url, time_to_dead=2.0, first_beat=3.0, interval=1.0, on_event=on_event)
+        m = HeartMonitor(
+            url,
+            time_to_dead=2.0,
+            first_beat=3.0,
+            interval=1.0,
+            on_event=_victim_events(state, url, victim),
+        )
         m.start(_on_dead(state, url, victim))
         monitors.append(m)
+    state["count"] = lambda: sum(m.stats.count for m in monitors)
     return lambda: [m.stop() for m in monitors]
 
 
@@ -337,6 +357,7 @@ def setup_hbchannels(urls: list[str], victim: str, state: dict[str, Any]) -> Any
                 state["deaths"].add(self.url)
                 if self.url == victim and state["victim_dead"] is None:
                     state["victim_dead"] = time.monotonic()
+                    state["silent"] = since_last_heartbeat
 
     channels = [Counting(url) for url in urls]
     for ch in channels:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections import deque
+from array import array
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class RttStats:
-    """Round-trip times in seconds over the last ``window`` beats; None before any beat.
+    """Round-trip times in seconds over the last 256 beats; None before any beat.
 
     ``count`` counts every beat of the run, ``late`` the beats whose round trip took longer
     than the ping interval (the reply came after the next ping was due).
@@ -23,16 +23,23 @@ class RttStats:
 
 
 class RttWindow:
-    """Keeps the last ``size`` round-trip times and summarises them."""
+    """Keeps the last ``size`` round-trip times and summarises them.
 
-    def __init__(self, size: int = 1000) -> None:
-        self._rtts: deque[float] = deque(maxlen=size)
+    A ring of C doubles: 8 bytes a beat, so a process watching 10,000 kernels spends 20 MB on
+    their statistics, not hundreds.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._rtts = array("d")
+        self._next = 0
         self._count = 0
         self._late = 0
 
     def clear(self) -> None:
         """Forget everything (a new run)."""
-        self._rtts.clear()
+        self._rtts = array("d")
+        self._next = 0
         self._count = 0
         self._late = 0
 
@@ -40,8 +47,13 @@ class RttWindow:
         """Record one beat; ``rtt`` None counts the beat without a time."""
         self._count += 1
         self._late += late
-        if rtt is not None:
+        if rtt is None:
+            return
+        if len(self._rtts) < self._size:
             self._rtts.append(rtt)
+        else:
+            self._rtts[self._next] = rtt
+            self._next = (self._next + 1) % self._size
 
     def summary(self) -> RttStats:
         """The statistics now."""

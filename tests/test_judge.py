@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heartbeat import Beat, Dead, Judge, Ping, Stall, State, StateChanged
+from heartbeat import Beat, Dead, Judge, Ping, RttStats, Stall, State, StateChanged
 from tests.judge_sim import World
 
 MS = 0.001
@@ -390,3 +390,18 @@ def test_no_death_is_ever_declared_before_the_grace_and_ttd(
     )
     world.run(until=fb + 10 * ttd)
     assert world.dead_at is None or world.dead_at >= fb + ttd - 1e-9
+
+
+def test_rtt_window_keeps_the_most_recent_beats_only() -> None:
+    from heartbeat._stats import RttWindow
+
+    window = RttWindow(size=4)
+    assert window.summary() == RttStats(0, 0, None, None, None, None)
+    for rtt in [9.0, 8.0, 1.0, 2.0, 3.0, 4.0]:
+        window.add(rtt, late=rtt > 5)
+    window.add(None, late=False)
+    s = window.summary()
+    assert (s.count, s.late, s.min, s.max) == (7, 2, 1.0, 4.0)  # 9 and 8 have left the window
+    assert s.median == 3.0 and s.p99 == 4.0
+    window.clear()
+    assert window.summary().count == 0
