@@ -95,6 +95,13 @@ def test_the_readme_test_command_is_what_ci_runs() -> None:
     assert "heartbeat demo" in readme.split("```")[1]
 
 
+def test_every_shell_example_is_one_the_suite_or_ci_runs() -> None:
+    readme = [code.strip() for name, code in blocks("bash") if name.startswith("README")]
+    tested = {*readme, f"jupyter server {CONFIG_LINE}"}
+    for name, code in blocks("bash"):
+        assert code.strip() in tested, name
+
+
 def test_the_kubernetes_probe_example_works_against_a_real_heart(tmp_path: Path) -> None:
     [(_, spec)] = blocks("yaml")
     pod = yaml.safe_load(spec)
