@@ -17,6 +17,8 @@ class FaultProxy:
         self.holding = False  # True: nothing gets through until it is False again
         self.connections = 0
         self._writers: set[asyncio.StreamWriter] = set()
+        self._every_writer: list[asyncio.StreamWriter] = []
+        self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -30,15 +32,22 @@ class FaultProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
+        self._closed = True
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
         self.reset()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await task
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._tasks.difference_update(tasks)
+        # Every socket is really closed (connection_lost has run) before the loop may end.
+        for writer in self._every_writer:
+            writer.transport.abort()
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await writer.wait_closed()
 
     def reset(self) -> None:
         """Abort every connection with a TCP reset, as a flaky middlebox does."""
@@ -52,10 +61,16 @@ class FaultProxy:
         task.add_done_callback(self._tasks.discard)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._every_writer.append(writer)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
             writer.transport.abort()
+            return
+        self._every_writer.append(up_writer)
+        if self._closed:
+            writer.transport.abort()
+            up_writer.transport.abort()
             return
         self.connections += 1
         self._writers.update((writer, up_writer))
