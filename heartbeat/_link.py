@@ -55,7 +55,9 @@ def close_stream(stream: ZMQStream, loop: IOLoop, fd: int) -> None:
 class SocketLink:
     """One REQ socket on the loop, and one timer."""
 
-    def __init__(self, monitor: HeartMonitor, loop: IOLoop, context: zmq.Context[Any]) -> None:
+    def __init__(
+        self, monitor: HeartMonitor, loop: IOLoop, context: zmq.Context[Any] | None
+    ) -> None:
         self._monitor = monitor
         self._loop = loop
         socket = self._open(plain_context(context))

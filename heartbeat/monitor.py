@@ -13,7 +13,7 @@ from tornado.ioloop import IOLoop
 
 from heartbeat import _validate
 from heartbeat._judge import Beat, Dead, Event, Judge, Ping, State
-from heartbeat._link import Link, SocketLink, plain_context
+from heartbeat._link import Link, SocketLink
 from heartbeat._stats import RttStats, RttWindow
 
 if TYPE_CHECKING:
@@ -196,7 +196,7 @@ class HeartMonitor:
             self._link = self._pool._join(self)
         else:
             loop = self._io_loop if self._io_loop is not None else IOLoop.current()
-            self._link = SocketLink(self, loop, plain_context(self._context))
+            self._link = SocketLink(self, loop, self._context)
         self._callback = callback
         # A fresh nonce per run: replies to an earlier run's pings can never count in this one.
         self._nonce = os.urandom(_NONCE_BYTES)
