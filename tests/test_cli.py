@@ -287,3 +287,26 @@ def test_module_entry_point(heart: Heart) -> None:
         check=False,
     )
     assert result.returncode == 0
+
+
+def test_probe_and_watch_a_real_ipykernel_by_its_connection_file_and_kernel_id(
+    tmp_path: Path,
+) -> None:
+    from jupyter_client import KernelManager
+
+    kid = "5f0c2b7e-real-ipykernel"
+    km = KernelManager(kernel_name="python3", connection_file=str(tmp_path / f"kernel-{kid}.json"))
+    km.start_kernel()
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)}
+    try:
+        deadline = time.monotonic() + 60
+        while heartbeat("probe", km.connection_file, "--timeout", "1").returncode != 0:
+            assert time.monotonic() < deadline, "the kernel's heart never answered"
+        assert heartbeat("probe", "5f0c", "--json", env=env).returncode == 0
+        with spawned("watch", "5f0c2b", "--json", "--first-beat", "1", env=env) as proc:
+            records = [read_json_line(proc, 30)]
+            while records[-1]["event"] != "beat":
+                records.append(read_json_line(proc, 30))
+            assert records[0]["url"] == km._make_url("hb")
+    finally:
+        km.shutdown_kernel(now=True)
