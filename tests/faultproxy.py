@@ -61,6 +61,11 @@ class FaultProxy:
         task.add_done_callback(self._tasks.discard)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Tracked, so close() also waits for a connection that is still being set up.
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)  # type: ignore[arg-type]
+            task.add_done_callback(self._tasks.discard)
         self._every_writer.append(writer)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
