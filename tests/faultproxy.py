@@ -48,6 +48,10 @@ class FaultProxy:
             writer.transport.abort()
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
+        # A connection cancelled while it was being opened is closed by asyncio in a callback
+        # of its own: let the loop run those before it may end.
+        for _ in range(20):
+            await asyncio.sleep(0)
 
     def reset(self) -> None:
         """Abort every connection with a TCP reset, as a flaky middlebox does."""
