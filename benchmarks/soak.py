@@ -92,6 +92,16 @@ class Soak:
         heart.last_beat = time.monotonic() + FIRST_BEAT  # silence counts from the grace's end
         heart.monitor.start(lambda: self.on_dead(heart))
 
+    def stalled(self, start: float, end: float) -> float:
+        """Seconds of [start, end] covered by any stall window (overlaps counted once)."""
+        total, reach = 0.0, start
+        for a, b in sorted(self.stall_windows):
+            a, b = max(a, reach), min(b, end)
+            if b > a:
+                total += b - a
+                reach = b
+        return total
+
     def on_dead(self, heart: Heart) -> None:
         now = time.monotonic()
         if heart.truth == "alive":
@@ -101,7 +111,7 @@ class Soak:
         self.counts["deaths reported"] += 1
         latency = now - heart.last_beat
         # Time the manager itself was stalled does not count against the bound.
-        stalled = sum(max(0.0, min(b, now) - max(a, heart.fault_at)) for a, b in self.stall_windows)
+        stalled = self.stalled(heart.fault_at, now)
         self.latencies.append(latency - stalled)
         if latency - stalled > 1.5 * TTD + SLACK:
             self.violations.append(f"{heart.url} reported {latency - stalled:.2f} s after its beat")
