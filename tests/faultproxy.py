@@ -36,13 +36,19 @@ class FaultProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        self.reset()
-        while self._tasks:
+        while True:
+            self.reset()
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._tasks.difference_update(tasks)
+            # A connection accepted just before the server closed has a handler that has not
+            # run yet: let it run (it sees _closed and gives up), then look again.
+            for _ in range(20):
+                await asyncio.sleep(0)
+            if not self._tasks:
+                break
         # Every socket is really closed (connection_lost has run) before the loop may end.
         for writer in self._every_writer:
             writer.transport.abort()
@@ -71,6 +77,9 @@ class FaultProxy:
             self._tasks.add(task)  # type: ignore[arg-type]
             task.add_done_callback(self._tasks.discard)
         self._every_writer.append(writer)
+        if self._closed:
+            writer.transport.abort()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
