@@ -42,6 +42,7 @@ class Heart:
     truth: str = "alive"  # alive | frozen | killed
     fault_at: float = 0.0  # when the current fault began
     last_beat: float = 0.0
+    grace_end: float = 0.0
     monitor: HeartMonitor | None = None
     stalls: list[tuple[float, float]] = field(default_factory=list)
 
@@ -89,7 +90,7 @@ class Soak:
         heart.monitor = HeartMonitor(
             heart.url, time_to_dead=TTD, first_beat=FIRST_BEAT, on_event=on_event
         )
-        heart.last_beat = time.monotonic() + FIRST_BEAT  # silence counts from the grace's end
+        heart.grace_end = time.monotonic() + FIRST_BEAT
         heart.monitor.start(lambda: self.on_dead(heart))
 
     def stalled(self, start: float, end: float) -> float:
@@ -109,7 +110,8 @@ class Soak:
             self.violations.append(f"{heart.url} reported dead while alive")
             return
         self.counts["deaths reported"] += 1
-        latency = now - heart.last_beat
+        # Measured from the last beat, or from the grace's end: no death comes before it.
+        latency = now - max(heart.last_beat, heart.grace_end)
         # Time the manager itself was stalled does not count against the bound.
         stalled = self.stalled(heart.fault_at, now)
         self.latencies.append(latency - stalled)

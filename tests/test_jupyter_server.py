@@ -4,6 +4,7 @@ restart is visible through the REST API and the kernel's websocket."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -153,6 +154,10 @@ def test_a_frozen_kernel_is_restarted_by_jupyter_server(server: Server) -> None:
             return states, frozen, time.monotonic()
         finally:
             conn.close()
+            # Wait for the close handshake, so the socket is closed before this loop ends.
+            with contextlib.suppress(asyncio.TimeoutError):
+                while await asyncio.wait_for(conn.read_message(), timeout=10) is not None:
+                    pass
 
     states, frozen, restarted = asyncio.run(scenario())
     # Death within the bound, plus the restarter's prompt poll and its own latency.
