@@ -104,8 +104,10 @@ class FaultProxy:
                 due, data = await queue.get()
                 if not data:
                     return
-                while self.holding or loop.time() < due:
+                while (self.holding or loop.time() < due) and not self._closed:
                     await asyncio.sleep(0.005)
+                if self._closed:
+                    return  # held bytes die with the proxy, as they would with the link
                 writer.write(data)
                 await writer.drain()
 
