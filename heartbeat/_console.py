@@ -8,22 +8,12 @@ import time
 from datetime import datetime, timezone
 from typing import TextIO
 
-from heartbeat._stats import RttStats
-
 
 def ms(seconds: float | None) -> str:
     """A duration for people: '0.42 ms', '1.20 s', or '-'."""
     if seconds is None:
         return "-"
     return f"{seconds * 1000:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
-def describe(stats: RttStats) -> str:
-    """Round-trip statistics in one short phrase."""
-    return (
-        f"rtt median {ms(stats.median)}, p99 {ms(stats.p99)}, max {ms(stats.max)}, "
-        f"{stats.late} late"
-    )
 
 
 class Console:

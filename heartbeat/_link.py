@@ -82,7 +82,7 @@ class SocketLink:
             socket.setsockopt(zmq.REQ_RELAXED, 1)
             # Reconnect quickly: a kernel that binds late must get the queued ping at once.
             socket.setsockopt(zmq.RECONNECT_IVL, reconnect_ivl(m.interval))
-            if m.url.startswith("tcp://["):
+            if m._endpoint.is_ipv6:  # the parsed url, as Heart and ping() use
                 socket.setsockopt(zmq.IPV6, 1)
             if m.curve_serverkey is not None:
                 curve_client(socket, m.curve_serverkey)
