@@ -169,15 +169,24 @@ class Judge:
             return []
         sent = self._sent.pop(token, None)
         self._last_reply = now
-        self._since = max(self._since, now)
-        events = self._become(State.BEATING)
+        if now > self._since:
+            self._since = now
+        events = [] if self.state is State.BEATING else self._become(State.BEATING)
+        # The reply moved the deadline later: a timer still set for the earlier one is early,
+        # not late, and lateness is measured against what the Judge needs now.
+        deadline = self._deadline()
+        if deadline > self._asked:
+            self._asked = deadline
         rtt = None if sent is None else max(0.0, now - sent)
         events.append(Beat(token, rtt, stale=token != self._token))
         return events
 
     def on_timer(self, now: float) -> list[Event]:
-        """The caller's timer fired; call it after reading every reply already received."""
-        if self.state not in _WATCHING:
+        """The caller's timer fired; call it after reading every reply already received.
+
+        A call before ``next_deadline`` (a timer set before a reply moved it) does nothing.
+        """
+        if self.state not in _WATCHING or now < self._asked:
             return []
         events: list[Event] = []
         late_by = now - self._asked
@@ -207,11 +216,12 @@ class Judge:
         return State.LATE if now >= self._since + self._late_after else State.BEATING
 
     def _deadline(self) -> float:
-        deadline = min(self._next_ping, self._since + self.time_to_dead)
+        # Comparisons rather than min(): this runs twice a beat for every heart watched.
+        deadline = self._since + self.time_to_dead
         if self.state is State.BEATING:
             # Wake when the heart turns late too, so the state is never stale for long.
-            deadline = min(deadline, self._since + self._late_after)
-        return deadline
+            deadline = self._since + self._late_after
+        return self._next_ping if self._next_ping < deadline else deadline
 
     def _ping(self, now: float) -> Ping:
         self._token += 1

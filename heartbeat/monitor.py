@@ -112,6 +112,8 @@ class HeartMonitor:
         self._nonce = b""
         self._rtts = RttWindow()
         self._started_at: float | None = None
+        # The deadline the link's timer is set for, None when no timer is pending.
+        self._armed: float | None = None
         #: Round-trip time of the last beat, in seconds (None before any).
         self.last_rtt: float | None = None
 
@@ -219,7 +221,10 @@ class HeartMonitor:
         """Judge; the link has read every reply already received."""
         if self._link is None:
             return
-        self._dispatch(self._judge.on_timer(now))
+        self._armed = None  # this was the pending timer
+        events = self._judge.on_timer(now)
+        if events:
+            self._dispatch(events)
         self._wake()
 
     def _on_reply(self, payload: bytes, now: float) -> None:
@@ -228,6 +233,9 @@ class HeartMonitor:
             return
         token = int.from_bytes(payload[_NONCE_BYTES:], "big")
         self._dispatch(self._judge.on_reply(now, token))
+        # A reply moves the deadline later (the heart is no longer due to turn late): re-arm
+        # now, while this monitor is at hand, rather than wake for nothing at the old time.
+        self._wake()
 
     def _fail(self, exc: zmq.ZMQError) -> None:
         # The socket is unusable (most often: its context was terminated). The heart's fate is
@@ -244,11 +252,13 @@ class HeartMonitor:
 
     def _wake(self) -> None:
         deadline = self._judge.next_deadline
-        if self._link is not None and deadline is not None:
+        if self._link is not None and deadline is not None and deadline != self._armed:
+            self._armed = deadline
             self._link.wake_at(deadline)
 
     def _shutdown(self) -> None:
         link, self._link = self._link, None
+        self._armed = None
         if link is not None:
             link.close()
 

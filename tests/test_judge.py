@@ -226,6 +226,33 @@ def test_lateness_up_to_the_stall_threshold_is_ordinary_and_still_judged() -> No
     assert events[-1] == Dead(pytest.approx(1.25))
 
 
+def test_a_reply_moves_the_deadline_and_lateness_is_measured_against_the_moved_one() -> None:
+    judge = Judge(time_to_dead=2.0, first_beat=0.0)  # interval 1, stall_after 0.5
+    judge.start(0.0)
+    judge.on_reply(0.001, 1)
+    judge.on_timer(1.0)  # ping 2; no reply yet, so the judge asks to see it turn late
+    assert judge.next_deadline == approx(1.501)
+    judge.on_reply(1.002, 2)
+    assert judge.next_deadline == approx(2.0)  # now only the next ping is due
+    # The caller re-armed for 2.0 and skipped 1.501. It wakes 400 ms late: lateness counts
+    # from the deadline it was asked for, not the old one (900 ms, which would be a stall).
+    events = judge.on_timer(2.4)
+    assert pings(events) == [3]
+    assert judge.stalls == 0
+    assert judge.next_deadline == approx(1.002 + 1.5)  # turns late if ping 3 goes unanswered
+
+
+def test_a_timer_set_before_a_reply_moved_the_deadline_does_nothing() -> None:
+    judge = Judge(time_to_dead=2.0, first_beat=0.0)
+    judge.start(0.0)
+    judge.on_reply(0.001, 1)
+    judge.on_timer(1.0)
+    judge.on_reply(1.002, 2)
+    assert judge.on_timer(1.501) == []
+    assert judge.state is State.BEATING and judge.stalls == 0
+    assert judge.next_deadline == approx(2.0)
+
+
 def test_a_stall_does_not_make_a_beating_heart_late() -> None:
     judge = Judge(time_to_dead=1.0, first_beat=0.0)
     judge.start(0.0)

@@ -198,3 +198,46 @@ def test_the_file_descriptor_limit_is_a_clear_error_that_names_it() -> None:
     count, _, message = result.stdout.strip().partition(" ")
     assert int(count) == 200 - 64
     assert "may open 200" in message and "ulimit -n" in message
+
+
+class _RecordingLink:
+    """What a member asks of the shared transport, recorded instead of done."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.wakes: list[float] = []
+
+    def send(self, payload: bytes) -> None:
+        self.sent.append(payload)
+
+    def wake_at(self, deadline: float) -> None:
+        self.wakes.append(deadline)
+
+    def close(self) -> None:
+        pass
+
+
+class _RecordingPool(HeartbeatPool):
+    def _join(self, monitor: HeartMonitor) -> Any:
+        self.link = _RecordingLink()
+        return self.link
+
+
+def test_a_reply_re_arms_the_timer_so_a_beating_member_wakes_once_per_ping() -> None:
+    # With 10,000 members every needless wake-up is 10,000 of them: a reply that moves the
+    # deadline re-arms the timer at once, so nothing wakes at the deadline it made obsolete.
+    pool = _RecordingPool()
+    monitor = pool.watch("tcp://127.0.0.1:9", time_to_dead=2.0, first_beat=0.0)
+    monitor.start()
+    link = pool.link
+    t0 = monitor._judge._started
+    for k in range(5):
+        now = t0 + k
+        if k:
+            monitor._judge_now(now)  # the timer the member armed last, on time
+            # No reply to this ping yet: wake when the heart would turn late (1.5 s of silence).
+            assert link.wakes[-1] == pytest.approx(now - 1 + 0.002 + 1.5)
+        monitor._on_reply(link.sent[-1], now + 0.002)  # the echo
+        assert link.wakes[-1] == pytest.approx(now + 1.0)  # the next ping, and only that
+    assert len(link.sent) == 5
+    monitor.stop()
