@@ -102,6 +102,24 @@ class Judge:
     101.5
     """
 
+    # Slots: a process watching 10,000 kernels holds 10,000 of these, touched every beat.
+    __slots__ = (
+        "_asked",
+        "_last_reply",
+        "_late_after",
+        "_next_ping",
+        "_sent",
+        "_since",
+        "_started",
+        "_token",
+        "first_beat",
+        "interval",
+        "stall_after",
+        "stalls",
+        "state",
+        "time_to_dead",
+    )
+
     def __init__(
         self, time_to_dead: float = 3.0, first_beat: float = 5.0, interval: float | None = None
     ) -> None:

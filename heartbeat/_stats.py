@@ -29,6 +29,8 @@ class RttWindow:
     their statistics, not hundreds.
     """
 
+    __slots__ = ("_count", "_late", "_next", "_rtts", "_size")
+
     def __init__(self, size: int = 256) -> None:
         self._size = size
         self._rtts = array("d")

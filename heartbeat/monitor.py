@@ -70,6 +70,26 @@ class HeartMonitor:
         shares with the pool's other members (for watching many hearts); same rules.
     """
 
+    # Slots: a pool may hold 10,000 monitors, each touched every beat.
+    __slots__ = (
+        "__weakref__",
+        "_armed",
+        "_callback",
+        "_context",
+        "_curve_serverkey",
+        "_endpoint",
+        "_io_loop",
+        "_judge",
+        "_link",
+        "_nonce",
+        "_on_event",
+        "_pool",
+        "_rtts",
+        "_started_at",
+        "_url",
+        "last_rtt",
+    )
+
     def __init__(
         self,
         url: str,

@@ -44,6 +44,8 @@ _NOBLOCK = int(zmq.NOBLOCK)
 class _PoolLink:
     """A member's place in the pool: its routing id, and its one valid entry in the heap."""
 
+    __slots__ = ("closed", "generation", "monitor", "pool", "rid")
+
     def __init__(self, pool: HeartbeatPool, monitor: HeartMonitor, rid: bytes) -> None:
         self.pool = pool
         self.monitor = monitor
