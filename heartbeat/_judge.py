@@ -221,7 +221,9 @@ class Judge:
             return events
         if now >= self._next_ping:
             events.append(self._ping(now))
-        events += self._become(self._judged_state(now))
+        state = self._judged_state(now)
+        if state is not self.state:
+            events += self._become(state)
         self._asked = self._deadline()
         return events
 

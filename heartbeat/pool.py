@@ -57,8 +57,12 @@ class _PoolLink:
         self.pool._send(self.rid, payload)
 
     def wake_at(self, deadline: float) -> None:
+        # Any earlier entry of this member in the heap is now stale, and skipped when popped.
         self.generation += 1
-        self.pool._wake_at(self, deadline)
+        pool = self.pool
+        heapq.heappush(pool._heap, (deadline, next(pool._seq), self, self.generation))
+        if deadline + pool.batch < pool._timer_at:
+            pool._schedule()
 
     def close(self) -> None:
         if not self.closed:
@@ -178,10 +182,6 @@ class HeartbeatPool:
         if not self._judging and self._loop is not None:
             # A send can swallow the descriptor's edge for replies already waiting.
             self._loop.add_callback(self._drain)
-
-    def _wake_at(self, link: _PoolLink, deadline: float) -> None:
-        heapq.heappush(self._heap, (deadline, next(self._seq), link, link.generation))
-        self._schedule()
 
     # -- internals -------------------------------------------------------------------------
 
