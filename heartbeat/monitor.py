@@ -166,6 +166,11 @@ class HeartMonitor:
         """Seconds between pings."""
         return self._judge.interval
 
+    @property
+    def stall_after(self) -> float:
+        """How late (s) this monitor's own timer may fire before that counts as its stall."""
+        return self._judge.stall_after
+
     # -- status ----------------------------------------------------------------------------
 
     @property

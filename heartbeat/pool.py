@@ -61,7 +61,7 @@ class _PoolLink:
         self.generation += 1
         pool = self.pool
         heapq.heappush(pool._heap, (deadline, next(pool._seq), self, self.generation))
-        if deadline + pool.batch < pool._timer_at:
+        if deadline + pool._slack < pool._timer_at:
             pool._schedule()
 
     def close(self) -> None:
@@ -81,8 +81,12 @@ class HeartbeatPool:
         The tornado IOLoop; default ``IOLoop.current()`` when the first member starts.
     batch:
         Seconds by which the shared timer may wake late so that members due close together
-        are judged in one wake-up (default 0.01). Kept well under every member's stall
-        threshold, so it never counts as a stall.
+        are judged in one wake-up. Default None: a tenth of the shortest ping interval among
+        the members (0.1 s for ``time_to_dead`` 2 s), so kernels started at any moments are
+        pinged in about ten wake-ups an interval instead of one each. It may be at most half
+        of every member's stall threshold ``(time_to_dead - interval) / 2``, so that batching
+        never counts as the monitor's own stall; a member that needs a finer one is refused
+        with a ValueError.
     """
 
     def __init__(
@@ -90,13 +94,15 @@ class HeartbeatPool:
         *,
         context: zmq.Context[Any] | None = None,
         io_loop: IOLoop | None = None,
-        batch: float = 0.01,
+        batch: float | None = None,
     ) -> None:
         if context is not None and not isinstance(context, zmq.Context):
             raise TypeError(f"context must be a zmq.Context or None, got {context!r}")
         if io_loop is not None and not isinstance(io_loop, IOLoop):
             raise TypeError(f"io_loop must be a tornado IOLoop or None, got {io_loop!r}")
-        self.batch = _validate.number("batch", batch, allow_zero=True)
+        self._batch = None if batch is None else _validate.number("batch", batch, allow_zero=True)
+        # The batch in force: the one asked for, or a tenth of the shortest member interval.
+        self._slack = float("inf") if self._batch is None else self._batch
         self._context = context
         self._io_loop = io_loop
         self._loop: IOLoop | None = None
@@ -113,6 +119,14 @@ class HeartbeatPool:
     def __len__(self) -> int:
         """How many members are watching now."""
         return len(self._members)
+
+    @property
+    def batch(self) -> float | None:
+        """The batch in force (s): as given, or a tenth of the shortest member interval.
+
+        None while the default is asked for and no member has joined.
+        """
+        return None if self._slack == float("inf") else self._slack
 
     def watch(self, url: str, **kwargs: Any) -> HeartMonitor:
         """A HeartMonitor of ``url`` in this pool (not started); keywords as HeartMonitor's."""
@@ -131,6 +145,13 @@ class HeartbeatPool:
             raise ValueError(
                 "a HeartbeatPool cannot use CURVE (one socket has one server key): watch "
                 f"{monitor.url} with a HeartMonitor of its own"
+            )
+        most = monitor.stall_after / 2
+        if self._batch is not None and self._batch > most:
+            raise ValueError(
+                f"this pool's batch of {self._batch:g} s is too coarse for {monitor.url} "
+                f"(time_to_dead {monitor.time_to_dead:g} s, interval {monitor.interval:g} s): "
+                f"at most {most:g} s, half its stall threshold; use a pool with a finer batch"
             )
 
     def _join(self, monitor: HeartMonitor) -> _PoolLink:
@@ -152,6 +173,10 @@ class HeartbeatPool:
             raise ValueError(f"cannot connect to {monitor.url!r}: {exc.strerror}") from None
         link = _PoolLink(self, monitor, rid)
         self._members[rid] = link
+        if self._batch is None:
+            # Never coarser than a fifth of any member's stall threshold (interval / 10 <=
+            # (time_to_dead - interval) / 10, as interval <= time_to_dead / 2).
+            self._slack = min(self._slack, monitor.interval / 10)
         return link
 
     def _leave(self, link: _PoolLink) -> None:
@@ -211,6 +236,8 @@ class HeartbeatPool:
         self._timer = None
         self._timer_at = float("inf")
         self._heap.clear()
+        if self._batch is None:
+            self._slack = float("inf")  # the next members set it afresh
         if socket is not None and self._loop is not None:
             self._loop.remove_handler(self._fd)
             socket.close(linger=0)
@@ -224,7 +251,7 @@ class HeartbeatPool:
     def _schedule(self) -> None:
         if not self._heap or self._loop is None:
             return
-        due = self._heap[0][0] + self.batch
+        due = self._heap[0][0] + self._slack
         if due >= self._timer_at:
             return
         if self._timer is not None:

@@ -168,6 +168,29 @@ def test_bad_arguments() -> None:
         HeartbeatPool(context=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="time_to_dead"):
         pool.watch("tcp://127.0.0.1:5555", time_to_dead=0)
+    # Stall threshold (1 - 0.5) / 2 = 0.25: batching may take at most half of it.
+    coarse = HeartbeatPool(batch=0.2)
+    with pytest.raises(ValueError, match=r"batch of 0.2 s is too coarse .* at most 0.125 s"):
+        coarse.watch("tcp://127.0.0.1:5555", time_to_dead=1.0)
+    assert coarse.watch("tcp://127.0.0.1:5555", time_to_dead=2.0).time_to_dead == 2.0
+
+
+def test_the_default_batch_is_a_tenth_of_the_shortest_member_interval() -> None:
+    async def scenario() -> list[float | None]:
+        pool = HeartbeatPool()
+        seen = [pool.batch]
+        slow = pool.watch("tcp://127.0.0.1:9", time_to_dead=2.0, first_beat=60)
+        fast = pool.watch("tcp://127.0.0.1:9", time_to_dead=1.0, interval=0.2, first_beat=60)
+        slow.start()
+        seen.append(pool.batch)
+        fast.start()
+        seen.append(pool.batch)
+        pool.close()  # empty again: the next members set it afresh
+        seen.append(pool.batch)
+        return seen
+
+    assert asyncio.run(scenario()) == [None, pytest.approx(0.1), pytest.approx(0.02), None]
+    assert HeartbeatPool(batch=0.005).batch == 0.005
 
 
 POOL_FD_LIMIT = textwrap.dedent(
