@@ -8,6 +8,10 @@ Side by side, each in a fresh process, every heart pinged once a second:
 - ``monitor``: one HeartMonitor (REQ socket + ZMQStream) per heart on one loop;
 - ``hbchannel``: jupyter_client's own HBChannel per heart (a thread each), time_to_dead 1 s.
 
+Each watcher is started two ways: ``together`` (all at once: a server that re-attaches to its
+kernels after a restart) and ``staggered`` (evenly over one second: kernels started at
+different moments, the everyday case). The bare loop has its own fixed ten ticks a second.
+
 The hearts live in several other processes. One extra heart (a real ``Heart`` in its own
 process) is killed mid-run to measure detection latency. Usage::
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import resource
@@ -36,6 +41,8 @@ import zmq
 
 HOSTS = 8  # processes the hearts are spread over
 KINDS = ("pool", "bare", "monitor", "hbchannel")
+STARTS = ("together", "staggered")
+STAGGER = 1.0  # seconds over which "staggered" starts the watchers: one ping interval
 LIMITS = {"monitor": 1000, "hbchannel": 1000}  # per-kernel sockets/threads: 1023 a context
 
 
@@ -58,7 +65,7 @@ def spawn_hearts(n: int) -> tuple[list[subprocess.Popen[str]], list[str]]:
     return procs, urls
 
 
-def run_one(kind: str, urls: list[str], duration: float) -> dict[str, Any]:
+def run_one(kind: str, start: str, urls: list[str], duration: float) -> dict[str, Any]:
     victim = subprocess.Popen(
         [sys.executable, "-m", "heartbeat._standin"],
         stdin=subprocess.PIPE,
@@ -67,7 +74,13 @@ def run_one(kind: str, urls: list[str], duration: float) -> dict[str, Any]:
     )
     assert victim.stdout is not None
     victim_url = json.loads(victim.stdout.readline())["url"]
-    args = {"kind": kind, "urls": urls, "victim": victim_url, "duration": duration}
+    args = {
+        "kind": kind,
+        "start": start,
+        "urls": urls,
+        "victim": victim_url,
+        "duration": duration,
+    }
     worker = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.scale", "--worker"],
         stdin=subprocess.PIPE,
@@ -91,7 +104,8 @@ def run_one(kind: str, urls: list[str], duration: float) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'hearts':>7} {'kind':<10} {'cpu %':>7} {'rss MiB':>8} {'beats/s':>8} " + (
+    head = (
+        f"{'hearts':>7} {'kind':<10} {'start':<10} {'cpu %':>7} {'rss MiB':>8} {'beats/s':>8} "
         f"{'false deaths':>12} {'detect s':>9} {'silent s':>9}"
     )
     lines = [head, "-" * len(head)]
@@ -99,7 +113,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         detect = "-" if r["detect"] is None else f"{r['detect']:.2f}"
         silent = "-" if r.get("silent") is None else f"{r['silent']:.2f}"
         lines.append(
-            f"{r['n']:>7} {r['kind']:<10} {r['cpu']:>7.1f} {r['rss']:>8.0f} "
+            f"{r['n']:>7} {r['kind']:<10} {r['start']:<10} {r['cpu']:>7.1f} {r['rss']:>8.0f} "
             f"{r['beats_per_s']:>8.0f} {r['false_deaths']:>12} {detect:>9} {silent:>9}"
         )
     return "\n".join(lines)
@@ -115,14 +129,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
         return False
     fig, (cpu_ax, det_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for kind in KINDS:
-        mine = [r for r in rows if r["kind"] == kind]
-        if not mine:
-            continue
-        xs = [r["n"] for r in mine]
-        cpu_ax.plot(xs, [r["cpu"] for r in mine], marker="o", label=kind)
-        dets = [(r["n"], r["silent"]) for r in mine if r.get("silent") is not None]
-        if dets:
-            det_ax.plot(*zip(*dets, strict=True), marker="o", label=kind)
+        for start in ("-", *STARTS):
+            mine = [r for r in rows if r["kind"] == kind and r["start"] == start]
+            if not mine:
+                continue
+            label = kind if start == "-" else f"{kind} ({start})"
+            xs = [r["n"] for r in mine]
+            cpu_ax.plot(xs, [r["cpu"] for r in mine], marker="o", label=label)
+            dets = [(r["n"], r["silent"]) for r in mine if r.get("silent") is not None]
+            if dets:
+                det_ax.plot(*zip(*dets, strict=True), marker="o", label=label)
     cpu_ax.set(xscale="log", xlabel="hearts", ylabel="CPU % of one core", title="CPU")
     det_ax.set(
         xscale="log",
@@ -142,6 +158,7 @@ def main() -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 3000, 10000])
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--start", nargs="+", choices=STARTS, default=list(STARTS))
     parser.add_argument("--duration", type=float, default=15.0, help="seconds measured")
     parser.add_argument("--plot", type=Path, help="write a PNG here (needs matplotlib)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
@@ -157,9 +174,10 @@ def main() -> int:
             for kind in args.kinds:
                 if n > LIMITS.get(kind, n):
                     continue
-                row = run_one(kind, urls, args.duration)
-                rows.append(row)
-                print(table([row]).splitlines()[-1], flush=True)
+                for start in ["-"] if kind == "bare" else args.start:
+                    row = run_one(kind, start, urls, args.duration)
+                    rows.append(row)
+                    print(table([row]).splitlines()[-1], flush=True)
         finally:
             for proc in procs:
                 if proc.stdin is not None:
@@ -181,7 +199,9 @@ def main() -> int:
 
 def worker() -> int:
     args = json.loads(sys.stdin.readline())
-    result = asyncio.run(measure(args["kind"], args["urls"], args["victim"], args["duration"]))
+    result = asyncio.run(
+        measure(args["kind"], args["start"], args["urls"], args["victim"], args["duration"])
+    )
     print(json.dumps(result), flush=True)
     return 0
 
@@ -198,7 +218,9 @@ def rss_mib() -> float:
     return 0.0
 
 
-async def measure(kind: str, urls: list[str], victim: str, duration: float) -> dict[str, Any]:
+async def measure(
+    kind: str, start: str, urls: list[str], victim: str, duration: float
+) -> dict[str, Any]:
     zmq.Context.instance().set(zmq.MAX_SOCKETS, 100_000)
     state: dict[str, Any] = {"beats": 0, "deaths": set(), "victim_dead": None}
     setup = {
@@ -207,7 +229,16 @@ async def measure(kind: str, urls: list[str], victim: str, duration: float) -> d
         "monitor": setup_monitors,
         "hbchannel": setup_hbchannels,
     }[kind]
-    stop = setup([*urls, victim], victim, state)
+    starts, stop = setup([*urls, victim], victim, state)
+    if start == "staggered":
+        group = max(1, len(starts) // 200)  # 200 steps: each a few ms, well above timer grain
+        for i in range(0, len(starts), group):
+            for fn in starts[i : i + group]:
+                fn()
+            await asyncio.sleep(STAGGER * group / len(starts))
+    else:
+        for fn in starts:
+            fn()
     loop = asyncio.get_running_loop()
     await asyncio.sleep(4.0)  # past first_beat: every heart is beating
     count = state.get("count", lambda: state["beats"])
@@ -226,6 +257,7 @@ async def measure(kind: str, urls: list[str], victim: str, duration: float) -> d
     return {
         "n": len(urls),
         "kind": kind,
+        "start": start,
         "cpu": 100 * cpu / wall,
         "rss": rss,
         "beats_per_s": beats / wall,
@@ -244,6 +276,13 @@ def _victim_events(state: dict[str, Any], url: str, victim: str) -> Any:
             state["silent"] = event.silent_for
 
     return on_event if url == victim else None
+
+
+def _starts(monitors: list[Any], urls: list[str], state: dict[str, Any], victim: str) -> Any:
+    return [
+        functools.partial(m.start, _on_dead(state, url, victim))
+        for url, m in zip(urls, monitors, strict=True)
+    ]
 
 
 def _on_dead(state: dict[str, Any], url: str, victim: str) -> Any:
@@ -269,11 +308,9 @@ def setup_pool(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
         )
         for url in urls
     ]
-    for url, m in zip(urls, monitors, strict=True):
-        m.start(_on_dead(state, url, victim))
     # The monitors count their own beats: no per-event callback weighs on the measurement.
     state["count"] = lambda: sum(m.stats.count for m in monitors)
-    return pool.close
+    return _starts(monitors, urls, state, victim), pool.close
 
 
 def setup_monitors(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
@@ -288,10 +325,9 @@ def setup_monitors(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
             interval=1.0,
             on_event=_victim_events(state, url, victim),
         )
-        m.start(_on_dead(state, url, victim))
         monitors.append(m)
     state["count"] = lambda: sum(m.stats.count for m in monitors)
-    return lambda: [m.stop() for m in monitors]
+    return _starts(monitors, urls, state, victim), lambda: [m.stop() for m in monitors]
 
 
 def setup_bare(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
@@ -336,7 +372,7 @@ def setup_bare(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
         loop.remove_handler(sock.FD)
         sock.close()
 
-    return stop
+    return [], stop
 
 
 def setup_hbchannels(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
@@ -360,8 +396,6 @@ def setup_hbchannels(urls: list[str], victim: str, state: dict[str, Any]) -> Any
                     state["silent"] = since_last_heartbeat
 
     channels = [Counting(url) for url in urls]
-    for ch in channels:
-        ch.start()
 
     def count() -> None:
         # HBChannel does not report beats; one per channel and second while is_beating().
@@ -376,9 +410,10 @@ def setup_hbchannels(urls: list[str], victim: str, state: dict[str, Any]) -> Any
     def stop() -> None:
         stopped.set()
         for ch in channels:
-            ch.stop()
+            if ch.is_alive():
+                ch.stop()
 
-    return stop
+    return [ch.start for ch in channels], stop
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ def test_scale_benchmark_smoke() -> None:
         "--kinds",
         "pool",
         "bare",
+        "--start",
+        "staggered",
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr  # exit 1: a false death
@@ -45,8 +47,8 @@ def test_scale_benchmark_smoke() -> None:
     table = {row[1]: row for row in rows[-2:]}
     assert set(table) == {"pool", "bare"}
     pool = table["pool"]
-    assert pool[0] == sizes and pool[5] == "0"  # hearts, false deaths
-    assert pool[6] != "-"  # the killed heart was reported dead
+    assert pool[0] == sizes and pool[2] == "staggered" and pool[6] == "0"  # false deaths
+    assert pool[7] != "-"  # the killed heart was reported dead
 
 
 @pytest.mark.slow
