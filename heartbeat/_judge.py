@@ -15,7 +15,8 @@ The rules (ttd = time_to_dead, fb = first_beat):
   ``now >= since + ttd``. Hence no death before start + fb + ttd, and a heart that stops
   answering is declared dead ttd after its last reply plus the caller's scheduling delay.
 - A timer that fires more than ``stall_after`` after the time the Judge asked for means the
-  caller's loop (or process) stalled. The time it could not observe is not the heart's fault:
+  caller's loop (or process) stalled. A reply that moves ``next_deadline`` later moves that time
+  too; a call before it does nothing. The time it could not observe is not the heart's fault:
   ``since`` moves to now and a fresh ping goes out, so the heart gets a full ttd.
   ``stall_after`` is (ttd - interval) / 2: any smaller delay keeps every reply of a live heart
   within its deadline (see docs/how-it-decides.md), so only a larger one needs forgiving.

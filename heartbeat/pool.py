@@ -61,7 +61,7 @@ class _PoolLink:
         self.generation += 1
         pool = self.pool
         heapq.heappush(pool._heap, (deadline, next(pool._seq), self, self.generation))
-        if deadline + pool._slack < pool._timer_at:
+        if not pool._judging and deadline + pool._slack < pool._timer_at:
             pool._schedule()
 
     def close(self) -> None:
@@ -249,9 +249,13 @@ class HeartbeatPool:
         self._close_socket()
 
     def _schedule(self) -> None:
-        if not self._heap or self._loop is None:
+        heap = self._heap
+        # Drop superseded entries from the top, so the timer is never set for one of them.
+        while heap and (heap[0][2].closed or heap[0][3] != heap[0][2].generation):
+            heapq.heappop(heap)
+        if not heap or self._loop is None:
             return
-        due = self._heap[0][0] + self._slack
+        due = heap[0][0] + self._slack
         if due >= self._timer_at:
             return
         if self._timer is not None:
@@ -262,13 +266,15 @@ class HeartbeatPool:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = float("inf")
-        # Flush before judging: every reply already in the socket is read first.
-        if not self._drain():
-            return
-        now = time.monotonic()
         heap = self._heap
+        # Members re-armed from here on are scheduled once, after the loop: a timer set for
+        # an entry of this very batch would wake again for a fraction of the batch.
         self._judging = True
         try:
+            # Flush before judging: every reply already in the socket is read first.
+            if not self._drain():
+                return
+            now = time.monotonic()
             while heap and heap[0][0] <= now:
                 _, _, link, generation = heapq.heappop(heap)
                 if link.closed or generation != link.generation:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -140,6 +141,47 @@ def test_inproc_hearts_in_a_pool() -> None:
         return watch
 
     assert asyncio.run(scenario()).died == []
+
+
+def test_members_started_at_any_moments_share_one_wake_up_a_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 40 members started evenly over one interval (0.2 s); the batch is a tenth of it. Each
+    # wake-up judges every member due within the batch it opens, and the next one waits for
+    # the next member due: wake-ups come at least a batch apart, not once a member (200 a
+    # second here) nor twice a batch. A loaded machine only makes batches longer.
+    wakes: list[float] = []
+    original = HeartbeatPool._on_timer
+
+    def counting(self: HeartbeatPool) -> None:
+        wakes.append(time.monotonic())
+        original(self)
+
+    monkeypatch.setattr(HeartbeatPool, "_on_timer", counting)
+    urls = [f"inproc://staggered-{i}" for i in range(40)]
+
+    async def scenario() -> tuple[int, float, int]:
+        with contextlib.ExitStack() as hearts:
+            for url in urls:
+                hearts.enter_context(Heart(url))
+            pool = HeartbeatPool()
+            monitors = [pool.watch(url, time_to_dead=0.4, first_beat=1.0) for url in urls]
+            for m in monitors:
+                m.start()
+                await asyncio.sleep(0.2 / len(monitors))
+            assert pool.batch == pytest.approx(0.02)
+            await asyncio.sleep(0.5)
+            wakes.clear()
+            beats, start = sum(m.stats.count for m in monitors), time.monotonic()
+            await asyncio.sleep(1.0)
+            span = time.monotonic() - start
+            beats = sum(m.stats.count for m in monitors) - beats
+            pool.close()
+        return len(wakes), span, beats
+
+    count, span, beats = asyncio.run(scenario())
+    assert beats >= 40  # every member was pinged and answered meanwhile
+    assert count <= span / 0.02 + 2
 
 
 def test_a_silent_member_dies_after_the_grace_exactly_like_a_lone_monitor() -> None:
