@@ -128,23 +128,27 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
     except ImportError:
         return False
     fig, (cpu_ax, det_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    colours = {"pool": "C0", "bare": "C2", "monitor": "C3", "hbchannel": "C1"}
     for kind in KINDS:
         for start in ("-", *STARTS):
             mine = [r for r in rows if r["kind"] == kind and r["start"] == start]
             if not mine:
                 continue
             label = kind if start == "-" else f"{kind} ({start})"
+            # One colour a kind; dashed when staggered.
+            style = {"marker": "o", "color": colours[kind], "label": label}
+            style["linestyle"] = "--" if start == "staggered" else "-"
             xs = [r["n"] for r in mine]
-            cpu_ax.plot(xs, [r["cpu"] for r in mine], marker="o", label=label)
+            cpu_ax.plot(xs, [r["cpu"] for r in mine], **style)
             dets = [(r["n"], r["silent"]) for r in mine if r.get("silent") is not None]
             if dets:
-                det_ax.plot(*zip(*dets, strict=True), marker="o", label=label)
+                det_ax.plot(*zip(*dets, strict=True), **style)
     cpu_ax.set(xscale="log", xlabel="hearts", ylabel="CPU % of one core", title="CPU")
     det_ax.set(
         xscale="log",
         xlabel="hearts",
-        ylabel="seconds after the kill",
-        title="detection of one killed heart",
+        ylabel="seconds of silence",
+        title="silence a killed heart was declared dead after",
     )
     cpu_ax.legend()
     det_ax.legend()
