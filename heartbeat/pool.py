@@ -281,9 +281,10 @@ class HeartbeatPool:
                     continue  # superseded by a later wake_at, or the member left
                 link.monitor._judge_now(now)
         finally:
+            # Even if a member raised: the clock of every other member keeps running.
             self._judging = False
-        self._drain()
-        self._schedule()
+            self._drain()
+            self._schedule()
 
     def _on_readable(self, fd: int, events: int) -> None:
         self._drain()

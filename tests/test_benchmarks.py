@@ -52,6 +52,18 @@ def test_scale_benchmark_smoke() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_memory_benchmark_smoke() -> None:
+    hearts, beats = ("2000", "450") if SLOW else ("100", "50")
+    result = run("benchmarks.memory", "--hearts", hearts, "--beats", beats, timeout=500)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:]}
+    assert rows["beats"][-1] == beats
+    assert len(rows["bare"]) == len(rows["pool"]) == len(rows["beats"])
+    assert all(float(mib) > 0 for mib in rows["bare"] + rows["pool"])
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_soak_a_minute_of_chaos() -> None:
     duration = "600" if SLOW else "60"
