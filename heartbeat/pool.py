@@ -36,6 +36,9 @@ log = logging.getLogger("heartbeat")
 _FD_MARGIN = 64
 # Replies read per wake-up at most, so one flood cannot hold the loop.
 _DRAIN_LIMIT = 50_000
+# Members judged between two reads of the socket in one long batch (10,000 kernels started
+# together take ~150 ms to judge): a reply that arrives meanwhile is read, not judged missing.
+_FLUSH_EVERY = 256
 # Plain ints: pyzmq's flag enums cost more to combine than the send itself, once a beat.
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -275,11 +278,17 @@ class HeartbeatPool:
             if not self._drain():
                 return
             now = time.monotonic()
+            judged = 0
             while heap and heap[0][0] <= now:
                 _, _, link, generation = heapq.heappop(heap)
                 if link.closed or generation != link.generation:
                     continue  # superseded by a later wake_at, or the member left
                 link.monitor._judge_now(now)
+                judged += 1
+                if judged % _FLUSH_EVERY == 0:
+                    if not self._drain():
+                        return
+                    now = time.monotonic()
         finally:
             # Even if a member raised: the clock of every other member keeps running.
             self._judging = False

@@ -184,6 +184,54 @@ def test_members_started_at_any_moments_share_one_wake_up_a_batch(
     assert count <= span / 0.02 + 2
 
 
+def test_a_long_batch_reads_the_socket_again_every_256_members(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Flush before judging holds inside one wake-up too: 10,000 kernels started together take
+    # ~150 ms to judge, and a reply that lands meanwhile must be read before its member is.
+    batches: list[tuple[int, int]] = []  # (members judged, reads of the socket) a wake-up
+    current: list[int] = []
+    on_timer, drain, judge_now = (
+        HeartbeatPool._on_timer,
+        HeartbeatPool._drain,
+        HeartMonitor._judge_now,
+    )
+
+    def timer(self: HeartbeatPool) -> None:
+        current[:] = [0, 0]
+        on_timer(self)
+        batches.append((current[0], current[1]))
+        current.clear()
+
+    def counted_drain(self: HeartbeatPool) -> bool:
+        if current:
+            current[1] += 1
+        return drain(self)
+
+    def counted_judge(self: HeartMonitor, now: float) -> None:
+        if current:
+            current[0] += 1
+        judge_now(self, now)
+
+    monkeypatch.setattr(HeartbeatPool, "_on_timer", timer)
+    monkeypatch.setattr(HeartbeatPool, "_drain", counted_drain)
+    monkeypatch.setattr(HeartMonitor, "_judge_now", counted_judge)
+
+    async def scenario() -> None:
+        pool = HeartbeatPool()
+        # Nobody binds these: every member is silent, within a long grace, pinged each 0.5 s.
+        monitors = [pool.watch(f"inproc://nobody-{i}", first_beat=60) for i in range(1200)]
+        for m in monitors:
+            m.start()
+        await asyncio.sleep(1.8)
+        pool.close()
+
+    asyncio.run(scenario())
+    assert max(judged for judged, _ in batches) >= 256  # a long batch did happen
+    for judged, reads in batches:
+        assert reads >= 2 + judged // 256  # before, every 256 members, after
+
+
 def test_a_silent_member_dies_after_the_grace_exactly_like_a_lone_monitor() -> None:
     async def scenario() -> Watch:
         pool = HeartbeatPool()
