@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
 
-import zmq
-
-from benchmarks.scale import rss_mib, spawn_hearts
+from benchmarks.scale import bare_loop, rss_mib, spawn_hearts, stop_hearts
 
 EVERY = 0.2  # seconds between two pings of one heart
 STEP = 50  # beats between two samples
@@ -53,12 +49,7 @@ def main() -> int:
             )
             rows[kind] = json.loads(worker.stdout)
     finally:
-        for proc in procs:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+        stop_hearts(procs)
     steps = range(STEP, args.beats + 1, STEP)
     print(f"RSS in MiB of one process pinging {args.hearts} hearts every {EVERY} s")
     print(f"{'beats':<6}" + "".join(f"{n:>7}" for n in steps))
@@ -87,38 +78,7 @@ def start_pool(urls: list[str]) -> Callable[[], None]:
 
 
 def start_bare(urls: list[str]) -> Callable[[], None]:
-    from tornado.ioloop import IOLoop, PeriodicCallback
-
-    loop = IOLoop.current()
-    sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.ROUTER)
-    sock.linger = 0
-    sock.sndhwm = sock.rcvhwm = 100_000
-    rids = []
-    for i, url in enumerate(urls):
-        rid = b"b" + i.to_bytes(8, "big")
-        sock.setsockopt(zmq.CONNECT_ROUTING_ID, rid)
-        sock.connect(url)
-        rids.append(rid)
-
-    def drain(*_: object) -> None:
-        with contextlib.suppress(zmq.Again):
-            while True:
-                sock.recv_multipart(zmq.NOBLOCK)
-
-    def tick() -> None:
-        for rid in rids:
-            sock.send_multipart([rid, b"", b"x" * 16], zmq.NOBLOCK)  # a ping's size
-        drain()
-
-    loop.add_handler(sock.FD, drain, IOLoop.READ)
-    timer = PeriodicCallback(tick, EVERY * 1000)
-    timer.start()
-
-    def stop() -> None:
-        timer.stop()
-        loop.remove_handler(sock.FD)
-        sock.close()
-
+    stop: Callable[[], None] = bare_loop(urls, every=EVERY, ticks=1)
     return stop
 
 

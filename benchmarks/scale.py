@@ -65,6 +65,16 @@ def spawn_hearts(n: int) -> tuple[list[subprocess.Popen[str]], list[str]]:
     return procs, urls
 
 
+def stop_hearts(procs: list[subprocess.Popen[str]]) -> None:
+    """Close the hearts' stdin (their signal to exit) and wait for them."""
+    for proc in procs:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 def run_one(kind: str, start: str, urls: list[str], duration: float) -> dict[str, Any]:
     victim = subprocess.Popen(
         [sys.executable, "-m", "heartbeat._standin"],
@@ -183,12 +193,7 @@ def main() -> int:
                     rows.append(row)
                     print(table([row]).splitlines()[-1], flush=True)
         finally:
-            for proc in procs:
-                if proc.stdin is not None:
-                    proc.stdin.close()
-                proc.wait()
-                if proc.stdout is not None:
-                    proc.stdout.close()
+            stop_hearts(procs)
     print()
     print(table(rows))
     if args.json:
@@ -335,6 +340,18 @@ def setup_monitors(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
 
 
 def setup_bare(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
+    def beat() -> None:
+        state["beats"] += 1
+
+    return [], bare_loop(urls, every=1.0, ticks=10, on_reply=beat)
+
+
+def bare_loop(urls: list[str], *, every: float, ticks: int, on_reply: Any = None) -> Any:
+    """One ROUTER socket pinging every heart once ``every`` s, spread over ``ticks`` ticks.
+
+    It only sends and reads, with pyzmq's plain multipart calls: no judgement, no statistics.
+    Returns its stop().
+    """
     from tornado.ioloop import IOLoop, PeriodicCallback
 
     loop = IOLoop.current()
@@ -348,27 +365,26 @@ def setup_bare(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
         sock.connect(url)
         rids.append(rid)
     slot = [0]
-    ticks_per_s = 10
 
     def drain(*_: object) -> None:
         try:
             while True:
                 sock.recv_multipart(zmq.NOBLOCK)
-                state["beats"] += 1
+                if on_reply is not None:
+                    on_reply()
         except zmq.Again:
             pass
 
     def tick() -> None:
-        # Every heart once a second, spread over ten ticks.
-        k = slot[0] % ticks_per_s
+        k = slot[0] % ticks
         slot[0] += 1
-        for rid in rids[k::ticks_per_s]:
+        for rid in rids[k::ticks]:
             with contextlib.suppress(zmq.Again):
                 sock.send_multipart([rid, b"", b"ping"], zmq.NOBLOCK)
         drain()
 
     loop.add_handler(sock.FD, drain, IOLoop.READ)
-    timer = PeriodicCallback(tick, 1000 / ticks_per_s)
+    timer = PeriodicCallback(tick, 1000 * every / ticks)
     timer.start()
 
     def stop() -> None:
@@ -376,7 +392,7 @@ def setup_bare(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
         loop.remove_handler(sock.FD)
         sock.close()
 
-    return [], stop
+    return stop
 
 
 def setup_hbchannels(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
