@@ -188,14 +188,11 @@ class Judge:
             return []
         sent = self._sent.pop(token, None)
         self._last_reply = now
-        if now > self._since:
-            self._since = now
-        events = [] if self.state is State.BEATING else self._become(State.BEATING)
+        self._since = max(self._since, now)
+        events = self._become(State.BEATING)
         # The reply moved the deadline later: a timer still set for the earlier one is early,
         # not late, and lateness is measured against what the Judge needs now.
-        deadline = self._deadline()
-        if deadline > self._asked:
-            self._asked = deadline
+        self._asked = max(self._asked, self._deadline())
         rtt = None if sent is None else max(0.0, now - sent)
         events.append(Beat(token, rtt, stale=token != self._token))
         return events
@@ -222,9 +219,7 @@ class Judge:
             return events
         if now >= self._next_ping:
             events.append(self._ping(now))
-        state = self._judged_state(now)
-        if state is not self.state:
-            events += self._become(state)
+        events += self._become(self._judged_state(now))
         self._asked = self._deadline()
         return events
 
@@ -237,12 +232,11 @@ class Judge:
         return State.LATE if now >= self._since + self._late_after else State.BEATING
 
     def _deadline(self) -> float:
-        # Comparisons rather than min(): this runs twice a beat for every heart watched.
-        deadline = self._since + self.time_to_dead
+        deadline = min(self._next_ping, self._since + self.time_to_dead)
         if self.state is State.BEATING:
             # Wake when the heart turns late too, so the state is never stale for long.
-            deadline = self._since + self._late_after
-        return self._next_ping if self._next_ping < deadline else deadline
+            deadline = min(deadline, self._since + self._late_after)
+        return deadline
 
     def _ping(self, now: float) -> Ping:
         self._token += 1

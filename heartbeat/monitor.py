@@ -247,9 +247,7 @@ class HeartMonitor:
         if self._link is None:
             return
         self._armed = None  # this was the pending timer
-        events = self._judge.on_timer(now)
-        if events:
-            self._dispatch(events)
+        self._dispatch(self._judge.on_timer(now))
         self._wake()
 
     def _on_reply(self, payload: bytes, now: float) -> None:
