@@ -16,7 +16,6 @@ connection: past the process limit, ``start()`` raises an OSError that names it.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import itertools
 import logging
 import resource
@@ -28,6 +27,7 @@ from tornado.ioloop import IOLoop
 
 from heartbeat import _validate
 from heartbeat._link import plain_context, reconnect_ivl
+from heartbeat._slots import Slots
 from heartbeat.monitor import HeartMonitor
 
 log = logging.getLogger("heartbeat")
@@ -45,26 +45,25 @@ _NOBLOCK = int(zmq.NOBLOCK)
 
 
 class _PoolLink:
-    """A member's place in the pool: its routing id, and its one valid entry in the heap."""
+    """A member's place in the pool: its routing id, and the wake-up slot it waits in."""
 
-    __slots__ = ("closed", "generation", "monitor", "pool", "rid")
+    __slots__ = ("closed", "monitor", "pool", "rid", "slot")
 
     def __init__(self, pool: HeartbeatPool, monitor: HeartMonitor, rid: bytes) -> None:
         self.pool = pool
         self.monitor = monitor
         self.rid = rid
-        self.generation = 0
+        self.slot: float | None = None
         self.closed = False
 
     def send(self, payload: bytes) -> None:
         self.pool._send(self.rid, payload)
 
     def wake_at(self, deadline: float) -> None:
-        # Any earlier entry of this member in the heap is now stale, and skipped when popped.
-        self.generation += 1
         pool = self.pool
-        heapq.heappush(pool._heap, (deadline, next(pool._seq), self, self.generation))
-        if not pool._judging and deadline + pool._slack < pool._timer_at:
+        pool._unslot(self)
+        self.slot = slot = pool._slots.add(self, deadline, pool._slack)
+        if not pool._judging and slot < pool._timer_at:
             pool._schedule()
 
     def close(self) -> None:
@@ -112,8 +111,7 @@ class HeartbeatPool:
         self._socket: zmq.Socket[Any] | None = None
         self._fd = -1
         self._members: dict[bytes, _PoolLink] = {}
-        self._heap: list[tuple[float, int, _PoolLink, int]] = []
-        self._seq = itertools.count()
+        self._slots: Slots[_PoolLink] = Slots()
         self._ids = itertools.count(1)
         self._timer: object | None = None
         self._timer_at = float("inf")
@@ -183,6 +181,7 @@ class HeartbeatPool:
         return link
 
     def _leave(self, link: _PoolLink) -> None:
+        self._unslot(link)
         self._members.pop(link.rid, None)
         if self._socket is not None:
             # ZMQError: already gone, or the context was terminated.
@@ -211,6 +210,13 @@ class HeartbeatPool:
             # A send can swallow the descriptor's edge for replies already waiting.
             self._loop.add_callback(self._drain)
 
+    def _unslot(self, link: _PoolLink) -> None:
+        slot, link.slot = link.slot, None
+        if slot is not None and self._slots.remove(link, slot) and slot == self._timer_at:
+            # Every member the timer was set for has re-armed or left: no wake-up for nobody.
+            self._cancel_timer()
+            self._schedule()
+
     # -- internals -------------------------------------------------------------------------
 
     def _open_socket(self) -> zmq.Socket[Any]:
@@ -234,11 +240,8 @@ class HeartbeatPool:
 
     def _close_socket(self) -> None:
         socket, self._socket = self._socket, None
-        if self._loop is not None and self._timer is not None:
-            self._loop.remove_timeout(self._timer)
-        self._timer = None
-        self._timer_at = float("inf")
-        self._heap.clear()
+        self._cancel_timer()
+        self._slots.clear()
         if self._batch is None:
             self._slack = float("inf")  # the next members set it afresh
         if socket is not None and self._loop is not None:
@@ -251,27 +254,25 @@ class HeartbeatPool:
             link.monitor._fail(exc)
         self._close_socket()
 
-    def _schedule(self) -> None:
-        heap = self._heap
-        # Drop superseded entries from the top, so the timer is never set for one of them.
-        while heap and (heap[0][2].closed or heap[0][3] != heap[0][2].generation):
-            heapq.heappop(heap)
-        if not heap or self._loop is None:
-            return
-        due = heap[0][0] + self._slack
-        if due >= self._timer_at:
-            return
-        if self._timer is not None:
+    def _cancel_timer(self) -> None:
+        if self._loop is not None and self._timer is not None:
             self._loop.remove_timeout(self._timer)
+        self._timer = None
+        self._timer_at = float("inf")
+
+    def _schedule(self) -> None:
+        due = self._slots.first()
+        if due is None or self._loop is None or due >= self._timer_at:
+            return
+        self._cancel_timer()
         self._timer_at = due
         self._timer = self._loop.call_later(max(0.0, due - time.monotonic()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = float("inf")
-        heap = self._heap
         # Members re-armed from here on are scheduled once, after the loop: a timer set for
-        # an entry of this very batch would wake again for a fraction of the batch.
+        # a slot while this one is judged would wake again for a fraction of the batch.
         self._judging = True
         try:
             # Flush before judging: every reply already in the socket is read first.
@@ -279,16 +280,27 @@ class HeartbeatPool:
                 return
             now = time.monotonic()
             judged = 0
-            while heap and heap[0][0] <= now:
-                _, _, link, generation = heapq.heappop(heap)
-                if link.closed or generation != link.generation:
-                    continue  # superseded by a later wake_at, or the member left
-                link.monitor._judge_now(now)
-                judged += 1
-                if judged % _FLUSH_EVERY == 0:
-                    if not self._drain():
-                        return
-                    now = time.monotonic()
+            while members := self._slots.pop_due(now):
+                for link in members:
+                    link.slot = None
+                todo = iter(members)
+                try:
+                    for link in todo:
+                        if link.closed or link.slot is not None:
+                            continue  # it left, or a reply read meanwhile re-armed it
+                        link.monitor._judge_now(now)
+                        judged += 1
+                        if judged % _FLUSH_EVERY == 0:
+                            if not self._drain():
+                                return
+                            now = time.monotonic()
+                except BaseException:
+                    # A member raised: it and the rest of its slot wait for the next batch
+                    # (nobody is left unwatched), and the error goes on to the loop's log.
+                    for rest in (link, *todo):
+                        if not rest.closed and rest.slot is None:
+                            rest.slot = self._slots.add(rest, now, self._slack)
+                    raise
         finally:
             # Even if a member raised: the clock of every other member keeps running.
             self._judging = False

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import zmq
+import zmq.asyncio
 
 from heartbeat import Dead, Heart, HeartbeatPool, HeartMonitor, State
 from tests.conftest import Kernel, free_port
@@ -184,6 +185,59 @@ def test_members_started_at_any_moments_share_one_wake_up_a_batch(
     assert count <= span / 0.02 + 2
 
 
+def test_a_timer_whose_members_all_re_armed_is_not_left_to_wake_for_nobody(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # After a ping the member's next deadline is the "late" check, 0.25 s + rtt later (time
+    # to dead 1 s, ping every 0.5 s); the reply moves it to the next ping. The timer set for
+    # the late check then has nobody to judge and must move, so a beating member wakes the
+    # pool once per ping, not twice.
+    wakes: list[float] = []
+    original = HeartbeatPool._on_timer
+
+    def counting(self: HeartbeatPool) -> None:
+        wakes.append(time.monotonic())
+        original(self)
+
+    monkeypatch.setattr(HeartbeatPool, "_on_timer", counting)
+
+    async def scenario() -> tuple[int, int]:
+        # A heart that answers 20 ms late, so its reply always comes after the pool has set
+        # its timer (an instant echo can be read first, and then no timer is left to move).
+        context = zmq.asyncio.Context()
+        heart = context.socket(zmq.ROUTER)
+        heart.linger = 0
+        port = heart.bind_to_random_port("tcp://127.0.0.1")
+
+        async def echo_late() -> None:
+            while True:
+                frames = await heart.recv_multipart()
+                await asyncio.sleep(0.02)
+                await heart.send_multipart(frames)
+
+        echo = asyncio.create_task(echo_late())
+        pool = HeartbeatPool()
+        try:
+            monitor = pool.watch(f"tcp://127.0.0.1:{port}", time_to_dead=1.0, first_beat=1.0)
+            monitor.start()
+            await asyncio.sleep(0.6)
+            wakes.clear()
+            beats = monitor.stats.count
+            await asyncio.sleep(3.0)
+            return len(wakes), monitor.stats.count - beats
+        finally:
+            pool.close()
+            echo.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await echo
+            heart.close()
+            context.term()
+
+    count, beats = asyncio.run(scenario())
+    assert beats >= 4  # pinged every 0.5 s, and answered
+    assert count <= beats + 2  # one wake-up a ping (twice as many if the timer were left)
+
+
 def test_a_long_batch_reads_the_socket_again_every_256_members(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -230,6 +284,51 @@ def test_a_long_batch_reads_the_socket_again_every_256_members(
     assert max(judged for judged, _ in batches) >= 256  # a long batch did happen
     for judged, reads in batches:
         assert reads >= 2 + judged // 256  # before, every 256 members, after
+
+
+def test_a_member_that_raises_leaves_nobody_in_its_batch_unwatched(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Members due together are judged in one wake-up, in the order they armed. If one of them
+    # raises (a bug of ours, a KeyboardInterrupt), the members after it in that batch, and the
+    # one that raised, must still be judged at the next wake-up, not dropped from the clock.
+    judge_now = HeartMonitor._judge_now
+    raise_for: list[HeartMonitor] = []
+
+    def raising_once(self: HeartMonitor, now: float) -> None:
+        if self in raise_for:
+            raise_for.remove(self)
+            raise RuntimeError("a member's judgement failed")
+        judge_now(self, now)
+
+    monkeypatch.setattr(HeartMonitor, "_judge_now", raising_once)
+    urls = [f"inproc://raising-{i}" for i in range(20)]
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        with contextlib.ExitStack() as hearts:
+            for url in urls:
+                hearts.enter_context(Heart(url))
+            # A batch as long as allowed, members started at once: they share wake-ups.
+            pool = HeartbeatPool(batch=0.05)
+            monitors = [pool.watch(url, time_to_dead=0.4, first_beat=1.0) for url in urls]
+            for m in monitors:
+                m.start()
+            await asyncio.sleep(0.3)
+            raise_for.append(monitors[0])  # the first to arm: its batch-mates come after it
+            before = [m.stats.count for m in monitors]
+            await asyncio.sleep(0.8)
+            after = [m.stats.count for m in monitors]
+            pool.close()
+        return before, after
+
+    with caplog.at_level("ERROR"):
+        before, after = asyncio.run(scenario())
+    assert not raise_for, "the member was never judged"
+    assert any(
+        "a member's judgement failed" in r.getMessage() + str(r.exc_info) for r in caplog.records
+    )
+    # Pinged every 0.2 s: 0.8 s is four pings; a member dropped from the clock gets none.
+    assert all(a >= b + 2 for b, a in zip(before, after, strict=True)), (before, after)
 
 
 def test_a_silent_member_dies_after_the_grace_exactly_like_a_lone_monitor() -> None:

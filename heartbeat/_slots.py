@@ -1,0 +1,82 @@
+"""When a pool wakes, and for whom: members waiting in slots on a grid of one batch.
+
+Pure bookkeeping, no clock and no loop (the pool supplies both). A member due at ``deadline``
+waits in the slot that opens at the first multiple of ``step`` at or after it, so every member
+due within the same batch shares one wake-up, and two wake-ups are at least ``step`` apart. A
+member re-armed leaves its old slot at once (slots are dicts, which also keep arrival order);
+a slot every member has left is dropped rather than woken for.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+M = TypeVar("M", bound=Hashable)
+
+
+class Slots(Generic[M]):
+    """Members grouped by the time their wake-up slot opens."""
+
+    __slots__ = ("_members", "_times")
+
+    def __init__(self) -> None:
+        self._members: dict[float, dict[M, None]] = {}
+        self._times: list[float] = []  # a heap of the keys of _members
+
+    def __len__(self) -> int:
+        """How many members wait."""
+        return sum(len(members) for members in self._members.values())
+
+    def add(self, member: M, deadline: float, step: float) -> float:
+        """Put ``member`` in the slot for ``deadline``; returns when that slot opens.
+
+        ``step`` is the grid (the batch); 0 gives every distinct deadline its own slot. The
+        caller removes the member from any earlier slot first.
+        """
+        slot = deadline
+        if step > 0:
+            n = math.ceil(deadline / step)
+            slot = n * step
+            if slot < deadline:  # float rounding: a slot never opens before it is due
+                slot = (n + 1) * step
+        members = self._members.get(slot)
+        if members is None:
+            members = self._members[slot] = {}
+            heapq.heappush(self._times, slot)
+        members[member] = None
+        return slot
+
+    def remove(self, member: M, slot: float) -> bool:
+        """Take ``member`` out of ``slot`` (no error if it is not there).
+
+        True if that left the slot empty: nobody waits for it to open any more.
+        """
+        members = self._members.get(slot)
+        if members is None:
+            return False
+        members.pop(member, None)
+        return not members
+
+    def first(self) -> float | None:
+        """When the earliest slot with a member in it opens, or None."""
+        times, slots = self._times, self._members
+        while times and not slots.get(times[0]):
+            slots.pop(heapq.heappop(times), None)
+        return times[0] if times else None
+
+    def pop_due(self, now: float) -> list[M]:
+        """Remove and return the members of the earliest slot open at ``now``, or []."""
+        times, slots = self._times, self._members
+        while times and times[0] <= now:
+            members = slots.pop(heapq.heappop(times), None)
+            if members:
+                return list(members)
+        return []
+
+    def clear(self) -> None:
+        """Forget every member."""
+        self._members.clear()
+        self._times.clear()
