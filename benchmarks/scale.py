@@ -18,6 +18,7 @@ process) is killed mid-run to measure detection latency. Usage::
     python -m benchmarks.scale                     # 100, 1000, 3000, 10000 hearts
     python -m benchmarks.scale --sizes 200 --duration 5 --kinds pool bare   # CI smoke
     python -m benchmarks.scale --sizes 10000 --duration 300 --kinds pool    # the soak
+    python -m benchmarks.scale --sizes 1000 --kinds pool bare hbchannel --rounds 5  # goals
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import json
 import os
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -114,19 +116,59 @@ def run_one(kind: str, start: str, urls: list[str], duration: float) -> dict[str
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    ranges = any("cpu_range" in r for r in rows)
     head = (
         f"{'hearts':>7} {'kind':<10} {'start':<10} {'cpu %':>7} {'rss MiB':>8} {'beats/s':>8} "
         f"{'false deaths':>12} {'detect s':>9} {'silent s':>9}"
-    )
+    ) + (f" {'cpu % range':>12}" if ranges else "")
     lines = [head, "-" * len(head)]
     for r in rows:
         detect = "-" if r["detect"] is None else f"{r['detect']:.2f}"
         silent = "-" if r.get("silent") is None else f"{r['silent']:.2f}"
-        lines.append(
+        line = (
             f"{r['n']:>7} {r['kind']:<10} {r['start']:<10} {r['cpu']:>7.1f} {r['rss']:>8.0f} "
             f"{r['beats_per_s']:>8.0f} {r['false_deaths']:>12} {detect:>9} {silent:>9}"
         )
+        if ranges:
+            low, high = r.get("cpu_range", (r["cpu"], r["cpu"]))
+            line += f" {f'{low:.1f}-{high:.1f}':>12}"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for several rounds of a configuration: medians, every false death, CPU range."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def median(key: str) -> Any:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    row = dict(runs[0])
+    for key in ("cpu", "rss", "beats_per_s", "detect", "silent"):
+        row[key] = median(key)
+    row["false_deaths"] = sum(r["false_deaths"] for r in runs)
+    row["cpu_range"] = (min(r["cpu"] for r in runs), max(r["cpu"] for r in runs))
+    row["rounds"] = len(runs)
+    return row
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[str]:
+    """The issue's two CPU goals, side by side: pool against bare, HBChannel against pool."""
+    cpu = {(r["n"], r["kind"], r["start"]): r["cpu"] for r in rows}
+    lines = []
+    for (n, kind, start), pool in cpu.items():
+        if kind != "pool" or not pool:
+            continue
+        parts = []
+        if (bare := cpu.get((n, "bare", "-"))) is not None:
+            parts.append(f"{pool / bare:.2f} x the bare loop (goal: at most 1.5 x)")
+        if (hbchannel := cpu.get((n, "hbchannel", start))) is not None:
+            parts.append(f"{hbchannel / pool:.2f} x below HBChannel (goal: at least 3 x)")
+        if parts:
+            lines.append(f"{n} hearts, pool {start}: " + "; ".join(parts))
+    return lines
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> bool:
@@ -174,6 +216,13 @@ def main() -> int:
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument("--start", nargs="+", choices=STARTS, default=list(STARTS))
     parser.add_argument("--duration", type=float, default=15.0, help="seconds measured")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every configuration this many times, in turn (the machine's speed "
+        "drifts over minutes); the table shows medians and the CPU range",
+    )
     parser.add_argument("--plot", type=Path, help="write a PNG here (needs matplotlib)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
@@ -181,21 +230,31 @@ def main() -> int:
         return worker()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     rows = []
     for n in args.sizes:
+        configs = [
+            (kind, start)
+            for kind in args.kinds
+            if n <= LIMITS.get(kind, n)
+            for start in (["-"] if kind == "bare" else args.start)
+        ]
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {config: [] for config in configs}
         procs, urls = spawn_hearts(n)
         try:
-            for kind in args.kinds:
-                if n > LIMITS.get(kind, n):
-                    continue
-                for start in ["-"] if kind == "bare" else args.start:
+            for _ in range(args.rounds):
+                for kind, start in configs:
                     row = run_one(kind, start, urls, args.duration)
-                    rows.append(row)
+                    runs[kind, start].append(row)
                     print(table([row]).splitlines()[-1], flush=True)
         finally:
             stop_hearts(procs)
+        rows += [combine(runs[config]) for config in configs]
     print()
     print(table(rows))
+    for line in ratios(rows):
+        print(line)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.plot and plot(rows, args.plot):

@@ -40,15 +40,21 @@ def test_scale_benchmark_smoke() -> None:
         "bare",
         "--start",
         "staggered",
+        "--rounds",
+        "2",
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr  # exit 1: a false death
-    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
+    lines = result.stdout.splitlines()
+    rows = [line.split() for line in lines if line.strip()[:1].isdigit() and "," not in line]
     table = {row[1]: row for row in rows[-2:]}
     assert set(table) == {"pool", "bare"}
     pool = table["pool"]
     assert pool[0] == sizes and pool[2] == "staggered" and pool[6] == "0"  # false deaths
     assert pool[7] != "-"  # the killed heart was reported dead
+    low, _, high = pool[9].partition("-")  # two rounds: the median and the range of CPU
+    assert float(low) <= float(pool[3]) <= float(high)
+    assert f"{sizes} hearts, pool staggered: " in result.stdout  # the goals, side by side
 
 
 @pytest.mark.slow
