@@ -7,7 +7,9 @@ its own stall, declare death. ``next_deadline`` says when the caller should call
 The rules (ttd = time_to_dead, fb = first_beat):
 
 - Pings go out every ``interval`` (at most ttd / 2), whether or not the last one was answered, each
-  with a new token. A reply to *any* ping of the current run proves the heart alive at the moment
+  with a new token: the first at start, the next ones on the cadence it set, or on a grid
+  ``phase + k * interval`` when the caller gives a phase (a pool lines its members up so that
+  many ping in one burst; the second ping then comes up to an interval early). A reply to *any* ping of the current run proves the heart alive at the moment
   it is read, so a reply that was delayed past the next ping still counts as life; its round trip
   is measured against its own ping, never the newest one (``Beat.stale`` says which it answered).
 - Silence is counted from ``since``: the latest of the last reply, the end of the grace
@@ -24,6 +26,7 @@ The rules (ttd = time_to_dead, fb = first_beat):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -109,6 +112,7 @@ class Judge:
         "_last_reply",
         "_late_after",
         "_next_ping",
+        "_phase",
         "_sent",
         "_since",
         "_started",
@@ -146,6 +150,7 @@ class Judge:
         self._since = 0.0
         self._last_reply: float | None = None
         self._next_ping = 0.0
+        self._phase: float | None = None
         self._asked = 0.0
         self._token = 0
         self._sent: dict[int, float] = {}
@@ -162,8 +167,16 @@ class Judge:
         """When the last reply of this run was read, or None."""
         return self._last_reply
 
-    def start(self, now: float) -> list[Event]:
-        """Begin a fresh run (also after a death or a stop): grace starts now."""
+    def start(self, now: float, phase: float | None = None) -> list[Event]:
+        """Begin a fresh run (also after a death or a stop): grace starts now.
+
+        The first ping goes out now. With ``phase`` (any time, in the same clock), every later
+        ping is due on the grid ``phase + k * interval``, so callers that give many judges one
+        phase get their pings in one burst; without it, every ``interval`` from now.
+        """
+        if phase is not None and not (isinstance(phase, float | int) and math.isfinite(phase)):
+            raise TypeError(f"phase must be a finite number of seconds or None, got {phase!r}")
+        self._phase = phase
         self._started = now
         self._since = now + self.first_beat
         self._last_reply = None
@@ -243,10 +256,17 @@ class Judge:
         self._sent[self._token] = now
         if len(self._sent) > _RTT_WINDOW:
             del self._sent[next(iter(self._sent))]
-        # Keep the cadence when a timer runs a little late, so pings do not drift apart.
-        self._next_ping += self.interval
-        if self._next_ping <= now:
-            self._next_ping = now + self.interval
+        if self._phase is None:
+            # Keep the cadence when a timer runs a little late, so pings do not drift apart.
+            self._next_ping += self.interval
+            if self._next_ping <= now:
+                self._next_ping = now + self.interval
+        else:
+            # The first point of the caller's grid after now, however late this ping went out.
+            step = math.floor((now - self._phase) / self.interval) + 1
+            self._next_ping = self._phase + step * self.interval
+            if self._next_ping <= now:  # float rounding at a grid point
+                self._next_ping += self.interval
         return Ping(self._token)
 
     def _become(self, new: State) -> list[Event]:

@@ -21,6 +21,7 @@ class World:
     lateness: Callable[[int], float] = lambda n: 0.0  # extra delay of the n-th timer
     stalls: list[tuple[float, float]] = field(default_factory=list)  # (start, end): loop frozen
     start_at: float = 0.0
+    phase: float | None = None  # the caller's ping grid, as a pool gives it
     dead_at: float | None = None
     replies_read: list[float] = field(default_factory=list)
     events: list[object] = field(default_factory=list)
@@ -52,7 +53,7 @@ class World:
             self._handle(seen, self.judge.on_reply(seen, token))
 
     def run(self, until: float) -> None:
-        self._handle(self.start_at, self.judge.start(self.start_at))
+        self._handle(self.start_at, self.judge.start(self.start_at, phase=self.phase))
         n = 0
         while self.dead_at is None:
             deadline = self.judge.next_deadline

@@ -54,6 +54,29 @@ def test_pings_keep_their_cadence_when_the_timer_runs_a_little_late() -> None:
     assert judge.next_deadline == approx(5.5)
 
 
+def test_with_a_phase_every_ping_after_the_first_is_due_on_the_callers_grid() -> None:
+    judge = Judge(time_to_dead=2.0, first_beat=0.0)  # interval 1, stall after 0.5
+    assert pings(judge.start(10.3, phase=5.0)) == [1]  # the first at once
+    assert judge.next_deadline == approx(11.0)  # 0.7 s later: on the grid 5 + k
+    assert pings(judge.on_timer(11.0)) == [2]
+    assert judge.next_deadline == approx(12.0)
+    judge.on_reply(11.001, 2)
+    assert pings(judge.on_timer(12.3)) == [3]  # 0.3 s late, not a stall
+    judge.on_reply(12.301, 3)
+    assert judge.next_deadline == approx(13.0)  # back on the grid, not 13.3
+    events = judge.on_timer(20.0)  # a stall: a fresh ping now ...
+    assert isinstance(events[0], Stall) and pings(events) == [4]
+    assert judge.next_deadline == approx(21.0)  # ... and the grid again, not now + interval
+    assert pings(judge.start(30.0, phase=-0.25)) == [1]  # any phase; a new run may move it
+    assert judge.next_deadline == approx(30.75)
+
+
+@pytest.mark.parametrize("phase", [float("nan"), float("inf"), "0", b"1"])
+def test_a_phase_that_is_no_finite_number_is_refused(phase: object) -> None:
+    with pytest.raises(TypeError, match="phase must be a finite number"):
+        Judge().start(0.0, phase=phase)  # type: ignore[arg-type]
+
+
 def test_a_reply_is_a_beat_with_its_round_trip() -> None:
     judge = Judge(time_to_dead=3.0, first_beat=5.0)
     judge.start(0.0)
@@ -331,6 +354,7 @@ def test_first_beat_zero_and_a_smaller_interval_are_accepted() -> None:
 
 ttds = st.sampled_from([0.05, 0.3, 1.0, 3.0, 10.0])
 fractions = st.floats(min_value=0.0, max_value=0.95)
+phases = st.none() | st.floats(min_value=-5.0, max_value=5.0)  # in units of ttd
 
 
 @settings(max_examples=300, deadline=None)
@@ -342,6 +366,7 @@ fractions = st.floats(min_value=0.0, max_value=0.95)
     late_fracs=st.lists(fractions, min_size=1, max_size=50),
     bind_frac=st.floats(min_value=0.0, max_value=1.0),
     stalls=st.lists(st.tuples(st.floats(0.0, 30.0), st.floats(0.0, 10.0)), max_size=4),
+    phase=phases,
 )
 def test_replies_always_in_time_means_never_dead(
     ttd: float,
@@ -351,6 +376,7 @@ def test_replies_always_in_time_means_never_dead(
     late_fracs: list[float],
     bind_frac: float,
     stalls: list[tuple[float, float]],
+    phase: float | None,
 ) -> None:
     """Round trips and timer delays below the stall threshold, a heart bound within the grace,
     any number of loop stalls of any length: no death, ever."""
@@ -362,6 +388,7 @@ def test_replies_always_in_time_means_never_dead(
         lateness=lambda n: theta * late_fracs[n % len(late_fracs)],
         bind_at=fb * bind_frac,
         stalls=[(s * ttd, s * ttd + length * ttd) for s, length in sorted(stalls)],
+        phase=None if phase is None else phase * ttd,
     )
     world.run(until=40 * ttd + fb)
     assert world.dead_at is None
@@ -375,6 +402,7 @@ def test_replies_always_in_time_means_never_dead(
     rtt_frac=fractions,
     late_fracs=st.lists(fractions, min_size=1, max_size=50),
     kill_frac=st.floats(min_value=0.0, max_value=20.0),
+    phase=phases,
 )
 def test_silence_after_the_grace_means_dead_within_one_and_a_half_ttd(
     ttd: float,
@@ -383,6 +411,7 @@ def test_silence_after_the_grace_means_dead_within_one_and_a_half_ttd(
     rtt_frac: float,
     late_fracs: list[float],
     kill_frac: float,
+    phase: float | None,
 ) -> None:
     judge = Judge(ttd, fb, interval=ttd / 2 * interval_frac)
     theta = judge.stall_after
@@ -391,6 +420,7 @@ def test_silence_after_the_grace_means_dead_within_one_and_a_half_ttd(
         rtt=lambda n: theta * rtt_frac,
         lateness=lambda n: theta * late_fracs[n % len(late_fracs)],
         kill_at=kill_frac * ttd,
+        phase=None if phase is None else phase * ttd,
     )
     world.run(until=kill_frac * ttd + fb + 10 * ttd)
     assert world.dead_at is not None
