@@ -6,12 +6,13 @@ its own stall, declare death. ``next_deadline`` says when the caller should call
 
 The rules (ttd = time_to_dead, fb = first_beat):
 
-- Pings go out every ``interval`` (at most ttd / 2), whether or not the last one was answered, each
-  with a new token: the first at start, the next ones on the cadence it set, or on a grid
+- Pings go out every ``interval`` (at most ttd / 2), whether or not the last one was answered,
+  each with a new token: the first at start, the next ones on the cadence it set, or on a grid
   ``phase + k * interval`` when the caller gives a phase (a pool lines its members up so that
-  many ping in one burst; the second ping then comes up to an interval early). A reply to *any* ping of the current run proves the heart alive at the moment
-  it is read, so a reply that was delayed past the next ping still counts as life; its round trip
-  is measured against its own ping, never the newest one (``Beat.stale`` says which it answered).
+  many ping in one burst; the second ping then comes up to an interval early). A reply to *any*
+  ping of the current run proves the heart alive at the moment it is read, so a reply that was
+  delayed past the next ping still counts as life; its round trip is measured against its own
+  ping, never the newest one (``Beat.stale`` says which it answered).
 - Silence is counted from ``since``: the latest of the last reply, the end of the grace
   (start + fb) and the end of the monitor's own last stall. Death is declared when a timer finds
   ``now >= since + ttd``. Hence no death before start + fb + ttd, and a heart that stops

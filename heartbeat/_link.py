@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 class Link(Protocol):
     """What a HeartMonitor needs from its transport."""
 
+    #: The grid its pings are due on (see ``Judge.start``); None: every interval from start.
+    phase: float | None
+
     def send(self, payload: bytes) -> None: ...
 
     def wake_at(self, deadline: float) -> None: ...
@@ -60,6 +63,7 @@ class SocketLink:
     ) -> None:
         self._monitor = monitor
         self._loop = loop
+        self.phase: float | None = None  # a lone monitor keeps its own cadence
         socket = self._open(plain_context(context))
         self._fd: int = socket.FD
         self._stream: ZMQStream | None = ZMQStream(socket, loop)

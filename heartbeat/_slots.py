@@ -1,6 +1,14 @@
-"""When a pool wakes, and for whom: members waiting in slots on a grid of one batch.
+"""When a pool wakes, and for whom: ping phases shared by groups of members, and members
+waiting in slots on a grid of one batch.
 
-Pure bookkeeping, no clock and no loop (the pool supplies both). A member due at ``deadline``
+Pure bookkeeping, no clock and no loop (the pool supplies both).
+
+Phases: a ping burst costs much less per ping than the same pings one by one (one wake-up of
+zmq's I/O thread, one read of many replies), so members with the same interval share a ping
+phase, in groups of at most ``size`` so that one burst never holds the loop for long. A new
+member joins the oldest group with room, or opens a group whose phase is its own start.
+
+Slots: a member due at ``deadline``
 waits in the slot that opens at the first multiple of ``step`` at or after it, so every member
 due within the same batch shares one wake-up, and two wake-ups are at least ``step`` apart. A
 member re-armed leaves its old slot at once (slots are dicts, which also keep arrival order);
@@ -80,3 +88,52 @@ class Slots(Generic[M]):
         """Forget every member."""
         self._members.clear()
         self._times.clear()
+
+
+class _Group:
+    __slots__ = ("count", "phase")
+
+    def __init__(self, phase: float) -> None:
+        self.phase = phase
+        self.count = 0
+
+
+class Phases(Generic[M]):
+    """Ping phases shared by groups of at most ``size`` members with the same interval."""
+
+    __slots__ = ("_groups", "_of", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._groups: dict[float, list[_Group]] = {}  # by interval, oldest first
+        self._of: dict[M, tuple[float, _Group]] = {}
+
+    def join(self, member: M, interval: float, now: float) -> float:
+        """The phase ``member`` pings on: an open group's, or ``now`` for a new group."""
+        self.leave(member)
+        groups = self._groups.setdefault(interval, [])
+        group = next((g for g in groups if g.count < self._size), None)
+        if group is None:
+            group = _Group(now)
+            groups.append(group)
+        group.count += 1
+        self._of[member] = (interval, group)
+        return group.phase
+
+    def leave(self, member: M) -> None:
+        """``member`` no longer pings: its place is free for the next to join."""
+        found = self._of.pop(member, None)
+        if found is None:
+            return
+        interval, group = found
+        group.count -= 1
+        if not group.count:
+            groups = self._groups[interval]
+            groups.remove(group)
+            if not groups:
+                del self._groups[interval]
+
+    def clear(self) -> None:
+        """Forget every member and group."""
+        self._groups.clear()
+        self._of.clear()

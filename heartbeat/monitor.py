@@ -231,7 +231,7 @@ class HeartMonitor:
         self.last_rtt = None
         now = time.monotonic()
         self._started_at = now
-        self._dispatch(self._judge.start(now))
+        self._dispatch(self._judge.start(now, phase=self._link.phase))
         self._wake()
 
     def stop(self) -> None:

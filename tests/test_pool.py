@@ -185,6 +185,45 @@ def test_members_started_at_any_moments_share_one_wake_up_a_batch(
     assert count <= span / 0.02 + 2
 
 
+def test_members_started_at_different_moments_ping_in_one_burst_from_their_second_ping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 40 members started over one interval (0.2 s) share one ping phase: after their first
+    # ping they ping together, so the pool wakes about once an interval (five times a second),
+    # not once a batch (fifty).
+    wakes: list[float] = []
+    original = HeartbeatPool._on_timer
+
+    def counting(self: HeartbeatPool) -> None:
+        wakes.append(time.monotonic())
+        original(self)
+
+    monkeypatch.setattr(HeartbeatPool, "_on_timer", counting)
+    urls = [f"inproc://phased-{i}" for i in range(40)]
+
+    async def scenario() -> tuple[int, float, int]:
+        with contextlib.ExitStack() as hearts:
+            for url in urls:
+                hearts.enter_context(Heart(url))
+            pool = HeartbeatPool()
+            monitors = [pool.watch(url, time_to_dead=0.4, first_beat=1.0) for url in urls]
+            for m in monitors:
+                m.start()
+                await asyncio.sleep(0.2 / len(monitors))
+            await asyncio.sleep(0.5)
+            wakes.clear()
+            beats, start = sum(m.stats.count for m in monitors), time.monotonic()
+            await asyncio.sleep(1.0)
+            span = time.monotonic() - start
+            beats = sum(m.stats.count for m in monitors) - beats
+            pool.close()
+        return len(wakes), span, beats
+
+    count, span, beats = asyncio.run(scenario())
+    assert beats >= 80  # every member pinged and answered, about five times each
+    assert count <= span / 0.2 + 3
+
+
 def test_a_timer_whose_members_all_re_armed_is_not_left_to_wake_for_nobody(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -414,6 +453,8 @@ def test_the_file_descriptor_limit_is_a_clear_error_that_names_it() -> None:
 
 class _RecordingLink:
     """What a member asks of the shared transport, recorded instead of done."""
+
+    phase = None
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from heartbeat._slots import Slots
+from heartbeat._slots import Phases, Slots
 
 deadlines = st.floats(min_value=0.0, max_value=1e6, allow_nan=False)
 steps = st.sampled_from([0.0, 0.001, 0.01, 0.1, 0.25, 1.0])
@@ -86,3 +86,48 @@ def test_every_waiting_member_is_woken_exactly_once_never_early_and_slots_are_a_
         first = slots.first()
         assert first is None or first > now
     assert woken.keys() == opens.keys()
+
+
+def test_members_share_a_phase_in_groups_of_at_most_the_size_oldest_group_first() -> None:
+    phases: Phases[str] = Phases(size=2)
+    assert phases.join("a", 1.0, now=10.3) == 10.3  # the first opens a group at its start
+    assert phases.join("b", 1.0, now=10.7) == 10.3  # joins it, whatever its own start
+    assert phases.join("c", 1.0, now=11.1) == 11.1  # that group is full: a new one
+    assert phases.join("d", 0.5, now=11.2) == 11.2  # another interval, another grid
+    phases.leave("a")
+    assert phases.join("e", 1.0, now=12.0) == 10.3  # a freed place in the oldest group
+    assert phases.join("f", 1.0, now=12.1) == 11.1
+    assert phases.join("g", 1.0, now=12.2) == 12.2
+
+
+def test_a_group_everyone_left_is_gone_and_joining_again_moves_a_member() -> None:
+    phases: Phases[str] = Phases(size=5)
+    assert phases.join("a", 1.0, now=1.0) == 1.0
+    phases.leave("a")
+    phases.leave("a")  # no error
+    assert phases.join("b", 1.0, now=2.5) == 2.5  # not 1.0: that group is gone
+    assert phases.join("c", 1.0, now=2.6) == 2.5
+    assert phases.join("b", 1.0, now=3.0) == 2.5  # joining again gives up the old place first
+    phases.leave("c")
+    assert phases.join("c", 1.0, now=3.1) == 2.5  # so "b" held one place, not two
+    phases.clear()
+    assert phases.join("d", 1.0, now=4.0) == 4.0
+
+
+@given(
+    plan=st.lists(st.tuples(st.integers(0, 30), st.booleans()), max_size=200),
+    size=st.integers(1, 8),
+)
+def test_no_group_ever_holds_more_than_the_size(plan: list[tuple[int, bool]], size: int) -> None:
+    phases: Phases[int] = Phases(size)
+    where: dict[int, float] = {}
+    for t, (member, joins) in enumerate(plan):
+        if joins:
+            where[member] = phases.join(member, 1.0, now=float(t))
+        else:
+            phases.leave(member)
+            where.pop(member, None)
+        counts: dict[float, int] = {}
+        for phase in where.values():
+            counts[phase] = counts.get(phase, 0) + 1
+        assert max(counts.values(), default=0) <= size
