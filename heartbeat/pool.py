@@ -79,6 +79,9 @@ class _PoolLink:
 class HeartbeatPool:
     """One ROUTER socket and one timer shared by many HeartMonitors.
 
+    Members with the same interval share a ping phase, in groups of up to 1,024: from its
+    second ping on, a member pings in one burst with its group (docs/scale.md says why).
+
     Parameters
     ----------
     context:
@@ -88,8 +91,7 @@ class HeartbeatPool:
     batch:
         Seconds by which the shared timer may wake late so that members due close together
         are judged in one wake-up. Default None: a tenth of the shortest ping interval among
-        the members (0.1 s for ``time_to_dead`` 2 s), so kernels started at any moments are
-        pinged in about ten wake-ups an interval instead of one each. It may be at most half
+        the members (0.1 s for ``time_to_dead`` 2 s). It may be at most half
         of every member's stall threshold ``(time_to_dead - interval) / 2``, so that batching
         never counts as the monitor's own stall; a member that needs a finer one is refused
         with a ValueError.
