@@ -144,22 +144,27 @@ def test_inproc_hearts_in_a_pool() -> None:
     assert asyncio.run(scenario()).died == []
 
 
-def test_members_started_at_any_moments_share_one_wake_up_a_batch(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # 40 members started evenly over one interval (0.2 s); the batch is a tenth of it. Each
-    # wake-up judges every member due within the batch it opens, and the next one waits for
-    # the next member due: wake-ups come at least a batch apart, not once a member (200 a
-    # second here) nor twice a batch. A loaded machine only makes batches longer.
-    wakes: list[float] = []
+@pytest.fixture
+def wakes(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """When every pool wakes up to judge, from now on."""
+    times: list[float] = []
     original = HeartbeatPool._on_timer
 
     def counting(self: HeartbeatPool) -> None:
-        wakes.append(time.monotonic())
+        times.append(time.monotonic())
         original(self)
 
     monkeypatch.setattr(HeartbeatPool, "_on_timer", counting)
-    urls = [f"inproc://staggered-{i}" for i in range(40)]
+    return times
+
+
+def test_members_started_at_different_moments_ping_in_one_burst_from_their_second_ping(
+    wakes: list[float],
+) -> None:
+    # 40 members started over one interval (0.2 s) share one ping phase: after their first
+    # ping they ping together, so the pool wakes about once an interval (five times a second),
+    # not once a batch of 0.02 s (fifty) nor once a member (two hundred).
+    urls = [f"inproc://phased-{i}" for i in range(40)]
 
     async def scenario() -> tuple[int, float, int]:
         with contextlib.ExitStack() as hearts:
@@ -181,64 +186,17 @@ def test_members_started_at_any_moments_share_one_wake_up_a_batch(
         return len(wakes), span, beats
 
     count, span, beats = asyncio.run(scenario())
-    assert beats >= 40  # every member was pinged and answered meanwhile
-    assert count <= span / 0.02 + 2
-
-
-def test_members_started_at_different_moments_ping_in_one_burst_from_their_second_ping(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # 40 members started over one interval (0.2 s) share one ping phase: after their first
-    # ping they ping together, so the pool wakes about once an interval (five times a second),
-    # not once a batch (fifty).
-    wakes: list[float] = []
-    original = HeartbeatPool._on_timer
-
-    def counting(self: HeartbeatPool) -> None:
-        wakes.append(time.monotonic())
-        original(self)
-
-    monkeypatch.setattr(HeartbeatPool, "_on_timer", counting)
-    urls = [f"inproc://phased-{i}" for i in range(40)]
-
-    async def scenario() -> tuple[int, float, int]:
-        with contextlib.ExitStack() as hearts:
-            for url in urls:
-                hearts.enter_context(Heart(url))
-            pool = HeartbeatPool()
-            monitors = [pool.watch(url, time_to_dead=0.4, first_beat=1.0) for url in urls]
-            for m in monitors:
-                m.start()
-                await asyncio.sleep(0.2 / len(monitors))
-            await asyncio.sleep(0.5)
-            wakes.clear()
-            beats, start = sum(m.stats.count for m in monitors), time.monotonic()
-            await asyncio.sleep(1.0)
-            span = time.monotonic() - start
-            beats = sum(m.stats.count for m in monitors) - beats
-            pool.close()
-        return len(wakes), span, beats
-
-    count, span, beats = asyncio.run(scenario())
     assert beats >= 80  # every member pinged and answered, about five times each
     assert count <= span / 0.2 + 3
 
 
 def test_a_timer_whose_members_all_re_armed_is_not_left_to_wake_for_nobody(
-    monkeypatch: pytest.MonkeyPatch,
+    wakes: list[float],
 ) -> None:
     # After a ping the member's next deadline is the "late" check, 0.25 s + rtt later (time
     # to dead 1 s, ping every 0.5 s); the reply moves it to the next ping. The timer set for
     # the late check then has nobody to judge and must move, so a beating member wakes the
     # pool once per ping, not twice.
-    wakes: list[float] = []
-    original = HeartbeatPool._on_timer
-
-    def counting(self: HeartbeatPool) -> None:
-        wakes.append(time.monotonic())
-        original(self)
-
-    monkeypatch.setattr(HeartbeatPool, "_on_timer", counting)
 
     async def scenario() -> tuple[int, int]:
         # A heart that answers 20 ms late, so its reply always comes after the pool has set
