@@ -92,6 +92,18 @@ class StateChanged:
 
 Event = Ping | Beat | Stall | Dead | StateChanged
 
+
+def on_grid(t: float, step: float, origin: float = 0.0, *, after: bool = False) -> float:
+    """The first point ``origin + k * step`` at or after ``t`` (strictly after, with ``after``).
+
+    Never earlier than ``t``, whatever the float rounding of the division.
+    """
+    point = origin + math.ceil((t - origin) / step) * step
+    if point < t or (after and point == t):
+        point += step
+    return point
+
+
 _WATCHING = (State.STARTING, State.BEATING, State.LATE)
 
 
@@ -264,10 +276,7 @@ class Judge:
                 self._next_ping = now + self.interval
         else:
             # The first point of the caller's grid after now, however late this ping went out.
-            step = math.floor((now - self._phase) / self.interval) + 1
-            self._next_ping = self._phase + step * self.interval
-            if self._next_ping <= now:  # float rounding at a grid point
-                self._next_ping += self.interval
+            self._next_ping = on_grid(now, self.interval, self._phase, after=True)
         return Ping(self._token)
 
     def _become(self, new: State) -> list[Event]:

@@ -18,9 +18,10 @@ a slot every member has left is dropped rather than woken for.
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Hashable
 from typing import Generic, TypeVar
+
+from heartbeat._judge import on_grid
 
 M = TypeVar("M", bound=Hashable)
 
@@ -44,12 +45,7 @@ class Slots(Generic[M]):
         ``step`` is the grid (the batch); 0 gives every distinct deadline its own slot. The
         caller removes the member from any earlier slot first.
         """
-        slot = deadline
-        if step > 0:
-            n = math.ceil(deadline / step)
-            slot = n * step
-            if slot < deadline:  # float rounding: a slot never opens before it is due
-                slot = (n + 1) * step
+        slot = on_grid(deadline, step) if step > 0 else deadline
         members = self._members.get(slot)
         if members is None:
             members = self._members[slot] = {}

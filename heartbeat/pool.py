@@ -309,7 +309,7 @@ class HeartbeatPool:
                     # (nobody is left unwatched), and the error goes on to the loop's log.
                     for rest in (link, *todo):
                         if not rest.closed and rest.slot is None:
-                            rest.slot = self._slots.add(rest, now, self._slack)
+                            rest.wake_at(now)
                     raise
         finally:
             # Even if a member raised: the clock of every other member keeps running.
