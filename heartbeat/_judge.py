@@ -13,16 +13,22 @@ The rules (ttd = time_to_dead, fb = first_beat):
   ping of the current run proves the heart alive at the moment it is read, so a reply that was
   delayed past the next ping still counts as life; its round trip is measured against its own
   ping, never the newest one (``Beat.stale`` says which it answered).
-- Silence is counted from ``since``: the latest of the last reply, the end of the grace
-  (start + fb) and the end of the monitor's own last stall. Death is declared when a timer finds
-  ``now >= since + ttd``. Hence no death before start + fb + ttd, and a heart that stops
-  answering is declared dead ttd after its last reply plus the caller's scheduling delay.
+- ``since`` is the last sign of life the heart cannot be blamed for missing: the latest of the
+  last reply, the end of the grace (start + fb) and the end of the monitor's own last stall.
+  Death is a *ping* left unanswered, not a gap between replies: the heart is dead when the
+  first ping sent at or after ``since`` has waited ttd for an answer, and the second one
+  ttd - interval (the time it would have waited had it gone out on time). Hence a heart whose
+  every reply comes within ttd of its ping is never dead, whatever its round trips do; one
+  lost ping is no death while the next is answered within ttd - interval; no death comes
+  before since + ttd, and a silent heart is dead at most ttd + interval after ``since``, plus
+  the caller's scheduling delay.
+- Late: the first ping since ``since`` has waited half of ttd (halfway to death); only a reply
+  clears it.
 - A timer that fires more than ``stall_after`` after the time the Judge asked for means the
-  caller's loop (or process) stalled. A reply that moves ``next_deadline`` later moves that time
-  too; a call before it does nothing. The time it could not observe is not the heart's fault:
-  ``since`` moves to now and a fresh ping goes out, so the heart gets a full ttd.
-  ``stall_after`` is (ttd - interval) / 2: any smaller delay keeps every reply of a live heart
-  within its deadline (see docs/how-it-decides.md), so only a larger one needs forgiving.
+  caller's loop (or process) stalled; a call before it does nothing. The time it could not
+  observe is not the heart's fault: ``since`` moves to now and a fresh ping goes out, so the
+  heart gets a full ttd.
+  ``stall_after`` is (ttd - interval) / 2 (see docs/how-it-decides.md for why).
 """
 
 from __future__ import annotations
@@ -122,10 +128,11 @@ class Judge:
     # Slots: a process watching 10,000 kernels holds 10,000 of these, touched every beat.
     __slots__ = (
         "_asked",
+        "_first",
         "_last_reply",
-        "_late_after",
         "_next_ping",
         "_phase",
+        "_second",
         "_sent",
         "_since",
         "_started",
@@ -154,14 +161,15 @@ class Judge:
                     f"so a heart is pinged twice before it is judged, got {interval!r}"
                 )
         self.stall_after = (self.time_to_dead - self.interval) / 2
-        # Late: silent for longer than halfway between the expected beat and death.
-        self._late_after = (self.time_to_dead + self.interval) / 2
         self.state = State.IDLE
         #: How many times the caller's own stalls were forgiven in this run.
         self.stalls = 0
         self._started = 0.0
         self._since = 0.0
         self._last_reply: float | None = None
+        # When the first and second pings sent at or after _since went out (None: not yet).
+        self._first: float | None = None
+        self._second: float | None = None
         self._next_ping = 0.0
         self._phase: float | None = None
         self._asked = 0.0
@@ -191,8 +199,8 @@ class Judge:
             raise TypeError(f"phase must be a finite number of seconds or None, got {phase!r}")
         self._phase = phase
         self._started = now
-        self._since = now + self.first_beat
         self._last_reply = None
+        self._move_since(now + self.first_beat)
         self._token = 0
         self._sent.clear()
         self.stalls = 0
@@ -214,11 +222,11 @@ class Judge:
             return []
         sent = self._sent.pop(token, None)
         self._last_reply = now
-        self._since = max(self._since, now)
+        if now >= self._since:  # a reply inside the grace leaves the grace as it is
+            self._move_since(now)
         events = self._become(State.BEATING)
-        # The reply moved the deadline later: a timer still set for the earlier one is early,
-        # not late, and lateness is measured against what the Judge needs now.
-        self._asked = max(self._asked, self._deadline())
+        # next_deadline is unchanged: the next ping is never due after the late or dead time
+        # of a ping already sent, so a reply only pushes back times that were not the earliest.
         rtt = None if sent is None else max(0.0, now - sent)
         events.append(Beat(token, rtt, stale=token != self._token))
         return events
@@ -235,10 +243,11 @@ class Judge:
         if late_by > self.stall_after:
             # The caller could not observe the heart, nor ping it, for late_by seconds.
             self.stalls += 1
-            self._since = max(self._since, now)
+            if now >= self._since:
+                self._move_since(now)
             self._next_ping = now
             events.append(Stall(late_by))
-        elif now >= self._since + self.time_to_dead:
+        elif now >= self._dead_at():
             silent_for = now - (self._started if self._last_reply is None else self._last_reply)
             events += self._become(State.DEAD)
             events.append(Dead(silent_for))
@@ -254,17 +263,42 @@ class Judge:
             return State.STARTING if now < self._started + self.first_beat else State.LATE
         if self.state is State.LATE:
             return State.LATE  # only a reply clears it: a forgiven stall is no sign of life
-        # Silence is counted as for death, so the monitor's own stall never makes a heart late.
-        return State.LATE if now >= self._since + self._late_after else State.BEATING
+        # Counted from the same ping as death, so the monitor's own stall never makes it late.
+        return State.LATE if now >= self._late_at() else State.BEATING
+
+    def _move_since(self, t: float) -> None:
+        # Pings sent before the new ``since`` no longer decide anything: the heart has been
+        # heard from (or forgiven) since they went out.
+        self._since = t
+        self._first = self._second = None
+
+    def _dead_at(self) -> float:
+        """When the pings sent since ``since`` have waited long enough to mean death."""
+        if self._first is None:
+            return math.inf  # no ping has gone out since: nothing is overdue yet
+        dead_at = self._first + self.time_to_dead
+        if self._second is not None:
+            # Had the second ping gone out on time, one interval after the first, it would
+            # have had ttd - interval by the first one's deadline; a late one gets no less.
+            dead_at = max(dead_at, self._second + self.time_to_dead - self.interval)
+        return dead_at
+
+    def _late_at(self) -> float:
+        return math.inf if self._first is None else self._first + self.time_to_dead / 2
 
     def _deadline(self) -> float:
-        deadline = min(self._next_ping, self._since + self.time_to_dead)
+        deadline = min(self._next_ping, self._dead_at())
         if self.state is State.BEATING:
             # Wake when the heart turns late too, so the state is never stale for long.
-            deadline = min(deadline, self._since + self._late_after)
+            deadline = min(deadline, self._late_at())
         return deadline
 
     def _ping(self, now: float) -> Ping:
+        if now >= self._since:
+            if self._first is None:
+                self._first = now
+            elif self._second is None:
+                self._second = now
         self._token += 1
         self._sent[self._token] = now
         if len(self._sent) > _RTT_WINDOW:

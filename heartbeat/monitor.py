@@ -256,9 +256,6 @@ class HeartMonitor:
             return
         token = int.from_bytes(payload[_NONCE_BYTES:], "big")
         self._dispatch(self._judge.on_reply(now, token))
-        # A reply moves the deadline later (the heart is no longer due to turn late): re-arm
-        # now, while this monitor is at hand, rather than wake for nothing at the old time.
-        self._wake()
 
     def _fail(self, exc: zmq.ZMQError) -> None:
         # The socket is unusable (most often: its context was terminated). The heart's fate is

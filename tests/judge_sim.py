@@ -18,6 +18,7 @@ class World:
     rtt: Callable[[int], float]  # round trip of the n-th ping
     bind_at: float = 0.0  # the heart answers pings that reach it from here on
     kill_at: float = float("inf")  # ... until here
+    lost: Callable[[int], bool] = lambda n: False  # the n-th ping, or its reply, is lost
     lateness: Callable[[int], float] = lambda n: 0.0  # extra delay of the n-th timer
     stalls: list[tuple[float, float]] = field(default_factory=list)  # (start, end): loop frozen
     start_at: float = 0.0
@@ -39,7 +40,7 @@ class World:
             self.events.append(event)
             if isinstance(event, Ping):
                 reaches = max(now, self.bind_at)
-                if reaches < self.kill_at:
+                if reaches < self.kill_at and not self.lost(event.token):
                     self._pending.append((reaches + self.rtt(event.token), event.token))
             elif isinstance(event, Dead):
                 self.dead_at = now

@@ -1,5 +1,7 @@
 """Faults around a live heart: a misbehaving network, a terminated context, exhausted file
-descriptors, a forking manager. Each gives no false death, or a clear error, never a hang."""
+descriptors, a forking manager. Each gives no false death, or a clear error, never a hang.
+
+Latency jumps, lost pings and black holes, for lone and pooled monitors: test_network.py."""
 
 from __future__ import annotations
 
@@ -47,19 +49,6 @@ def through_proxy(
     return asyncio.run(scenario())
 
 
-def test_added_latency_is_no_death_while_the_gap_it_opens_stays_below_time_to_dead() -> None:
-    # A jump of the round trip by dR opens one gap of interval + dR between replies:
-    # 0.5 s + 0.4 s < 1 s.
-    async def body(proxy: FaultProxy, watch: Watch) -> None:
-        proxy.latency = 0.2
-        await asyncio.sleep(4.0)
-
-    watch = through_proxy(body)
-    assert watch.died == []
-    slow = [b.rtt for _, b in watch.beats() if b.rtt is not None and b.rtt > 0.38]
-    assert len(slow) >= 4  # the latency was real
-
-
 def test_round_trips_longer_than_the_interval_still_count_as_life() -> None:
     # 0.7 s round trips with a ping every 0.25 s: every reply lands after the next ping.
     async def body(proxy: FaultProxy, watch: Watch) -> None:
@@ -93,16 +82,6 @@ def test_a_steady_latency_near_time_to_dead_is_no_death() -> None:
     assert watch.died == [] and len(watch.beats()) >= 6
 
 
-def test_a_black_hole_longer_than_time_to_dead_is_death_within_the_bound() -> None:
-    async def body(proxy: FaultProxy, watch: Watch) -> None:
-        proxy.holding = True
-        assert await watch.until(lambda: bool(watch.died), timeout=10)
-
-    watch = through_proxy(body)
-    last = watch.beats()[-1][0]
-    assert TTD - 0.01 <= watch.died[0] - last <= 1.5 * TTD + SLACK
-
-
 def test_a_partition_that_heals_in_time_is_no_death() -> None:
     async def body(proxy: FaultProxy, watch: Watch) -> None:
         for _ in range(3):
@@ -115,18 +94,6 @@ def test_a_partition_that_heals_in_time_is_no_death() -> None:
     watch = through_proxy(body)
     assert watch.died == []
     assert watch.monitor.state is State.STOPPED
-
-
-def test_connection_resets_are_no_death_when_the_heart_answers_in_time() -> None:
-    async def body(proxy: FaultProxy, watch: Watch) -> None:
-        for _ in range(4):
-            proxy.reset()
-            before = len(watch.beats())
-            assert await watch.until(lambda n=before: len(watch.beats()) > n + 1, timeout=5)
-            await asyncio.sleep(0.5)
-
-    watch = through_proxy(body, interval=0.25)
-    assert watch.died == []
 
 
 def test_a_context_terminated_under_a_monitor_stops_it_loudly_and_unblocks_term(

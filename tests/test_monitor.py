@@ -42,6 +42,9 @@ class Watch:
     def beats(self, since: float = 0.0) -> list[tuple[float, Beat]]:
         return [(t, e) for t, e in self.events if isinstance(e, Beat) and t >= since]
 
+    def pings(self, since: float = 0.0) -> list[tuple[float, Ping]]:
+        return [(t, e) for t, e in self.events if isinstance(e, Ping) and t >= since]
+
     def of(self, kind: type) -> list[Any]:
         return [e for _, e in self.events if isinstance(e, kind)]
 
