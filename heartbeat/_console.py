@@ -8,12 +8,35 @@ import time
 from datetime import datetime, timezone
 from typing import TextIO
 
+from heartbeat._judge import State
+
 
 def ms(seconds: float | None) -> str:
     """A duration for people: '0.42 ms', '1.20 s', or '-'."""
     if seconds is None:
         return "-"
     return f"{seconds * 1000:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def rule(time_to_dead: float, interval: float) -> str:
+    """The death rule in words, with the numbers in force."""
+    return (
+        f"a ping every {interval:g} s; dead when one goes unanswered for {time_to_dead:g} s, "
+        f"late once one has waited {time_to_dead / 2:g} s"
+    )
+
+
+def meaning(state: State, time_to_dead: float) -> str:
+    """What a state means now, for a line that reports the change to it."""
+    half = time_to_dead / 2
+    return {
+        State.STARTING: "inside the first_beat grace",
+        State.BEATING: "pings are answered",
+        State.LATE: f"a ping has waited {half:g} s (half of time_to_dead) for its answer",
+        State.DEAD: f"a ping went unanswered for time_to_dead ({time_to_dead:g} s)",
+        State.STOPPED: "no longer watched",
+        State.IDLE: "not watched yet",
+    }[state]
 
 
 class Console:

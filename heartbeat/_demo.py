@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 
-from heartbeat._console import Console, ms
+from heartbeat._console import Console, meaning, ms, rule
 from heartbeat._judge import Beat, Dead, Event, Stall, StateChanged
 from heartbeat.monitor import HeartMonitor
 
@@ -43,7 +43,8 @@ class Story:
         if isinstance(event, Beat):
             self.beats.append((now, event.rtt))
         elif isinstance(event, StateChanged):
-            self.console.line(f"   state {event.old} -> {event.new}")
+            ttd = self.monitor.time_to_dead if self.monitor is not None else 0.0
+            self.console.line(f"   state {event.old} -> {event.new}: {meaning(event.new, ttd)}")
         elif isinstance(event, Stall):
             self.console.line(
                 f"   the monitor woke {event.late_by:.2f} s late: its own stall, not the "
@@ -88,8 +89,8 @@ async def run_demo(time_to_dead: float, first_beat: float, console: Console) -> 
     story.monitor = monitor
     died = asyncio.Event()
     console.line(
-        f"heartbeat demo: time_to_dead {time_to_dead:g} s, first_beat {first_beat:g} s, "
-        f"a ping every {monitor.interval:g} s"
+        f"heartbeat demo: time_to_dead {time_to_dead:g} s, first_beat {first_beat:g} s: "
+        f"{rule(time_to_dead, monitor.interval)}"
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -160,7 +161,7 @@ async def run_demo(time_to_dead: float, first_beat: float, console: Console) -> 
         console.line(f"4. the kernel is frozen with SIGSTOP (pid {proc.pid})")
         os.kill(proc.pid, signal.SIGSTOP)
         frozen = time.monotonic()
-        bound = 1.5 * time_to_dead
+        bound = time_to_dead + monitor.interval
         await asyncio.wait_for(died.wait(), timeout=first_beat + bound + 30)
         assert story.dead_at is not None
         # A reply can still land between our reading the clock and the freeze taking hold.
@@ -168,7 +169,8 @@ async def run_demo(time_to_dead: float, first_beat: float, console: Console) -> 
         console.line(
             f"   detected {story.dead_at - last_beat:.2f} s after the last beat "
             f"({story.dead_at - frozen:.2f} s after the freeze); promised between "
-            f"{time_to_dead:g} and {bound:g} s after the last beat"
+            f"{time_to_dead:g} and {bound:g} s (time_to_dead + interval) after the last beat, "
+            "plus the loop's scheduling delay"
         )
         proc.kill()
         await proc.wait()

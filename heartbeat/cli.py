@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from heartbeat import __version__, _validate
-from heartbeat._console import Console, ms
+from heartbeat._console import Console, meaning, ms, rule
 from heartbeat._judge import Beat, Dead, Event, Stall, StateChanged
 from heartbeat.connection import Target, resolve
 from heartbeat.monitor import HeartMonitor
@@ -157,8 +157,9 @@ class _Watcher:
             elif isinstance(event, Dead):
                 self.console.record("dead", silent_for=event.silent_for)
             return
-        if isinstance(event, StateChanged):
-            self.console.line(f"{event.old} -> {event.new}")
+        if isinstance(event, StateChanged) and self.monitor is not None:
+            words = meaning(event.new, self.monitor.time_to_dead)
+            self.console.line(f"{event.old} -> {event.new}: {words}")
         elif isinstance(event, Stall):
             self.console.line(f"this monitor stalled {event.late_by:.2f} s; not counted")
         elif isinstance(event, Dead):
@@ -196,12 +197,17 @@ async def _watch_until_done(target: Target, args: argparse.Namespace, watcher: _
     console = watcher.console
     if args.json:
         console.record(
-            "watch", url=target.url, time_to_dead=args.time_to_dead, first_beat=args.first_beat
+            "watch",
+            url=target.url,
+            time_to_dead=args.time_to_dead,
+            first_beat=args.first_beat,
+            interval=monitor.interval,
         )
     else:
         console.line(
             f"watching {target.url} (time_to_dead {args.time_to_dead:g} s, "
-            f"first_beat {args.first_beat:g} s); Ctrl-C to stop"
+            f"first_beat {args.first_beat:g} s): {rule(args.time_to_dead, monitor.interval)}; "
+            "Ctrl-C to stop"
         )
     monitor.start(died.set)
     try:

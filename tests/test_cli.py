@@ -113,6 +113,9 @@ def test_demo_tells_the_whole_story_and_leaves_no_process() -> None:
         "its own stall",
         "DEAD: no reply",
         "detected",
+        "dead when one goes unanswered for 0.5 s, late once one has waited 0.25 s",
+        "-> dead: a ping went unanswered for time_to_dead (0.5 s)",
+        "promised between 0.5 and 0.75 s (time_to_dead + interval) after the last beat",
     ]:
         assert phrase in out, phrase
     assert "\x1b[K" not in out  # not a terminal: plain lines only
@@ -269,7 +272,9 @@ def test_watch_on_a_terminal_keeps_a_live_status_line(heart: Heart) -> None:
         os.close(leader)
     text = output.decode()
     assert "\r\x1b[K" in text  # the status line is redrawn in place
-    assert "starting -> beating" in text
+    assert "starting -> beating: pings are answered" in text
+    # The rule in words, with the numbers in force.
+    assert "a ping every 0.2 s; dead when one goes unanswered for 0.4 s" in text
     assert re.search(r"beating\s+\| last rtt [\d.]+ ms \| median [\d.]+ ms p99", text)
 
 
