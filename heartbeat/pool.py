@@ -11,6 +11,10 @@ the same pure core, with the same timing contract; only the transport is shared:
 One socket means no per-kernel socket (zmq allows 1023 a context by default), no per-kernel
 timer, and replies read in batches. Each tcp heart still needs one file descriptor for its
 connection: past the process limit, ``start()`` raises an OSError that names it.
+
+Members that use CURVE share a second socket: libzmq takes a socket's CURVE options as they
+stand at each ``connect()``, so one socket reaches many CURVE hearts, each with its own server
+key, but a socket cannot go back to plain once it is a CURVE client.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from heartbeat import _validate
 from heartbeat._link import plain_context, reconnect_ivl
 from heartbeat._slots import Phases, Slots
 from heartbeat.monitor import HeartMonitor
+from heartbeat.probe import curve_client
 
 log = logging.getLogger("heartbeat")
 
@@ -47,21 +52,36 @@ _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _NOBLOCK = int(zmq.NOBLOCK)
 
 
+class _Channel:
+    """One of the pool's ROUTER sockets (plain, or CURVE) and how many members use it."""
+
+    __slots__ = ("curve", "fd", "members", "socket")
+
+    def __init__(self, socket: zmq.Socket[Any], curve: bool) -> None:
+        self.socket = socket
+        self.fd: int = socket.FD
+        self.curve = curve
+        self.members = 0
+
+
 class _PoolLink:
-    """A member's place in the pool: its routing id, and the wake-up slot it waits in."""
+    """A member's place in the pool: its routing id, its socket, and the slot it waits in."""
 
-    __slots__ = ("closed", "monitor", "phase", "pool", "rid", "slot")
+    __slots__ = ("channel", "closed", "monitor", "phase", "pool", "rid", "slot")
 
-    def __init__(self, pool: HeartbeatPool, monitor: HeartMonitor, rid: bytes) -> None:
+    def __init__(
+        self, pool: HeartbeatPool, monitor: HeartMonitor, rid: bytes, channel: _Channel
+    ) -> None:
         self.pool = pool
         self.monitor = monitor
         self.rid = rid
+        self.channel = channel
         self.slot: float | None = None
         self.phase: float | None = None
         self.closed = False
 
     def send(self, payload: bytes) -> None:
-        self.pool._send(self.rid, payload)
+        self.pool._send(self, payload)
 
     def wake_at(self, deadline: float) -> None:
         pool = self.pool
@@ -114,8 +134,7 @@ class HeartbeatPool:
         self._context = context
         self._io_loop = io_loop
         self._loop: IOLoop | None = None
-        self._socket: zmq.Socket[Any] | None = None
-        self._fd = -1
+        self._channels: dict[bool, _Channel] = {}  # by "uses CURVE"
         self._members: dict[bytes, _PoolLink] = {}
         self._slots: Slots[_PoolLink] = Slots()
         self._phases: Phases[_PoolLink] = Phases(_PHASE_SIZE)
@@ -136,6 +155,12 @@ class HeartbeatPool:
         """
         return None if self._slack == float("inf") else self._slack
 
+    @property
+    def sockets(self) -> int:
+        """How many sockets the pool holds open: 0 while nothing is watched, 1, or 2 when
+        CURVE and plain members are watched together."""
+        return len(self._channels)
+
     def watch(self, url: str, **kwargs: Any) -> HeartMonitor:
         """A HeartMonitor of ``url`` in this pool (not started); keywords as HeartMonitor's."""
         return HeartMonitor(url, pool=self, **kwargs)
@@ -144,16 +169,11 @@ class HeartbeatPool:
         """Stop every member and close the socket. Idempotent."""
         for link in list(self._members.values()):
             link.monitor.stop()
-        self._close_socket()
+        self._close_channels()
 
     # -- what members call -----------------------------------------------------------------
 
     def _check_member(self, monitor: HeartMonitor) -> None:
-        if monitor.curve_serverkey is not None:
-            raise ValueError(
-                "a HeartbeatPool cannot use CURVE (one socket has one server key): watch "
-                f"{monitor.url} with a HeartMonitor of its own"
-            )
         most = monitor.stall_after / 2
         if self._batch is not None and self._batch > most:
             raise ValueError(
@@ -170,16 +190,21 @@ class HeartbeatPool:
                 f"needs a file descriptor; this process may open {soft} (the RLIMIT_NOFILE soft "
                 "limit, 'ulimit -n'): raise it"
             )
-        socket = self._open_socket()
+        key = monitor.curve_serverkey
+        channel = self._open_channel(curve=key is not None)
         rid = b"hb" + next(self._ids).to_bytes(8, "big")
         try:
-            socket.setsockopt(zmq.CONNECT_ROUTING_ID, rid)
-            socket.connect(monitor.url)
+            channel.socket.setsockopt(zmq.CONNECT_ROUTING_ID, rid)
+            if key is not None:
+                # Taken as it stands at connect(): each heart gets its own server key.
+                channel.socket.curve_serverkey = key
+            channel.socket.connect(monitor.url)
         except zmq.ZMQError as exc:
-            if not self._members:
-                self._close_socket()
+            if not channel.members:
+                self._close_channel(channel)
             raise ValueError(f"cannot connect to {monitor.url!r}: {exc.strerror}") from None
-        link = _PoolLink(self, monitor, rid)
+        channel.members += 1
+        link = _PoolLink(self, monitor, rid, channel)
         link.phase = self._phases.join(link, monitor.interval, time.monotonic())
         self._members[rid] = link
         if self._batch is None:
@@ -192,17 +217,21 @@ class HeartbeatPool:
         self._unslot(link)
         self._phases.leave(link)
         self._members.pop(link.rid, None)
-        if self._socket is not None:
+        channel = link.channel
+        channel.members -= 1
+        if self._channels.get(channel.curve) is channel:
             # ZMQError: already gone, or the context was terminated.
             with contextlib.suppress(zmq.ZMQError):
-                self._socket.disconnect(link.monitor.url)
-        if not self._members:
-            self._close_socket()  # nothing is held while nothing is watched
+                channel.socket.disconnect(link.monitor.url)
+            if not channel.members:
+                self._close_channel(channel)  # nothing is held while nothing is watched
 
-    def _send(self, rid: bytes, payload: bytes) -> None:
-        if self._socket is None:
+    def _send(self, link: _PoolLink, payload: bytes) -> None:
+        channel = link.channel
+        if self._channels.get(channel.curve) is not channel:
             return
-        send = self._socket.send
+        rid = link.rid
+        send = channel.socket.send
         try:
             # The empty frame makes it a REQ-style envelope, which every heart echoes back.
             # A ROUTER drops a whole message to a peer it cannot reach now (not connected,
@@ -213,7 +242,7 @@ class HeartbeatPool:
         except zmq.Again:
             return  # not connected yet, or its queue is full: the judge sees the silence
         except zmq.ZMQError as exc:
-            self._fail(exc)
+            self._fail(channel, exc)
             return
         if not self._judging and self._loop is not None:
             # A send can swallow the descriptor's edge for replies already waiting.
@@ -228,9 +257,10 @@ class HeartbeatPool:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _open_socket(self) -> zmq.Socket[Any]:
-        if self._socket is not None:
-            return self._socket
+    def _open_channel(self, curve: bool) -> _Channel:
+        channel = self._channels.get(curve)
+        if channel is not None:
+            return channel
         context = plain_context(self._context)
         try:
             socket: zmq.Socket[Any] = context.socket(zmq.ROUTER)
@@ -241,28 +271,38 @@ class HeartbeatPool:
         socket.setsockopt(zmq.IPV6, 1)
         # Hearts answer at the speed they are pinged; deep queues only hide a dead peer.
         socket.sndhwm = socket.rcvhwm = 100_000
-        self._loop = self._io_loop if self._io_loop is not None else IOLoop.current()
-        self._fd = socket.FD
-        self._loop.add_handler(self._fd, self._on_readable, IOLoop.READ)
-        self._socket = socket
-        return socket
+        if curve:
+            curve_client(socket, None)  # one ephemeral key pair; server keys per connect()
+        if self._loop is None:
+            self._loop = self._io_loop if self._io_loop is not None else IOLoop.current()
+        channel = self._channels[curve] = _Channel(socket, curve)
+        self._loop.add_handler(channel.fd, self._on_readable, IOLoop.READ)
+        return channel
 
-    def _close_socket(self) -> None:
-        socket, self._socket = self._socket, None
-        self._cancel_timer()
-        self._slots.clear()
-        self._phases.clear()
-        if self._batch is None:
-            self._slack = float("inf")  # the next members set it afresh
-        if socket is not None and self._loop is not None:
-            self._loop.remove_handler(self._fd)
-            socket.close(linger=0)
+    def _close_channel(self, channel: _Channel) -> None:
+        if self._channels.get(channel.curve) is not channel:
+            return
+        del self._channels[channel.curve]
+        if self._loop is not None:
+            self._loop.remove_handler(channel.fd)
+        channel.socket.close(linger=0)
+        if not self._channels:
+            self._cancel_timer()
+            self._slots.clear()
+            self._phases.clear()
+            if self._batch is None:
+                self._slack = float("inf")  # the next members set it afresh
 
-    def _fail(self, exc: zmq.ZMQError) -> None:
+    def _close_channels(self) -> None:
+        for channel in list(self._channels.values()):
+            self._close_channel(channel)
+
+    def _fail(self, channel: _Channel, exc: zmq.ZMQError) -> None:
         log.error("heartbeat pool stopped: its socket failed (%s)", exc.strerror)
         for link in list(self._members.values()):
-            link.monitor._fail(exc)
-        self._close_socket()
+            if link.channel is channel:
+                link.monitor._fail(exc)
+        self._close_channel(channel)
 
     def _cancel_timer(self) -> None:
         if self._loop is not None and self._timer is not None:
@@ -321,11 +361,13 @@ class HeartbeatPool:
         self._drain()
 
     def _drain(self) -> bool:
-        """Read every reply waiting; False if the socket is gone."""
-        socket = self._socket
-        if socket is None:
-            return False
-        recv = socket.recv
+        """Read every reply waiting on every socket; False if none is left."""
+        for channel in list(self._channels.values()):
+            self._drain_channel(channel)
+        return bool(self._channels)
+
+    def _drain_channel(self, channel: _Channel) -> None:
+        recv = channel.socket.recv
         members = self._members
         try:
             for _ in range(_DRAIN_LIMIT):
@@ -340,11 +382,10 @@ class HeartbeatPool:
                 if link is not None and len(frames) == 3 and not frames[1]:
                     link.monitor._on_reply(frames[2], time.monotonic())
         except zmq.Again:
-            return True
+            return
         except zmq.ZMQError as exc:
-            self._fail(exc)
-            return False
+            self._fail(channel, exc)
+            return
         # Limit reached: more may wait, and the edge-triggered descriptor will not say so.
         if self._loop is not None:
             self._loop.add_callback(self._drain)
-        return True

@@ -11,12 +11,16 @@ import zmq
 from heartbeat import _validate
 
 
-def curve_client(socket: zmq.Socket[Any], serverkey: bytes) -> None:
-    """Make ``socket`` a CURVE client of the server whose public key is ``serverkey``."""
+def curve_client(socket: zmq.Socket[Any], serverkey: bytes | None) -> None:
+    """Make ``socket`` a CURVE client of the server whose public key is ``serverkey``.
+
+    With None, only the key pair is set: the server key must be set before each connect().
+    """
     public, secret = zmq.curve_keypair()  # ephemeral: the server authenticates itself only
     socket.curve_secretkey = secret
     socket.curve_publickey = public
-    socket.curve_serverkey = serverkey
+    if serverkey is not None:
+        socket.curve_serverkey = serverkey
 
 
 def ping(

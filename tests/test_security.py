@@ -16,21 +16,30 @@ import zmq
 from ipykernel.heartbeat import Heartbeat
 from jupyter_client.channels import HBChannel as JupyterHBChannel
 
-from heartbeat import Heart, State
+from heartbeat import Heart, HeartbeatPool, State
 from heartbeat.jupyter import HBChannel
 from heartbeat.probe import ping
 from tests.conftest import Kernel, wait_for
 from tests.test_monitor import Watch
+from tests.test_pool import pooled
 
 KEYS = zmq.curve_keypair()  # (public, secret) of the kernel's heart
 
 
-def watch_for(url: str, seconds: float, **kwargs: Any) -> Watch:
+KINDS = ["lone", "pool"]
+
+
+def watch_for(url: str, seconds: float, kind: str = "lone", **kwargs: Any) -> Watch:
+    """Watch ``url`` for ``seconds`` with a lone monitor, or as the member of a pool."""
+
     async def scenario() -> Watch:
-        watch = Watch(url, time_to_dead=0.5, first_beat=0.5, **kwargs)
+        pool = HeartbeatPool()
+        options = {"time_to_dead": 0.5, "first_beat": 0.5, **kwargs}
+        watch = Watch(url, **options) if kind == "lone" else pooled(pool, url, **options)
         watch.start()
         await asyncio.sleep(seconds)
         watch.monitor.stop()
+        assert pool.sockets == 0  # a pool holds nothing once its members have left
         return watch
 
     return asyncio.run(scenario())
@@ -55,13 +64,17 @@ def curve_ipykernel_heartbeat() -> Iterator[str]:
 # -- the four pairings --------------------------------------------------------------------------
 
 
-def test_curve_our_heart_and_our_monitor(curve_heart: Heart) -> None:
-    watch = watch_for(curve_heart.url, 2.0, curve_serverkey=KEYS[0])
+@pytest.mark.parametrize("kind", KINDS)
+def test_curve_our_heart_and_our_monitor(curve_heart: Heart, kind: str) -> None:
+    watch = watch_for(curve_heart.url, 2.0, kind, curve_serverkey=KEYS[0])
     assert watch.died == [] and len(watch.beats()) >= 3
 
 
-def test_curve_ipykernels_heartbeat_and_our_monitor(curve_ipykernel_heartbeat: str) -> None:
-    watch = watch_for(curve_ipykernel_heartbeat, 2.0, curve_serverkey=KEYS[0])
+@pytest.mark.parametrize("kind", KINDS)
+def test_curve_ipykernels_heartbeat_and_our_monitor(
+    curve_ipykernel_heartbeat: str, kind: str
+) -> None:
+    watch = watch_for(curve_ipykernel_heartbeat, 2.0, kind, curve_serverkey=KEYS[0])
     assert watch.died == [] and len(watch.beats()) >= 3
 
 
@@ -104,9 +117,46 @@ def test_a_client_without_the_key_gets_no_answer_and_the_heart_stays_quiet(
     assert [r for r in caplog.records if r.pathname.endswith("heart.py")] == []
 
 
-def test_a_monitor_with_the_wrong_key_reports_death_after_the_grace(curve_heart: Heart) -> None:
-    watch = watch_for(curve_heart.url, 2.0, curve_serverkey=zmq.curve_keypair()[0])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_monitor_with_the_wrong_key_reports_death_after_the_grace(
+    curve_heart: Heart, kind: str
+) -> None:
+    watch = watch_for(curve_heart.url, 2.0, kind, curve_serverkey=zmq.curve_keypair()[0])
     assert len(watch.died) == 1 and watch.beats() == []
+
+
+def test_one_pool_watches_curve_hearts_with_different_keys_and_plain_hearts_together() -> None:
+    other = zmq.curve_keypair()
+
+    async def scenario() -> dict[str, Watch]:
+        pool = HeartbeatPool()
+        with (
+            Heart(curve_secretkey=KEYS[1]) as first,
+            Heart(curve_secretkey=other[1]) as second,
+            Heart() as plain,
+            Heart(curve_secretkey=KEYS[1]) as third,
+        ):
+            options = {"time_to_dead": 0.5, "first_beat": 0.5}
+            watches = {
+                "first": pooled(pool, first.url, curve_serverkey=KEYS[0], **options),
+                "second": pooled(pool, second.url, curve_serverkey=other[0], **options),
+                "plain": pooled(pool, plain.url, **options),
+                # Another heart's key: the handshake fails, and no ping is ever answered.
+                "wrong": pooled(pool, third.url, curve_serverkey=other[0], **options),
+            }
+            for watch in watches.values():
+                watch.start()
+            assert pool.sockets == 2  # one plain, one CURVE for three members
+            await asyncio.sleep(2.0)
+            for watch in watches.values():
+                watch.monitor.stop()
+            assert pool.sockets == 0 and len(pool) == 0
+        return watches
+
+    watches = asyncio.run(scenario())
+    for name in ("first", "second", "plain"):
+        assert watches[name].died == [] and len(watches[name].beats()) >= 3, name
+    assert len(watches["wrong"].died) == 1 and watches["wrong"].beats() == []
 
 
 @pytest.mark.parametrize("key", ["short", b"x" * 39, 42])
