@@ -111,6 +111,35 @@ def _parser() -> _Parser:
     watch.add_argument("target", metavar="TARGET")
     _timing_options(watch, time_to_dead=3.0)
     watch.add_argument("--json", action="store_true", help="one JSON object a line per event")
+
+    kernelspec = sub.add_parser(
+        "kernelspec",
+        help="install a Python kernel whose frozen heart ends a headless run (jupyter execute, "
+        "papermill)",
+        description="Install a kernel spec for the ipykernel of this Python whose provisioner "
+        "watches its heart: a kernel frozen mid-cell is killed and the run ends with "
+        "DeadKernelError instead of waiting for the cell timeout.",
+        epilog="example: heartbeat kernelspec && jupyter execute "
+        "--kernel_name=python3-heartbeat notebook.ipynb",
+    )
+    kernelspec.add_argument("--name", default="python3-heartbeat", help="kernel name")
+    kernelspec.add_argument(
+        "--display-name", default="Python 3 (heartbeat)", help="name shown in front ends"
+    )
+    _timing_options(kernelspec, time_to_dead=3.0)
+    kernelspec.add_argument(
+        "--interval",
+        type=_seconds(),
+        default=None,
+        metavar="S",
+        help="seconds between pings (default 0.5, at most time_to_dead / 2)",
+    )
+    where = kernelspec.add_mutually_exclusive_group()
+    where.add_argument(
+        "--user", action="store_true", default=True, help="for this user (the default)"
+    )
+    where.add_argument("--sys-prefix", action="store_true", help=f"in {sys.prefix}")
+    where.add_argument("--prefix", metavar="DIR", help="under DIR/share/jupyter/kernels")
     return parser
 
 
@@ -235,6 +264,28 @@ def _watch(args: argparse.Namespace) -> int:
     return asyncio.run(_watch_until_done(target, args, watcher))
 
 
+def _kernelspec(args: argparse.Namespace) -> int:
+    from heartbeat import _kernelspec
+
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    try:
+        path = _kernelspec.install(
+            args.name,
+            args.display_name,
+            time_to_dead=args.time_to_dead,
+            first_beat=args.first_beat,
+            interval=args.interval,
+            user=prefix is None,
+            prefix=prefix,
+        )
+    except (ValueError, OSError) as exc:
+        return _fail("kernelspec", str(exc))
+    print(f"installed kernel spec {args.name} in {path}")
+    print(f"run: jupyter execute --kernel_name={args.name} notebook.ipynb")
+    print(f" or: papermill -k {args.name} in.ipynb out.ipynb")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``heartbeat`` console script."""
     args = _parser().parse_args(argv)
@@ -246,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo.main(args.time_to_dead, args.first_beat)
     if args.command == "probe":
         return _probe(args)
+    if args.command == "kernelspec":
+        return _kernelspec(args)
     return _watch(args)
 
 

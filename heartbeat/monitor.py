@@ -19,13 +19,17 @@ from heartbeat._stats import RttStats, RttWindow
 if TYPE_CHECKING:
     from heartbeat.pool import HeartbeatPool
 
-log = logging.getLogger("heartbeat")
+#: Where the library's lines go unless a ``log`` is given.
+default_log = logging.getLogger("heartbeat")
+
+#: A logger, or an adapter that adds context (a kernel id, say) to every line.
+Log = logging.Logger | logging.LoggerAdapter[Any]
 
 _TOKEN_BYTES = 8
 _NONCE_BYTES = 8
 
 
-def _call_safely(what: str, fn: Callable[..., object], *args: object) -> None:
+def _call_safely(log: Log, what: str, fn: Callable[..., object], *args: object) -> None:
     """Run a user callback; an exception is logged, never propagated into the loop."""
     try:
         fn(*args)
@@ -68,6 +72,11 @@ class HeartMonitor:
     pool:
         A :class:`~heartbeat.pool.HeartbeatPool` whose one socket and one timer this monitor
         shares with the pool's other members (for watching many hearts); same rules.
+    log:
+        Where this monitor's lines go (its death, a failed socket, a raising callback): a
+        ``logging.Logger``, or a ``LoggerAdapter`` that adds context such as a kernel id.
+        Default: the ``heartbeat`` logger. The death line carries its ``Dead`` event as
+        ``heartbeat_event`` in the record's ``extra``, for adapters and structured handlers.
     """
 
     # Slots: a pool may hold 10,000 monitors, each touched every beat.
@@ -81,6 +90,7 @@ class HeartMonitor:
         "_io_loop",
         "_judge",
         "_link",
+        "_log",
         "_nonce",
         "_on_event",
         "_pool",
@@ -102,6 +112,7 @@ class HeartMonitor:
         on_event: Callable[[Event], object] | None = None,
         curve_serverkey: bytes | str | None = None,
         pool: HeartbeatPool | None = None,
+        log: Log | None = None,
     ) -> None:
         self._endpoint = _validate.endpoint(url, bind=False)
         self._curve_serverkey = (
@@ -116,6 +127,9 @@ class HeartMonitor:
             raise TypeError(f"io_loop must be a tornado IOLoop or None, got {io_loop!r}")
         if on_event is not None and not callable(on_event):
             raise TypeError(f"on_event must be callable or None, got {on_event!r}")
+        if log is not None and not isinstance(log, logging.Logger | logging.LoggerAdapter):
+            raise TypeError(f"log must be a logging.Logger or LoggerAdapter or None, got {log!r}")
+        self._log: Log = default_log if log is None else log
         self._url = url
         if pool is not None:
             from heartbeat.pool import HeartbeatPool
@@ -252,7 +266,7 @@ class HeartMonitor:
 
     def _on_reply(self, payload: bytes, now: float) -> None:
         if len(payload) != _NONCE_BYTES + _TOKEN_BYTES or not payload.startswith(self._nonce):
-            log.debug("ignoring a reply that is not one of our pings: %r", payload[:32])
+            self._log.debug("ignoring a reply that is not one of our pings: %r", payload[:32])
             return
         token = int.from_bytes(payload[_NONCE_BYTES:], "big")
         self._dispatch(self._judge.on_reply(now, token))
@@ -261,7 +275,7 @@ class HeartMonitor:
         # The socket is unusable (most often: its context was terminated). The heart's fate is
         # unknown, so this is no death; it is said loudly, and the socket is closed so that a
         # context.term() waiting on it can finish.
-        log.error(
+        self._log.error(
             "monitor of %s stopped: its socket failed (%s); the heart was not judged dead",
             self._url,
             exc.strerror,
@@ -292,21 +306,22 @@ class HeartMonitor:
                 if event.rtt is not None:
                     self.last_rtt = event.rtt
             if self._on_event is not None:
-                _call_safely("on_event callback", self._on_event, event)
+                _call_safely(self._log, "on_event callback", self._on_event, event)
             if isinstance(event, Dead):
                 self._die(event)
 
     def _die(self, event: Dead) -> None:
         callback, self._callback = self._callback, None
         self._shutdown()
-        log.warning(
+        self._log.warning(
             "heart at %s is dead: no reply for %.3f s (time_to_dead %g s)",
             self._url,
             event.silent_for,
             self.time_to_dead,
+            extra={"heartbeat_event": event},
         )
         if callback is not None:
-            _call_safely("dead callback", callback)
+            _call_safely(self._log, "dead callback", callback)
 
     def __repr__(self) -> str:
         return f"<HeartMonitor {self._url} {self.state.value}>"

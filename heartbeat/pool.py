@@ -32,10 +32,8 @@ from tornado.ioloop import IOLoop
 from heartbeat import _validate
 from heartbeat._link import plain_context, reconnect_ivl
 from heartbeat._slots import Phases, Slots
-from heartbeat.monitor import HeartMonitor
+from heartbeat.monitor import HeartMonitor, Log, default_log
 from heartbeat.probe import curve_client
-
-log = logging.getLogger("heartbeat")
 
 # File descriptors left for everything else the process does.
 _FD_MARGIN = 64
@@ -115,6 +113,9 @@ class HeartbeatPool:
         of every member's stall threshold ``(time_to_dead - interval) / 2``, so that batching
         never counts as the monitor's own stall; a member that needs a finer one is refused
         with a ValueError.
+    log:
+        Where the pool's own lines go (a failed socket); default the ``heartbeat`` logger.
+        Each member logs on its own ``log``.
     """
 
     def __init__(
@@ -123,11 +124,15 @@ class HeartbeatPool:
         context: zmq.Context[Any] | None = None,
         io_loop: IOLoop | None = None,
         batch: float | None = None,
+        log: Log | None = None,
     ) -> None:
         if context is not None and not isinstance(context, zmq.Context):
             raise TypeError(f"context must be a zmq.Context or None, got {context!r}")
         if io_loop is not None and not isinstance(io_loop, IOLoop):
             raise TypeError(f"io_loop must be a tornado IOLoop or None, got {io_loop!r}")
+        if log is not None and not isinstance(log, logging.Logger | logging.LoggerAdapter):
+            raise TypeError(f"log must be a logging.Logger or LoggerAdapter or None, got {log!r}")
+        self._log: Log = default_log if log is None else log
         self._batch = None if batch is None else _validate.number("batch", batch, allow_zero=True)
         # The batch in force: the one asked for, or a tenth of the shortest member interval.
         self._slack = float("inf") if self._batch is None else self._batch
@@ -298,7 +303,7 @@ class HeartbeatPool:
             self._close_channel(channel)
 
     def _fail(self, channel: _Channel, exc: zmq.ZMQError) -> None:
-        log.error("heartbeat pool stopped: its socket failed (%s)", exc.strerror)
+        self._log.error("heartbeat pool stopped: its socket failed (%s)", exc.strerror)
         for link in list(self._members.values()):
             if link.channel is channel:
                 link.monitor._fail(exc)

@@ -1,0 +1,32 @@
+"""Drop-ins for jupyter_client, jupyter_server and nbclient (the ``jupyter`` extra).
+
+- :class:`HBChannel` replaces ``jupyter_client.channels.HBChannel`` in a kernel client
+  (``client.hb_channel_class = HBChannel``): the same interface, judged by the timing core.
+- :class:`HeartbeatKernelManager` (async) and :class:`HeartbeatIOLoopKernelManager` (sync):
+  kernel managers whose kernel is dead when its process or its heart is; every such manager
+  on one event loop watches through one shared :class:`~heartbeat.HeartbeatPool`.
+- :class:`HeartbeatProvisioner`: the same watch for any kernel manager, chosen by a kernel
+  spec (``heartbeat kernelspec``), for ``jupyter execute`` and papermill.
+"""
+
+from heartbeat.jupyter.channel import HBChannel
+from heartbeat.jupyter.manager import (
+    HeartbeatBlockingKernelClient,
+    HeartbeatIOLoopKernelManager,
+    HeartbeatIOLoopKernelRestarter,
+    HeartbeatKernelClient,
+    HeartbeatKernelManager,
+    HeartbeatKernelRestarter,
+)
+from heartbeat.jupyter.provisioner import HeartbeatProvisioner
+
+__all__ = [
+    "HBChannel",
+    "HeartbeatBlockingKernelClient",
+    "HeartbeatIOLoopKernelManager",
+    "HeartbeatIOLoopKernelRestarter",
+    "HeartbeatKernelClient",
+    "HeartbeatKernelManager",
+    "HeartbeatKernelRestarter",
+    "HeartbeatProvisioner",
+]

@@ -1,0 +1,190 @@
+"""Watching one Jupyter kernel's heart for whoever owns its process: a kernel manager, or a
+kernel provisioner.
+
+What both share: the monitor made the same way (through one pool per event loop by default),
+log lines that name the kernel and go through the owner's (the application's) logger, the
+one line a death gets (the silence measured, and what the process was doing), and killing
+the process before anything else happens to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import weakref
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+from tornado.ioloop import IOLoop
+from traitlets import Bool, Float, TraitError, validate
+from traitlets.config import LoggingConfigurable
+
+from heartbeat import _validate
+from heartbeat._judge import Dead
+from heartbeat.monitor import HeartMonitor, Log
+from heartbeat.pool import HeartbeatPool
+
+# One pool per event loop: every kernel watched from a loop shares its socket and timer.
+_pools: weakref.WeakKeyDictionary[IOLoop, HeartbeatPool] = weakref.WeakKeyDictionary()
+
+
+class HeartbeatSettings(LoggingConfigurable):
+    """The settings of a watched kernel, as Jupyter configuration (managers, provisioner)."""
+
+    time_to_dead = Float(
+        3.0,
+        config=True,
+        help="Seconds a ping may wait for its answer, after first_beat, before the kernel is dead.",
+    )
+    first_beat = Float(
+        5.0,
+        config=True,
+        help="Seconds of grace after a kernel (re)starts before its heartbeat is judged.",
+    )
+    interval = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help="Seconds between pings; default (None) and maximum time_to_dead / 2. A smaller "
+        "one reports a death sooner (time_to_dead to time_to_dead + interval after the last "
+        "reply) for more pings.",
+    )
+    shared_pool = Bool(
+        True,
+        config=True,
+        help="Watch the heart through one HeartbeatPool (one socket, one timer) shared by every "
+        "kernel watched from this event loop; False: a socket and timer for this kernel.",
+    )
+
+    @validate("time_to_dead", "first_beat", "interval")
+    def _check_timing(self, proposal: Any) -> float | None:
+        name = proposal["trait"].name
+        value = proposal["value"]
+        if value is None and name == "interval":
+            return None
+        try:
+            return _validate.number(name, value, allow_zero=name == "first_beat")
+        except (TypeError, ValueError) as exc:
+            raise TraitError(str(exc)) from None
+
+    def watch(
+        self, url: str, *, curve_serverkey: bytes | str | None, context: Any, log: Log
+    ) -> HeartMonitor:
+        """A monitor of the kernel's heart at ``url`` with these settings."""
+        return watch_kernel(
+            url,
+            time_to_dead=self.time_to_dead,
+            first_beat=self.first_beat,
+            interval=self.interval,
+            curve_serverkey=curve_serverkey,
+            pooled=self.shared_pool,
+            context=context,
+            log=log,
+        )
+
+
+def shared_pool(log: Log) -> HeartbeatPool:
+    """The pool shared by every kernel watched from the current loop (made on first use)."""
+    loop = IOLoop.current()
+    pool = _pools.get(loop)
+    if pool is None:
+        pool = _pools[loop] = HeartbeatPool(io_loop=loop, log=log)
+    return pool
+
+
+def watch_kernel(
+    url: str,
+    *,
+    time_to_dead: float,
+    first_beat: float,
+    interval: float | None,
+    curve_serverkey: bytes | str | None,
+    pooled: bool,
+    context: Any,
+    log: Log,
+) -> HeartMonitor:
+    """A monitor of a kernel's heart, as the kernel managers and the provisioner make them."""
+    return HeartMonitor(
+        url,
+        time_to_dead=time_to_dead,
+        first_beat=first_beat,
+        interval=interval,
+        context=context,
+        curve_serverkey=curve_serverkey,
+        pool=shared_pool(log) if pooled else None,
+        log=log,
+    )
+
+
+def hb_url(info: MutableMapping[str, Any]) -> str:
+    """The heartbeat endpoint of a kernel's connection info (a connection file's keys)."""
+    if info.get("transport", "tcp") == "ipc":
+        return f"ipc://{info['ip']}-{info['hb_port']}"
+    return f"tcp://{info.get('ip', '127.0.0.1')}:{info['hb_port']}"
+
+
+def process_state(pid: int | None, exit_code: int | None) -> str | None:
+    """What a kernel process is doing, in words; None when that cannot be told here."""
+    if exit_code is not None:
+        return f"exited with code {exit_code}"
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            # The state follows the command name, which is in parentheses and may hold spaces.
+            state = stat.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None  # not Linux, or gone
+    if state in ("T", "t"):
+        return "stopped"
+    if state in ("Z", "X"):
+        return "exited"
+    return "running"
+
+
+def kill_process(pid: int) -> None:
+    """SIGKILL, which also ends a stopped process; a process already gone is no error."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+class KernelLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Every line names the kernel; the death line also says what its process was doing.
+
+    ``describe()`` is asked at the moment of the death line: it returns the process's state
+    and what happens to it next, or None when that is unknown.
+    """
+
+    def __init__(
+        self, logger: Log, kernel_id: str | None, describe: Callable[[], str | None]
+    ) -> None:
+        super().__init__(logger, {})
+        self.kernel_id = kernel_id
+        self.describe = describe
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        """Prefix the kernel id; complete the death line."""
+        text = f"Kernel {self.kernel_id}: {msg}" if self.kernel_id else str(msg)
+        extra = kwargs.get("extra") or {}
+        if isinstance(extra.get("heartbeat_event"), Dead):
+            fate = self.describe()
+            if fate:
+                text = f"{text}; {fate}"
+        return text, kwargs
+
+
+def fate(pid: int | None, exit_code: int | None, then: str) -> str:
+    """The death line's ending: what the process was doing, and ``then``, what happens next.
+
+    Called just before the caller kills the process, so it says "killed it".
+    """
+    if pid is None:
+        return then  # not a process of ours (a remote kernel, say)
+    state = process_state(pid, exit_code)
+    if state is None:
+        return f"killed its process {pid}; {then}"
+    if state.startswith("exited"):
+        return f"its process {pid} had {state}; {then}"
+    return f"its process {pid} was {state}: killed it; {then}"

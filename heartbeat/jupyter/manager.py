@@ -1,0 +1,277 @@
+"""Kernel managers whose kernel is dead when its process *or its heart* is.
+
+:class:`HeartbeatKernelManager` (async) and :class:`HeartbeatIOLoopKernelManager` (sync) are
+jupyter_client kernel managers whose restarter also listens to the heart: a kernel whose process
+lives but whose heart has stopped (frozen, deadlocked below Python, unreachable) is killed, then
+restarted by the usual machinery (or, with ``autorestart`` off, reported dead). For
+jupyter_server, one line::
+
+    jupyter server \
+      --AsyncMappingKernelManager.kernel_manager_class=heartbeat.jupyter.HeartbeatKernelManager
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+from jupyter_client.asynchronous.client import AsyncKernelClient
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.client import KernelClient
+from jupyter_client.ioloop.manager import AsyncIOLoopKernelManager, IOLoopKernelManager
+from jupyter_client.ioloop.restarter import AsyncIOLoopKernelRestarter, IOLoopKernelRestarter
+from jupyter_client.restarter import KernelRestarter
+from jupyter_core.utils import run_sync
+from tornado.ioloop import IOLoop
+from traitlets import Bool, DottedObjectName, Instance, Integer, Type
+
+from heartbeat.jupyter.kernel import HeartbeatSettings, KernelLog, fate, kill_process
+from heartbeat.monitor import HeartMonitor
+
+try:
+    # Under jupyter_server, kernel managers should be ServerKernelManagers (execution state,
+    # activity, events); without it, the plain async manager of jupyter_client.
+    from jupyter_server.services.kernels.kernelmanager import (
+        ServerKernelManager as _AsyncBase,
+    )
+except ImportError:  # pragma: no cover - jupyter_server is optional
+    _AsyncBase = AsyncIOLoopKernelManager  # type: ignore[assignment,misc]
+
+# How long a killed kernel process may take to be reaped.
+_REAP_TIMEOUT = 5.0
+
+
+@contextlib.contextmanager
+def _ports_kept_once_beaten(restarter: KernelRestarter) -> Iterator[None]:
+    """New random ports only for a kernel whose heart never answered.
+
+    jupyter_client restarts a kernel that dies within ``stable_start_time`` on new random
+    ports, in case its own were taken. A kernel whose heart has answered had bound its ports:
+    moving them would only leave its connected clients talking to nothing.
+    """
+    configured = restarter.random_ports_until_alive
+    manager = restarter.kernel_manager
+    if isinstance(manager, _HeartbeatMixin) and manager.heart_has_beaten:
+        restarter.random_ports_until_alive = False
+    try:
+        yield
+    finally:
+        restarter.random_ports_until_alive = configured
+
+
+class HeartbeatKernelRestarter(AsyncIOLoopKernelRestarter):
+    """The async restarter: polls one at a time (a heart death asks for one at once), counts
+    deaths for the manager's clients, and keeps the ports of a kernel that has beaten."""
+
+    _lock = Instance(asyncio.Lock, allow_none=True)
+
+    async def poll(self) -> None:  # type: ignore[override]
+        """Poll the kernel, one poll at a time."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            manager = self.kernel_manager
+            if (
+                isinstance(manager, _HeartbeatMixin)
+                and not self.kernel_manager.shutting_down
+                and not await self.kernel_manager.is_alive()
+            ):
+                manager.note_death()
+            with _ports_kept_once_beaten(self):
+                await super().poll()
+
+
+class HeartbeatIOLoopKernelRestarter(IOLoopKernelRestarter):
+    """The sync restarter (its polls never overlap: they run on the loop without awaiting)."""
+
+    def poll(self) -> None:
+        """Poll the kernel; count a death for the manager's clients; keep beaten ports."""
+        manager = self.kernel_manager
+        if (
+            isinstance(manager, _HeartbeatMixin)
+            and not self.kernel_manager.shutting_down
+            and not self.kernel_manager.is_alive()
+        ):
+            manager.note_death()
+        with _ports_kept_once_beaten(self):
+            super().poll()
+
+
+class _HeartbeatMixin(HeartbeatSettings):
+    _heart_monitor = Instance(HeartMonitor, allow_none=True)
+    _heart_dead = Bool(False)
+    _deaths = Integer(0)
+    _death_noted = Bool(False)
+
+    @property
+    def deaths(self) -> int:
+        """How often this manager's kernel has died (heart or process) since it was made.
+
+        Restarts asked for are not deaths. A client made by this manager answers
+        ``is_alive()`` False once this grows past what it was when the client was made.
+        """
+        return int(self._deaths)
+
+    @property
+    def heart_has_beaten(self) -> bool:
+        """True once the current kernel's heart has answered a ping."""
+        monitor = self._heart_monitor
+        return monitor is not None and monitor.stats.count > 0
+
+    def note_death(self) -> None:
+        """Count the current kernel's death once (the restarter and the heart both see it)."""
+        if not self._death_noted:
+            self._death_noted = True
+            self._deaths += 1
+
+    def _start_heart_monitor(self) -> None:
+        self._stop_heart_monitor()
+        self._death_noted = False
+        url = self._make_url("hb")  # type: ignore[attr-defined]
+        key = getattr(self, "curve_publickey", None)
+        monitor = self.watch(
+            url,
+            curve_serverkey=key or None,
+            context=self.context,  # type: ignore[attr-defined]
+            log=KernelLog(self.log, self.kernel_id, self._death_fate),  # type: ignore[attr-defined]
+        )
+        self._heart_monitor = monitor
+        monitor.start(self._on_heart_dead)
+
+    def _stop_heart_monitor(self) -> None:
+        if self._heart_monitor is not None:
+            self._heart_monitor.stop()
+        self._heart_monitor = None
+        self._heart_dead = False
+
+    def _process(self) -> tuple[int | None, int | None]:
+        """The kernel's pid and exit code, as far as its provisioner tells (None: unknown)."""
+        provisioner = self.provisioner  # type: ignore[attr-defined]
+        if provisioner is None or not provisioner.has_process:
+            return None, None
+        process = getattr(provisioner, "process", None)  # a LocalProvisioner's Popen
+        code = process.poll() if process is not None else None
+        return getattr(provisioner, "pid", None), code
+
+    def _death_fate(self) -> str:
+        restarts = self.autorestart and self._restarter is not None  # type: ignore[attr-defined]
+        then = "restarting it" if restarts else "not restarting it (autorestart is off)"
+        pid, code = self._process()
+        return fate(pid, code, then)
+
+    def _on_heart_dead(self) -> None:
+        pid, code = self._process()
+        if pid is not None and code is None:
+            # Now, before anything else: a frozen process must never outlive its kernel.
+            kill_process(pid)
+        IOLoop.current().add_callback(self._finish_heart_death, self._heart_monitor)
+
+    async def _finish_heart_death(self, monitor: HeartMonitor | None) -> None:
+        if monitor is None or self._heart_monitor is not monitor:
+            return  # restarted or shut down meanwhile: that took care of the old process
+        provisioner = self.provisioner  # type: ignore[attr-defined]
+        if provisioner is not None and provisioner.has_process:
+            # The whole process group, then reap it, so nothing is left behind.
+            await provisioner.kill()
+            try:
+                await asyncio.wait_for(provisioner.wait(), _REAP_TIMEOUT)
+            except asyncio.TimeoutError:
+                self.log.warning("Kernel %s was killed but not reaped", self.kernel_id)  # type: ignore[attr-defined]
+        self._heart_dead = True
+        self.note_death()
+        restarter = self._restarter  # type: ignore[attr-defined]
+        if self.autorestart and restarter is not None:  # type: ignore[attr-defined]
+            # Ask now rather than wait up to a whole polling period.
+            polled = restarter.poll()
+            if inspect.isawaitable(polled):
+                await polled
+
+    def start_restarter(self) -> None:
+        """Start the restarter, and the heart monitor that informs it."""
+        super().start_restarter()  # type: ignore[misc]
+        if self.has_kernel:  # type: ignore[attr-defined]
+            self._start_heart_monitor()
+
+    def stop_restarter(self) -> None:
+        """Stop both; a shutting-down kernel is judged by its process alone."""
+        self._stop_heart_monitor()
+        super().stop_restarter()  # type: ignore[misc]
+
+
+class _DeathAwareClient(KernelClient):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        parent = self.parent
+        self._deaths_seen = parent.deaths if isinstance(parent, _HeartbeatMixin) else 0
+
+    async def _async_is_alive(self) -> bool:
+        parent = self.parent
+        if isinstance(parent, _HeartbeatMixin) and parent.deaths != self._deaths_seen:
+            return False
+        return bool(await super()._async_is_alive())
+
+
+class HeartbeatKernelClient(_DeathAwareClient, AsyncKernelClient):
+    """The async client a :class:`HeartbeatKernelManager` makes.
+
+    ``is_alive()`` is False once the kernel it was made for has died, even after the manager
+    restarted it: what it asked that kernel will never be answered (nbclient then ends the
+    run with ``DeadKernelError`` instead of waiting for the cell timeout). Make a new client
+    to talk to the restarted kernel.
+    """
+
+    is_alive = _DeathAwareClient._async_is_alive
+
+
+class HeartbeatBlockingKernelClient(_DeathAwareClient, BlockingKernelClient):
+    """The blocking client a :class:`HeartbeatIOLoopKernelManager` makes (see
+    :class:`HeartbeatKernelClient`)."""
+
+    is_alive = run_sync(_DeathAwareClient._async_is_alive)
+
+
+class HeartbeatKernelManager(_HeartbeatMixin, _AsyncBase):
+    """An async kernel manager whose kernel is dead when its process *or its heart* is.
+
+    A subclass of jupyter_client's ``AsyncIOLoopKernelManager``; when jupyter_server is
+    installed, of its ``ServerKernelManager`` (itself an ``AsyncIOLoopKernelManager``), as
+    jupyter_server expects of a ``kernel_manager_class``. Its heart is watched through a
+    pool shared by every such manager on the loop (``shared_pool``); a dead heart's process is
+    killed before it is restarted or reported dead.
+    """
+
+    restarter_class = Type(
+        default_value=HeartbeatKernelRestarter,
+        klass=AsyncIOLoopKernelRestarter,
+        config=True,
+    )
+    client_class = DottedObjectName("heartbeat.jupyter.manager.HeartbeatKernelClient", config=True)
+
+    async def _async_is_alive(self) -> bool:
+        if self._heart_dead:
+            return False
+        return bool(await super()._async_is_alive())
+
+    is_alive = _async_is_alive  # type: ignore[assignment]  # as AsyncKernelManager does
+
+
+class HeartbeatIOLoopKernelManager(_HeartbeatMixin, IOLoopKernelManager):
+    """The sync IOLoopKernelManager variant; needs a running tornado IOLoop, as its restarter."""
+
+    restarter_class = Type(
+        default_value=HeartbeatIOLoopKernelRestarter,
+        klass=IOLoopKernelRestarter,
+        config=True,
+    )
+    client_class = DottedObjectName(
+        "heartbeat.jupyter.manager.HeartbeatBlockingKernelClient", config=True
+    )
+
+    def is_alive(self) -> bool:
+        """False when the process has exited or the heart has been declared dead."""
+        if self._heart_dead:
+            return False
+        return bool(super().is_alive())

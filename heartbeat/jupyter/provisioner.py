@@ -1,0 +1,60 @@
+"""``HeartbeatProvisioner``: a kernel's heart watched by the provisioner that launched it.
+
+A kernel provisioner is chosen by the kernel spec, not by the kernel manager, so this works
+wherever a kernel name can be given and no kernel manager class can: ``jupyter execute
+--kernel_name=...``, ``papermill -k ...``, nbclient, and any stock kernel manager. When the heart
+is declared dead, the process is killed, so the manager's next look at it (``is_alive()``, a
+restarter's poll, nbclient's check every second) finds the kernel dead. ``heartbeat kernelspec``
+installs a kernel spec that selects it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+from tornado.ioloop import IOLoop
+
+from heartbeat.jupyter.kernel import HeartbeatSettings, KernelLog, fate, hb_url, kill_process
+from heartbeat.monitor import HeartMonitor
+
+
+class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore[metaclass]
+    """A local kernel provisioner that kills its kernel once the kernel's heart is dead.
+
+    Its settings (``time_to_dead``, ``first_beat``, ``interval``, ``shared_pool``) come from
+    the kernel spec: ``metadata.kernel_provisioner.config``.
+    """
+
+    _monitor: HeartMonitor | None = None
+
+    async def post_launch(self, **kwargs: Any) -> None:
+        """Start watching the heart of the kernel just launched."""
+        await super().post_launch(**kwargs)
+        info = self.connection_info
+        key = info.get("curve_publickey")
+        self._monitor = self.watch(
+            hb_url(dict(info)),
+            curve_serverkey=key or None,
+            context=None,
+            log=KernelLog(self.log, self.kernel_id, self._death_fate),
+        )
+        self._monitor.start(self._on_heart_dead)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """Stop watching, then clean up as a local provisioner does."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.stop()
+        await super().cleanup(restart=restart)
+
+    def _exit_code(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def _death_fate(self) -> str:
+        return fate(self.pid, self._exit_code(), "its kernel manager will find it dead")
+
+    def _on_heart_dead(self) -> None:
+        if self.pid is not None and self.process is not None and self._exit_code() is None:
+            kill_process(self.pid)  # now: a frozen process must never outlive its kernel
+            IOLoop.current().add_callback(self.kill)  # and its process group
