@@ -37,6 +37,7 @@ def test_scale_benchmark_smoke() -> None:
         duration,
         "--kinds",
         "pool",
+        "kernelmanager",
         "bare",
         "--start",
         "staggered",
@@ -47,14 +48,17 @@ def test_scale_benchmark_smoke() -> None:
     assert result.returncode == 0, result.stdout + result.stderr  # exit 1: a false death
     lines = result.stdout.splitlines()
     rows = [line.split() for line in lines if line.strip()[:1].isdigit() and "," not in line]
-    table = {row[1]: row for row in rows[-2:]}
-    assert set(table) == {"pool", "bare"}
+    table = {row[1]: row for row in rows[-3:]}
+    assert set(table) == {"pool", "kernelmanager", "bare"}
+    managed = table["kernelmanager"]
+    assert managed[6] == "0" and managed[7] != "-"  # as the kernel managers make them
     pool = table["pool"]
     assert pool[0] == sizes and pool[2] == "staggered" and pool[6] == "0"  # false deaths
     assert pool[7] != "-"  # the killed heart was reported dead
     low, _, high = pool[9].partition("-")  # two rounds: the median and the range of CPU
     assert float(low) <= float(pool[3]) <= float(high)
     assert f"{sizes} hearts, pool staggered: " in result.stdout  # the goals, side by side
+    assert "kernel managers at " in result.stdout
 
 
 @pytest.mark.slow

@@ -71,7 +71,7 @@ def test_version() -> None:
     assert result.returncode == 0 and result.stdout.strip() == f"heartbeat {__version__}"
 
 
-@pytest.mark.parametrize("command", ["demo", "probe", "watch"])
+@pytest.mark.parametrize("command", ["demo", "probe", "watch", "kernelspec"])
 def test_every_command_has_help_with_an_example(command: str) -> None:
     result = heartbeat(command, "--help")
     assert result.returncode == 0
@@ -88,10 +88,13 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
         ["demo", "--first-beat", "soon"],
         ["watch", "tcp://127.0.0.1:5", "--time-to-dead", "0"],
         ["probe", "tcp://127.0.0.1:5", "--timeout", "inf"],
+        ["kernelspec", "--time-to-dead", "0"],
+        ["kernelspec", "--time-to-dead", "1", "--interval", "0.6"],  # above time_to_dead / 2
+        ["kernelspec", "--user", "--prefix", "/tmp/x"],
     ],
 )
-def test_bad_arguments_are_one_line_and_exit_2(args: list[str]) -> None:
-    result = heartbeat(*args)
+def test_bad_arguments_are_one_line_and_exit_2(args: list[str], tmp_path: Path) -> None:
+    result = heartbeat(*args, env={**os.environ, "JUPYTER_DATA_DIR": str(tmp_path)})
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr

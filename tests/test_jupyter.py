@@ -4,6 +4,7 @@ ipykernel."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -17,7 +18,9 @@ from jupyter_client.threaded import ThreadedKernelClient
 from traitlets import TraitError
 from traitlets.config.loader import KVArgParseConfigLoader
 
+from heartbeat import HeartbeatPool
 from heartbeat.jupyter import HBChannel, HeartbeatKernelManager, HeartbeatKernelRestarter
+from heartbeat.jupyter.kernel import shared_pool
 from heartbeat.probe import ping
 from tests.conftest import wait_for
 from tests.test_monitor import SLACK
@@ -219,3 +222,136 @@ def test_a_frozen_kernel_is_restarted_and_a_busy_one_is_not() -> None:
     # Death within the bound (ttd .. 1.5 ttd after the last reply) plus the prompt poll.
     assert result["restarts"][0] - result["frozen"] <= 1.5 * 1.0 + SLACK
     assert len(result["restarts"]) == 1
+
+
+# -- many kernels, deaths, ports, logs -----------------------------------------------------------
+
+
+def pool_of_this_loop() -> HeartbeatPool:
+    return shared_pool(logging.getLogger("tests"))
+
+
+def test_kernel_managers_on_one_loop_share_one_pool_and_leave_it_cleanly() -> None:
+    async def scenario() -> list[tuple[int, int]]:
+        options = {"kernel_name": "python3", "time_to_dead": 1.0, "first_beat": 30.0}
+        shared = [HeartbeatKernelManager(**options) for _ in range(2)]
+        lone = HeartbeatKernelManager(shared_pool=False, **options)
+        seen = []
+        try:
+            for km in [*shared, lone]:
+                await km.start_kernel()
+            pool = pool_of_this_loop()
+            seen.append((len(pool), pool.sockets))  # the lone one is not in it
+            await shared[0].restart_kernel(now=True)
+            seen.append((len(pool), pool.sockets))  # left, and joined again
+            await shared[0].shutdown_kernel(now=True)
+            seen.append((len(pool), pool.sockets))
+            await shared[1].shutdown_kernel(now=True)
+            seen.append((len(pool), pool.sockets))  # nothing held while nothing is watched
+        finally:
+            for km in [*shared, lone]:
+                if km.has_kernel:
+                    await km.shutdown_kernel(now=True)
+        return seen
+
+    assert asyncio.run(scenario()) == [(2, 1), (2, 1), (1, 1), (0, 0)]
+
+
+def test_a_kernel_that_has_beaten_keeps_its_ports_when_frozen_inside_stable_start_time() -> None:
+    # jupyter_client moves a kernel that dies within stable_start_time (10 s) to new random
+    # ports, in case its own were taken (only without cache_ports: cached ports are reused
+    # whatever its log line says). One whose heart answered had bound them: it keeps them, and
+    # a client connected before the restart talks to the new kernel.
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], str, bool]:
+        km = HeartbeatKernelManager(
+            kernel_name="python3", time_to_dead=1.0, first_beat=1.0, cache_ports=False
+        )
+        await km.start_kernel()
+        client = km.client()
+        try:
+            before = km.get_connection_info()
+            client.start_channels()
+            await client.wait_for_ready(timeout=60)
+            while not km.heart_has_beaten:
+                await asyncio.sleep(0.05)
+            old = km.provisioner.pid  # type: ignore[union-attr]
+            os.kill(old, signal.SIGSTOP)
+            end = time.monotonic() + 30
+            while km.provisioner is None or km.provisioner.pid == old:  # type: ignore[union-attr]
+                assert time.monotonic() < end, "not restarted"
+                await asyncio.sleep(0.05)
+            await asyncio.wait_for(km.ready, 60)
+            seen_dead = not await client.is_alive()
+            reply = await client.kernel_info(reply=True, timeout=60)
+            return before, km.get_connection_info(), reply["content"]["status"], seen_dead
+        finally:
+            client.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    before, after, status, seen_dead = asyncio.run(scenario())
+    ports = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+    assert [after[p] for p in ports] == [before[p] for p in ports]
+    assert status == "ok"  # the client made before the restart reached the new kernel
+    assert seen_dead  # and knows that what it asked the old one is lost
+
+
+def test_a_kernel_frozen_before_its_heart_ever_answered_moves_to_new_ports() -> None:
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        km = HeartbeatKernelManager(
+            kernel_name="python3", time_to_dead=0.5, first_beat=0.5, cache_ports=False
+        )
+        await km.start_kernel()
+        try:
+            before = km.get_connection_info()
+            old = km.provisioner.pid  # type: ignore[union-attr]
+            os.kill(old, signal.SIGSTOP)  # still importing: its heart is not bound yet
+            end = time.monotonic() + 30
+            while km.provisioner is None or km.provisioner.pid == old:  # type: ignore[union-attr]
+                assert time.monotonic() < end, "not restarted"
+                await asyncio.sleep(0.05)
+            return before, km.get_connection_info()
+        finally:
+            await km.shutdown_kernel(now=True)
+
+    before, after = asyncio.run(scenario())
+    assert after["hb_port"] != before["hb_port"]  # as jupyter_client does: maybe a port clash
+
+
+def test_with_autorestart_off_a_frozen_kernel_is_killed_and_its_death_is_one_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> tuple[str, int, bool, bool]:
+        km = HeartbeatKernelManager(
+            kernel_name="python3", time_to_dead=1.0, first_beat=1.0, autorestart=False
+        )
+        await km.start_kernel()
+        client = km.client()
+        try:
+            client.start_channels()
+            await client.wait_for_ready(timeout=60)
+            while not km.heart_has_beaten:
+                await asyncio.sleep(0.05)
+            pid = km.provisioner.pid  # type: ignore[union-attr]
+            os.kill(pid, signal.SIGSTOP)
+            end = time.monotonic() + 30
+            while await client.is_alive():
+                assert time.monotonic() < end, "the client never saw the death"
+                await asyncio.sleep(0.05)
+            return km.kernel_id, pid, await km.is_alive(), km.deaths == 1
+        finally:
+            client.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    with caplog.at_level(logging.INFO):
+        kernel_id, pid, alive, counted = asyncio.run(scenario())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed, and reaped: nothing left stopped
+    assert not alive and counted
+    lines = [r for r in caplog.records if "dead" in r.getMessage() or "heart" in r.getMessage()]
+    [death] = lines  # one line for the death, not one per layer
+    text = death.getMessage()
+    assert death.levelno == logging.WARNING and death.name != "heartbeat"  # the manager's log
+    assert text.startswith(f"Kernel {kernel_id}: heart at tcp://"), text
+    silence = float(text.split("no reply for ")[1].split(" s")[0])
+    assert 1.0 <= silence <= 1.5 + SLACK, text
+    assert f"its process {pid} was stopped: killed it; not restarting it" in text, text

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -35,6 +36,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     base: str
     token: str
+    log: Path
 
     def api(self, method: str, path: str) -> Any:
         request = urllib.request.Request(
@@ -79,7 +81,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    srv = Server(proc, f"http://127.0.0.1:{port}", token)
+    srv = Server(proc, f"http://127.0.0.1:{port}", token, tmp_path / "server.log")
     try:
         end = time.monotonic() + 60
         while True:
@@ -176,3 +178,17 @@ def test_a_frozen_kernel_is_restarted_by_jupyter_server(server: Server) -> None:
     assert info["id"] == kid and new != old
     assert "restarting" in states
     server.api("DELETE", f"/api/kernels/{kid}")
+
+    # The server's own log: one line for the death, formatted as the server's lines are,
+    # naming the kernel, the silence measured and what its process was doing.
+    lines = server.log.read_text(errors="replace").splitlines()
+    ours = [line for line in lines if "heart" in line.lower()]
+    assert len(ours) == 1, "\n".join(lines)
+    [death] = ours
+    assert re.match(r"\[W \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ServerApp\] ", death), death
+    assert f"Kernel {kid}: heart at tcp://127.0.0.1:" in death, death
+    silence = float(death.split("no reply for ")[1].split(" s")[0])
+    assert 1.0 <= silence <= 1.5 + 5.0, death
+    assert f"its process {old} was stopped: killed it; restarting it" in death, death
+    # jupyter_client's restarter says the rest, once, and keeps the ports of a kernel that beat.
+    assert sum("restarting kernel (1/5), keep random ports" in line for line in lines) == 1

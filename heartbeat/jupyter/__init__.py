@@ -10,6 +10,7 @@
 """
 
 from heartbeat.jupyter.channel import HBChannel
+from heartbeat.jupyter.kernel import shared_pool
 from heartbeat.jupyter.manager import (
     HeartbeatBlockingKernelClient,
     HeartbeatIOLoopKernelManager,
@@ -29,4 +30,5 @@ __all__ = [
     "HeartbeatKernelManager",
     "HeartbeatKernelRestarter",
     "HeartbeatProvisioner",
+    "shared_pool",
 ]

@@ -85,8 +85,12 @@ class HeartbeatSettings(LoggingConfigurable):
         )
 
 
-def shared_pool(log: Log) -> HeartbeatPool:
-    """The pool shared by every kernel watched from the current loop (made on first use)."""
+def shared_pool(log: Log | None = None) -> HeartbeatPool:
+    """The pool shared by every kernel watched from the current event loop.
+
+    Made on first use, with ``log`` for its own lines (a failed socket); it holds no socket
+    while no kernel is watched.
+    """
     loop = IOLoop.current()
     pool = _pools.get(loop)
     if pool is None:
@@ -165,9 +169,10 @@ class KernelLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         self.describe = describe
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
-        """Prefix the kernel id; complete the death line."""
+        """Prefix the kernel id (also given as ``kernel_id`` in the record); complete the
+        death line."""
         text = f"Kernel {self.kernel_id}: {msg}" if self.kernel_id else str(msg)
-        extra = kwargs.get("extra") or {}
+        extra = kwargs["extra"] = {**(kwargs.get("extra") or {}), "kernel_id": self.kernel_id}
         if isinstance(extra.get("heartbeat_event"), Dead):
             fate = self.describe()
             if fate:

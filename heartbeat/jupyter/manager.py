@@ -105,6 +105,7 @@ class _HeartbeatMixin(HeartbeatSettings):
     _heart_dead = Bool(False)
     _deaths = Integer(0)
     _death_noted = Bool(False)
+    _closed = Bool(False)  # cleaned up for good, until started again
 
     @property
     def deaths(self) -> int:
@@ -167,21 +168,14 @@ class _HeartbeatMixin(HeartbeatSettings):
         if pid is not None and code is None:
             # Now, before anything else: a frozen process must never outlive its kernel.
             kill_process(pid)
+        self._heart_dead = True
+        self.note_death()
         IOLoop.current().add_callback(self._finish_heart_death, self._heart_monitor)
 
     async def _finish_heart_death(self, monitor: HeartMonitor | None) -> None:
         if monitor is None or self._heart_monitor is not monitor:
             return  # restarted or shut down meanwhile: that took care of the old process
-        provisioner = self.provisioner  # type: ignore[attr-defined]
-        if provisioner is not None and provisioner.has_process:
-            # The whole process group, then reap it, so nothing is left behind.
-            await provisioner.kill()
-            try:
-                await asyncio.wait_for(provisioner.wait(), _REAP_TIMEOUT)
-            except asyncio.TimeoutError:
-                self.log.warning("Kernel %s was killed but not reaped", self.kernel_id)  # type: ignore[attr-defined]
-        self._heart_dead = True
-        self.note_death()
+        await self._kill_and_reap()
         restarter = self._restarter  # type: ignore[attr-defined]
         if self.autorestart and restarter is not None:  # type: ignore[attr-defined]
             # Ask now rather than wait up to a whole polling period.
@@ -189,8 +183,39 @@ class _HeartbeatMixin(HeartbeatSettings):
             if inspect.isawaitable(polled):
                 await polled
 
+    async def _kill_and_reap(self) -> None:
+        """Kill the kernel's process (and its process group) and reap it, if it is there."""
+        pid, code = self._process()
+        if pid is not None and code is None:
+            kill_process(pid)
+        provisioner = self.provisioner  # type: ignore[attr-defined]
+        if provisioner is None or not provisioner.has_process:
+            return
+        await provisioner.kill()
+        # poll() reaps, and unlike wait() may run while jupyter_client's own shutdown waits.
+        end = asyncio.get_running_loop().time() + _REAP_TIMEOUT
+        while await provisioner.poll() is None:
+            if asyncio.get_running_loop().time() > end:
+                self.log.warning("Kernel %s was killed but has not exited", self.kernel_id)  # type: ignore[attr-defined]
+                return
+            await asyncio.sleep(0.05)
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        if not restart:
+            # For good (nbclient does this without a shutdown when it finds the kernel dead):
+            # nothing may restart the kernel afterwards, and no kernel is left running.
+            self._closed = True
+            self.stop_restarter()
+            await self._kill_and_reap()
+        await super()._async_cleanup_resources(restart=restart)  # type: ignore[misc]
+
     def start_restarter(self) -> None:
         """Start the restarter, and the heart monitor that informs it."""
+        if self._closed:
+            # A restart under way when the manager was cleaned up for good has just started
+            # a kernel that nobody will ever shut down.
+            IOLoop.current().add_callback(self._kill_and_reap)
+            return
         super().start_restarter()  # type: ignore[misc]
         if self.has_kernel:  # type: ignore[attr-defined]
             self._start_heart_monitor()
@@ -248,7 +273,9 @@ class HeartbeatKernelManager(_HeartbeatMixin, _AsyncBase):
         klass=AsyncIOLoopKernelRestarter,
         config=True,
     )
+    # Both: jupyter_client's async manager gives client_factory a default of its own.
     client_class = DottedObjectName("heartbeat.jupyter.manager.HeartbeatKernelClient", config=True)
+    client_factory = Type(default_value=HeartbeatKernelClient, klass=AsyncKernelClient, config=True)
 
     async def _async_is_alive(self) -> bool:
         if self._heart_dead:
@@ -256,6 +283,12 @@ class HeartbeatKernelManager(_HeartbeatMixin, _AsyncBase):
         return bool(await super()._async_is_alive())
 
     is_alive = _async_is_alive  # type: ignore[assignment]  # as AsyncKernelManager does
+    cleanup_resources = _HeartbeatMixin._async_cleanup_resources  # type: ignore[assignment]
+
+    async def start_kernel(self, **kw: Any) -> None:  # type: ignore[override]
+        """Start a kernel (again, after a clean-up too)."""
+        self._closed = False
+        await super().start_kernel(**kw)
 
 
 class HeartbeatIOLoopKernelManager(_HeartbeatMixin, IOLoopKernelManager):
@@ -269,9 +302,19 @@ class HeartbeatIOLoopKernelManager(_HeartbeatMixin, IOLoopKernelManager):
     client_class = DottedObjectName(
         "heartbeat.jupyter.manager.HeartbeatBlockingKernelClient", config=True
     )
+    client_factory = Type(
+        default_value=HeartbeatBlockingKernelClient, klass=BlockingKernelClient, config=True
+    )
 
     def is_alive(self) -> bool:
         """False when the process has exited or the heart has been declared dead."""
         if self._heart_dead:
             return False
         return bool(super().is_alive())
+
+    cleanup_resources = run_sync(_HeartbeatMixin._async_cleanup_resources)
+
+    def start_kernel(self, **kw: Any) -> None:
+        """Start a kernel (again, after a clean-up too)."""
+        self._closed = False
+        super().start_kernel(**kw)
