@@ -4,9 +4,13 @@ ipykernel."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +23,11 @@ from traitlets import TraitError
 from traitlets.config.loader import KVArgParseConfigLoader
 
 from heartbeat import HeartbeatPool
-from heartbeat.jupyter import HBChannel, HeartbeatKernelManager, HeartbeatKernelRestarter
+from heartbeat.jupyter import (
+    HBChannel,
+    HeartbeatKernelManager,
+    HeartbeatKernelRestarter,
+)
 from heartbeat.jupyter.kernel import shared_pool
 from heartbeat.probe import ping
 from tests.conftest import wait_for
@@ -355,3 +363,52 @@ def test_with_autorestart_off_a_frozen_kernel_is_killed_and_its_death_is_one_log
     silence = float(text.split("no reply for ")[1].split(" s")[0])
     assert 1.0 <= silence <= 1.5 + SLACK, text
     assert f"its process {pid} was stopped: killed it; not restarting it" in text, text
+
+
+SYNC_MANAGER = textwrap.dedent(
+    """
+    import asyncio, json, os, signal, time
+    from heartbeat.jupyter import HeartbeatBlockingKernelClient, HeartbeatIOLoopKernelManager
+
+    async def main():
+        # The sync manager and its restarter run on the loop that is running here.
+        km = HeartbeatIOLoopKernelManager(kernel_name="python3", time_to_dead=1.0, first_beat=1.0)
+        km.start_kernel()
+        client = km.client()
+        try:
+            assert isinstance(client, HeartbeatBlockingKernelClient)
+            client.start_channels()
+            client.wait_for_ready(timeout=60)
+            while not km.heart_has_beaten:
+                await asyncio.sleep(0.05)
+            old = km.provisioner.pid
+            os.kill(old, signal.SIGSTOP)
+            end = time.monotonic() + 30
+            while km.provisioner is None or km.provisioner.pid == old:
+                assert time.monotonic() < end, "not restarted"
+                await asyncio.sleep(0.05)
+            return {"old": old, "client_alive": client.is_alive(), "deaths": km.deaths}
+        finally:
+            client.stop_channels()
+            km.shutdown_kernel(now=True)
+
+    print(json.dumps(asyncio.run(main())))
+    """
+)
+
+
+def test_the_sync_manager_kills_and_restarts_a_frozen_kernel_its_client_sees_the_death() -> None:
+    # In a process of its own: jupyter_core runs sync calls made on a running loop in helper
+    # threads that live as long as the process.
+    result = subprocess.run(
+        [sys.executable, "-c", SYNC_MANAGER],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])
+    with pytest.raises(ProcessLookupError):
+        os.kill(seen["old"], 0)  # killed and reaped
+    assert seen == {"old": seen["old"], "client_alive": False, "deaths": 1}
