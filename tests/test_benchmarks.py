@@ -38,7 +38,6 @@ def test_scale_benchmark_smoke() -> None:
         "--kinds",
         "pool",
         "kernelmanager",
-        "bare",
         "--start",
         "staggered",
         "--rounds",
@@ -48,8 +47,8 @@ def test_scale_benchmark_smoke() -> None:
     assert result.returncode == 0, result.stdout + result.stderr  # exit 1: a false death
     lines = result.stdout.splitlines()
     rows = [line.split() for line in lines if line.strip()[:1].isdigit() and "," not in line]
-    table = {row[1]: row for row in rows[-3:]}
-    assert set(table) == {"pool", "kernelmanager", "bare"}
+    table = {row[1]: row for row in rows[-2:]}
+    assert set(table) == {"pool", "kernelmanager"}
     managed = table["kernelmanager"]
     assert managed[6] == "0" and managed[7] != "-"  # as the kernel managers make them
     pool = table["pool"]
@@ -75,8 +74,8 @@ def test_memory_benchmark_smoke() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_soak_a_minute_of_chaos() -> None:
-    duration = "600" if SLOW else "60"
+def test_soak_chaos() -> None:
+    duration = "600" if SLOW else "40"
     result = run(
         "benchmarks.soak",
         "--hearts",
