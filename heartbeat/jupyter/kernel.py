@@ -117,7 +117,8 @@ def watch_kernel(
         interval=interval,
         context=context,
         curve_serverkey=curve_serverkey,
-        pool=shared_pool(log) if pooled else None,
+        # The pool's own lines are about no one kernel: the owner's logger, unadorned.
+        pool=shared_pool(log.logger if isinstance(log, KernelLog) else log) if pooled else None,
         log=log,
     )
 
