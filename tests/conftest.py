@@ -115,6 +115,15 @@ def wait_for(condition: Callable[[], object], timeout: float) -> bool:
     return True
 
 
+def gone(pid: int) -> bool:
+    """True once no process (running, stopped or zombie) has this pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def free_port() -> int:
     import socket
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from heartbeat import Heart, __version__
-from tests.conftest import Kernel, free_port, read_json_line
+from tests.conftest import Kernel, free_port, gone, read_json_line
 
 EXE = shutil.which("heartbeat") or "heartbeat"
 
@@ -41,14 +41,6 @@ def spawned(*args: str, **kwargs: Any) -> Iterator[subprocess.Popen[str]]:
         proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -22,31 +21,7 @@ import zmq
 from heartbeat import Heart, HeartMonitor, State
 from tests.faultproxy import FaultProxy
 from tests.test_monitor import SLACK, Watch
-
-TTD = 1.0
-
-
-def through_proxy(
-    body: Callable[[FaultProxy, Watch], Awaitable[None]], **watch_kwargs: Any
-) -> Watch:
-    """Run ``body`` with a heart behind a FaultProxy and a monitor watching through it."""
-
-    async def scenario() -> Watch:
-        with Heart() as heart:
-            assert heart.port is not None
-            proxy = FaultProxy(heart.port)
-            await proxy.start()
-            watch = Watch(proxy.url, **{"time_to_dead": TTD, "first_beat": 0.5, **watch_kwargs})
-            try:
-                watch.start()
-                assert await watch.until(lambda: len(watch.beats()) >= 3, timeout=10)
-                await body(proxy, watch)
-            finally:
-                watch.monitor.stop()
-                await proxy.close()
-        return watch
-
-    return asyncio.run(scenario())
+from tests.test_network import TTD, through_proxy
 
 
 def test_round_trips_longer_than_the_interval_still_count_as_life() -> None:

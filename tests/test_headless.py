@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import selectors
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ from traitlets.config import Config
 
 from heartbeat.cli import main as heartbeat_main
 from heartbeat.jupyter import HeartbeatKernelManager
+from tests.conftest import gone
+from tests.test_jupyter import freeze_when_beating, restarted, seen_dead
 
 TTD = 1.0
 HOLD_GIL = "import ctypes; ctypes.PyDLL(None).usleep(10_000_000)"
@@ -46,15 +47,6 @@ def freeze_cell(marks: Path, how: str = "SIGSTOP") -> str:
         f"open({str(marks / 'frozen')!r}, 'w').write(repr(time.monotonic()))\n"
         f"os.kill(os.getpid(), signal.{how})\n"
     )
-
-
-def gone(pid: int) -> bool:
-    """True once no process (running, stopped or zombie) has this pid."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def run_timed(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, list[Any]]:
@@ -233,20 +225,10 @@ def test_a_kernel_manager_shut_down_by_hand_after_a_death_leaves_no_kernel() -> 
         await km.start_kernel()
         client = km.client()
         try:
-            client.start_channels()
-            await client.wait_for_ready(timeout=60)
-            while not km.heart_has_beaten:
-                await asyncio.sleep(0.05)
-            pid = km.provisioner.pid  # type: ignore[union-attr]
-            os.kill(pid, signal.SIGSTOP)
-            end = time.monotonic() + 30
-            while await client.is_alive():
-                assert time.monotonic() < end, "the death was never seen"
-                await asyncio.sleep(0.05)
+            pid = await freeze_when_beating(km, client)
+            await seen_dead(client)
             if autorestart:  # let the restart finish: the new kernel is the one to shut down
-                while km.provisioner is None or km.provisioner.pid == pid:
-                    assert time.monotonic() < end, "not restarted"
-                    await asyncio.sleep(0.05)
+                await restarted(km, pid)
                 await asyncio.wait_for(km.ready, 60)
             return pid, await km.is_alive()
         finally:
@@ -257,8 +239,8 @@ def test_a_kernel_manager_shut_down_by_hand_after_a_death_leaves_no_kernel() -> 
         return list(await asyncio.gather(by_hand(True), by_hand(False)))
 
     before = descendants()
-    (first, restarted), (second, revived) = asyncio.run(scenario())
-    assert restarted and not revived  # autorestart on: a new kernel; off: none
+    (first, new_one), (second, none) = asyncio.run(scenario())
+    assert new_one and not none  # autorestart on: a new kernel; off: none
     assert gone(first) and gone(second)
     left = descendants() - before
     assert not left, f"processes left behind: {describe(left)}"

@@ -235,6 +235,34 @@ def test_a_frozen_kernel_is_restarted_and_a_busy_one_is_not() -> None:
 # -- many kernels, deaths, ports, logs -----------------------------------------------------------
 
 
+async def freeze_when_beating(km: HeartbeatKernelManager, client: Any) -> int:
+    """Start ``client``, wait until the kernel is ready and its heart has answered, then
+    freeze it with SIGSTOP; returns its pid."""
+    client.start_channels()
+    await client.wait_for_ready(timeout=60)
+    while not km.heart_has_beaten:
+        await asyncio.sleep(0.05)
+    pid = int(km.provisioner.pid)  # type: ignore[union-attr]
+    os.kill(pid, signal.SIGSTOP)
+    return pid
+
+
+async def restarted(km: HeartbeatKernelManager, old: int, timeout: float = 30) -> None:
+    """Wait until a new kernel process has replaced ``old``."""
+    end = time.monotonic() + timeout
+    while km.provisioner is None or km.provisioner.pid == old:  # type: ignore[union-attr]
+        assert time.monotonic() < end, "not restarted"
+        await asyncio.sleep(0.05)
+
+
+async def seen_dead(client: Any, timeout: float = 30) -> None:
+    """Wait until ``client.is_alive()`` is False."""
+    end = time.monotonic() + timeout
+    while await client.is_alive():
+        assert time.monotonic() < end, "the client never saw the death"
+        await asyncio.sleep(0.05)
+
+
 def pool_of_this_loop() -> HeartbeatPool:
     return shared_pool(logging.getLogger("tests"))
 
@@ -278,29 +306,20 @@ def test_a_kernel_that_has_beaten_keeps_its_ports_when_frozen_inside_stable_star
         client = km.client()
         try:
             before = km.get_connection_info()
-            client.start_channels()
-            await client.wait_for_ready(timeout=60)
-            while not km.heart_has_beaten:
-                await asyncio.sleep(0.05)
-            old = km.provisioner.pid  # type: ignore[union-attr]
-            os.kill(old, signal.SIGSTOP)
-            end = time.monotonic() + 30
-            while km.provisioner is None or km.provisioner.pid == old:  # type: ignore[union-attr]
-                assert time.monotonic() < end, "not restarted"
-                await asyncio.sleep(0.05)
+            await restarted(km, await freeze_when_beating(km, client))
             await asyncio.wait_for(km.ready, 60)
-            seen_dead = not await client.is_alive()
+            knows = not await client.is_alive()
             reply = await client.kernel_info(reply=True, timeout=60)
-            return before, km.get_connection_info(), reply["content"]["status"], seen_dead
+            return before, km.get_connection_info(), reply["content"]["status"], knows
         finally:
             client.stop_channels()
             await km.shutdown_kernel(now=True)
 
-    before, after, status, seen_dead = asyncio.run(scenario())
+    before, after, status, knows = asyncio.run(scenario())
     ports = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
     assert [after[p] for p in ports] == [before[p] for p in ports]
     assert status == "ok"  # the client made before the restart reached the new kernel
-    assert seen_dead  # and knows that what it asked the old one is lost
+    assert knows  # and knows that what it asked the old one is lost
 
 
 def test_a_kernel_frozen_before_its_heart_ever_answered_moves_to_new_ports() -> None:
@@ -313,10 +332,8 @@ def test_a_kernel_frozen_before_its_heart_ever_answered_moves_to_new_ports() -> 
             before = km.get_connection_info()
             old = km.provisioner.pid  # type: ignore[union-attr]
             os.kill(old, signal.SIGSTOP)  # still importing: its heart is not bound yet
-            end = time.monotonic() + 30
-            while km.provisioner is None or km.provisioner.pid == old:  # type: ignore[union-attr]
-                assert time.monotonic() < end, "not restarted"
-                await asyncio.sleep(0.05)
+            await restarted(km, old)
+            await asyncio.wait_for(km.ready, 60)  # the restart has finished
             return before, km.get_connection_info()
         finally:
             await km.shutdown_kernel(now=True)
@@ -335,16 +352,8 @@ def test_with_autorestart_off_a_frozen_kernel_is_killed_and_its_death_is_one_log
         await km.start_kernel()
         client = km.client()
         try:
-            client.start_channels()
-            await client.wait_for_ready(timeout=60)
-            while not km.heart_has_beaten:
-                await asyncio.sleep(0.05)
-            pid = km.provisioner.pid  # type: ignore[union-attr]
-            os.kill(pid, signal.SIGSTOP)
-            end = time.monotonic() + 30
-            while await client.is_alive():
-                assert time.monotonic() < end, "the client never saw the death"
-                await asyncio.sleep(0.05)
+            pid = await freeze_when_beating(km, client)
+            await seen_dead(client)
             return km.kernel_id, pid, await km.is_alive(), km.deaths == 1
         finally:
             client.stop_channels()

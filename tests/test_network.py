@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -24,8 +25,11 @@ TTD = 1.0
 KINDS = ["lone", "pool"]
 
 
-def through_proxy(kind: str, body: Callable[[FaultProxy, Watch], Awaitable[None]]) -> Watch:
-    """Run ``body`` with a heart behind a FaultProxy, watched through it with the defaults."""
+def through_proxy(
+    body: Callable[[FaultProxy, Watch], Awaitable[None]], kind: str = "lone", **options: Any
+) -> Watch:
+    """Run ``body`` with a heart behind a FaultProxy, watched through it by a lone monitor or a
+    pool member (time_to_dead 1 s, first_beat 0.5 s, the defaults otherwise, or ``options``)."""
 
     async def scenario() -> Watch:
         pool = HeartbeatPool()
@@ -33,11 +37,11 @@ def through_proxy(kind: str, body: Callable[[FaultProxy, Watch], Awaitable[None]
             assert heart.port is not None
             proxy = FaultProxy(heart.port)
             await proxy.start()
-            options = {"time_to_dead": TTD, "first_beat": 0.5}
+            settings = {"time_to_dead": TTD, "first_beat": 0.5, **options}
             if kind == "lone":
-                watch = Watch(proxy.url, **options)
+                watch = Watch(proxy.url, **settings)
             else:
-                watch = pooled(pool, proxy.url, **options)
+                watch = pooled(pool, proxy.url, **settings)
             try:
                 watch.start()
                 assert await watch.until(lambda: len(watch.beats()) >= 3, timeout=10)
@@ -63,7 +67,7 @@ def test_latency_that_jumps_to_300_ms_each_way_and_back_is_no_death(kind: str) -
         proxy.latency = 0.0
         await asyncio.sleep(2.0)
 
-    watch = through_proxy(kind, body)
+    watch = through_proxy(body, kind)
     assert watch.died == []
     slow = [rtt for rtt in round_trips(watch) if rtt > 0.58]
     assert len(slow) >= 5  # the latency was real: 0.6 s round trips, longer than the interval
@@ -76,7 +80,7 @@ def test_round_trips_of_0_9_time_to_dead_are_no_death(kind: str) -> None:
         proxy.latency = 0.45
         await asyncio.sleep(4.0)
 
-    watch = through_proxy(kind, body)
+    watch = through_proxy(body, kind)
     assert watch.died == []
     assert len([rtt for rtt in round_trips(watch) if rtt > 0.88]) >= 4
 
@@ -100,7 +104,7 @@ def test_three_connection_resets_that_each_lose_a_ping_are_no_death(kind: str) -
             await asyncio.sleep(began + 1.5 - time.monotonic())
         assert proxy.connections >= 4  # zmq connected again after each reset
 
-    watch = through_proxy(kind, body)
+    watch = through_proxy(body, kind)
     assert lost == 3
     assert watch.died == []
 
@@ -113,6 +117,6 @@ def test_a_black_hole_is_death_between_time_to_dead_and_time_to_dead_plus_interv
         proxy.holding = True
         assert await watch.until(lambda: bool(watch.died), timeout=10)
 
-    watch = through_proxy(kind, body)
+    watch = through_proxy(body, kind)
     last = watch.beats()[-1][0]
     assert TTD - 0.01 <= watch.died[0] - last <= 1.6
