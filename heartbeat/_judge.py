@@ -125,45 +125,44 @@ class Judge:
     101.5
     """
 
-    # Slots: a process watching 10,000 kernels holds 10,000 of these, touched every beat.
+    # __slots__: a process watching 10,000 kernels holds 10,000 of these, touched every beat.
     __slots__ = (
-        "_asked",
         "_first",
+        "_first_beat",
+        "_interval",
         "_last_reply",
         "_next_ping",
         "_phase",
         "_second",
         "_sent",
         "_since",
+        "_stall_after",
+        "_stalls",
         "_started",
+        "_state",
+        "_time_to_dead",
         "_token",
-        "first_beat",
-        "interval",
-        "stall_after",
-        "stalls",
-        "state",
-        "time_to_dead",
+        "_wake_asked",
     )
 
     def __init__(
         self, time_to_dead: float = 3.0, first_beat: float = 5.0, interval: float | None = None
     ) -> None:
-        self.time_to_dead = _validate.number("time_to_dead", time_to_dead)
-        self.first_beat = _validate.number("first_beat", first_beat, allow_zero=True)
-        most = self.time_to_dead / 2
+        self._time_to_dead = _validate.number("time_to_dead", time_to_dead)
+        self._first_beat = _validate.number("first_beat", first_beat, allow_zero=True)
+        most = self._time_to_dead / 2
         if interval is None:
-            self.interval = most
+            self._interval = most
         else:
-            self.interval = _validate.number("interval", interval)
-            if self.interval > most:
+            self._interval = _validate.number("interval", interval)
+            if self._interval > most:
                 raise ValueError(
                     f"interval must be at most time_to_dead / 2 = {most:g} s "
                     f"so a heart is pinged twice before it is judged, got {interval!r}"
                 )
-        self.stall_after = (self.time_to_dead - self.interval) / 2
-        self.state = State.IDLE
-        #: How many times the caller's own stalls were forgiven in this run.
-        self.stalls = 0
+        self._stall_after = (self._time_to_dead - self._interval) / 2
+        self._state = State.IDLE
+        self._stalls = 0
         self._started = 0.0
         self._since = 0.0
         self._last_reply: float | None = None
@@ -172,14 +171,44 @@ class Judge:
         self._second: float | None = None
         self._next_ping = 0.0
         self._phase: float | None = None
-        self._asked = 0.0
+        self._wake_asked = 0.0
         self._token = 0
         self._sent: dict[int, float] = {}
 
     @property
+    def time_to_dead(self) -> float:
+        """Seconds a ping may wait for its answer (after the grace) before the heart is dead."""
+        return self._time_to_dead
+
+    @property
+    def first_beat(self) -> float:
+        """Seconds of grace after ``start()``."""
+        return self._first_beat
+
+    @property
+    def interval(self) -> float:
+        """Seconds between pings."""
+        return self._interval
+
+    @property
+    def stall_after(self) -> float:
+        """How late a timer may fire before it counts as the caller's own stall."""
+        return self._stall_after
+
+    @property
+    def state(self) -> State:
+        """Where the heart stands."""
+        return self._state
+
+    @property
+    def stalls(self) -> int:
+        """How many times the caller's own stalls were forgiven in this run."""
+        return self._stalls
+
+    @property
     def next_deadline(self) -> float | None:
         """When ``on_timer`` should next be called, or None when not watching."""
-        if self.state not in _WATCHING:
+        if self._state not in _WATCHING:
             return None
         return self._deadline()
 
@@ -200,25 +229,25 @@ class Judge:
         self._phase = phase
         self._started = now
         self._last_reply = None
-        self._move_since(now + self.first_beat)
+        self._move_since(now + self._first_beat)
         self._token = 0
         self._sent.clear()
-        self.stalls = 0
+        self._stalls = 0
         self._next_ping = now
         events = self._become(State.STARTING)
         events.append(self._ping(now))
-        self._asked = self._deadline()
+        self._wake_asked = self._deadline()
         return events
 
     def stop(self) -> list[Event]:
         """End the run; nothing is judged after this."""
-        if self.state not in _WATCHING:
+        if self._state not in _WATCHING:
             return []  # idle, stopped, or dead: a death stays on the record
         return self._become(State.STOPPED)
 
     def on_reply(self, now: float, token: int) -> list[Event]:
         """A reply carrying ``token`` was read at ``now``. Unknown tokens are ignored."""
-        if self.state not in _WATCHING or not 1 <= token <= self._token:
+        if self._state not in _WATCHING or not 1 <= token <= self._token:
             return []
         sent = self._sent.pop(token, None)
         self._last_reply = now
@@ -236,13 +265,13 @@ class Judge:
 
         A call before ``next_deadline`` (a timer set before a reply moved it) does nothing.
         """
-        if self.state not in _WATCHING or now < self._asked:
+        if self._state not in _WATCHING or now < self._wake_asked:
             return []
         events: list[Event] = []
-        late_by = now - self._asked
-        if late_by > self.stall_after:
+        late_by = now - self._wake_asked
+        if late_by > self._stall_after:
             # The caller could not observe the heart, nor ping it, for late_by seconds.
-            self.stalls += 1
+            self._stalls += 1
             if now >= self._since:
                 self._move_since(now)
             self._next_ping = now
@@ -255,13 +284,13 @@ class Judge:
         if now >= self._next_ping:
             events.append(self._ping(now))
         events += self._become(self._judged_state(now))
-        self._asked = self._deadline()
+        self._wake_asked = self._deadline()
         return events
 
     def _judged_state(self, now: float) -> State:
         if self._last_reply is None:
-            return State.STARTING if now < self._started + self.first_beat else State.LATE
-        if self.state is State.LATE:
+            return State.STARTING if now < self._started + self._first_beat else State.LATE
+        if self._state is State.LATE:
             return State.LATE  # only a reply clears it: a forgiven stall is no sign of life
         # Counted from the same ping as death, so the monitor's own stall never makes it late.
         return State.LATE if now >= self._late_at() else State.BEATING
@@ -276,19 +305,19 @@ class Judge:
         """When the pings sent since ``since`` have waited long enough to mean death."""
         if self._first is None:
             return math.inf  # no ping has gone out since: nothing is overdue yet
-        dead_at = self._first + self.time_to_dead
+        dead_at = self._first + self._time_to_dead
         if self._second is not None:
             # Had the second ping gone out on time, one interval after the first, it would
             # have had ttd - interval by the first one's deadline; a late one gets no less.
-            dead_at = max(dead_at, self._second + self.time_to_dead - self.interval)
+            dead_at = max(dead_at, self._second + self._time_to_dead - self._interval)
         return dead_at
 
     def _late_at(self) -> float:
-        return math.inf if self._first is None else self._first + self.time_to_dead / 2
+        return math.inf if self._first is None else self._first + self._time_to_dead / 2
 
     def _deadline(self) -> float:
         deadline = min(self._next_ping, self._dead_at())
-        if self.state is State.BEATING:
+        if self._state is State.BEATING:
             # Wake when the heart turns late too, so the state is never stale for long.
             deadline = min(deadline, self._late_at())
         return deadline
@@ -305,14 +334,14 @@ class Judge:
             del self._sent[next(iter(self._sent))]
         if self._phase is None:
             # Keep the cadence when a timer runs a little late, so pings do not drift apart.
-            self._next_ping += self.interval
+            self._next_ping += self._interval
             if self._next_ping <= now:
-                self._next_ping = now + self.interval
+                self._next_ping = now + self._interval
         else:
             # The first point of the caller's grid after now, however late this ping went out.
-            self._next_ping = on_grid(now, self.interval, self._phase, after=True)
+            self._next_ping = on_grid(now, self._interval, self._phase, after=True)
         return Ping(self._token)
 
     def _become(self, new: State) -> list[Event]:
-        old, self.state = self.state, new
+        old, self._state = self._state, new
         return [] if old is new else [StateChanged(old, new)]

@@ -1,4 +1,5 @@
-"""Checks on user input that raise errors a person can act on.
+"""Checks on user input that raise errors a person can act on: numbers, urls and CURVE keys,
+as plain values (no zmq, no loop: the pure core uses them too).
 
 Every public entry point validates here *before* it creates a socket or a timer, so bad input
 never leaves anything half-started and never surfaces as a traceback from inside zmq.
@@ -6,15 +7,10 @@ never leaves anything half-started and never surfaces as a traceback from inside
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import math
 import re
-import resource
 from dataclasses import dataclass
-from typing import Any
-
-import zmq
 
 _HOST_RE = re.compile(r"^(\*|[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])$")
 
@@ -86,6 +82,18 @@ def endpoint(url: object, *, bind: bool) -> Endpoint:
     return Endpoint("tcp", host, int(port_text))
 
 
+# Z85 (ZeroMQ RFC 32), the text form of CURVE keys: 4 bytes become 5 of these characters.
+_Z85 = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+
+
+def _z85(raw: bytes) -> bytes:
+    out = bytearray()
+    for i in range(0, len(raw), 4):
+        value = int.from_bytes(raw[i : i + 4], "big")
+        out += bytes(_Z85[value // 85**k % 85] for k in range(4, -1, -1))
+    return bytes(out)
+
+
 def curve_key(name: str, value: object) -> bytes:
     """Return a CURVE key as 40 Z85 bytes; accepts Z85 (str or bytes) or 32 raw bytes."""
     if isinstance(value, str):
@@ -93,30 +101,10 @@ def curve_key(name: str, value: object) -> bytes:
     if not isinstance(value, bytes):
         raise TypeError(f"{name} must be a CURVE key as bytes or str, got {value!r}")
     if len(value) == 32:
-        from zmq.utils import z85
-
-        return z85.encode(value)
+        return _z85(value)
     if len(value) != 40:
         raise ValueError(
             f"{name} must be a 40-character Z85 CURVE key (as zmq.curve_keypair() makes) "
             f"or 32 raw bytes, got {len(value)} bytes"
         )
     return value
-
-
-def socket_error(exc: zmq.ZMQError, context: zmq.Context[Any], what: str) -> Exception:
-    """The error to raise when zmq cannot open a socket: name the limit that was hit."""
-    if exc.errno != errno.EMFILE:
-        return RuntimeError(f"{what}: {exc.strerror}")
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        max_sockets = str(context.get(zmq.MAX_SOCKETS))
-    except zmq.ZMQError:
-        max_sockets = "a limited number of"
-    return OSError(
-        errno.EMFILE,
-        f"{what}: too many open files. This process may open {soft} file descriptors "
-        f"(the RLIMIT_NOFILE soft limit, 'ulimit -n') and its zmq context {max_sockets} "
-        "sockets (zmq.MAX_SOCKETS); raise the limit, or watch many hearts with one "
-        "HeartbeatPool socket",
-    )

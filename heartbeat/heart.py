@@ -14,7 +14,7 @@ from typing import Any
 import zmq
 from zmq.devices import ThreadProxySteerable
 
-from heartbeat import _validate
+from heartbeat import _sockets, _validate
 
 log = logging.getLogger("heartbeat")
 
@@ -186,7 +186,7 @@ class Heart:
             device.join(_STOP_TIMEOUT)
             err = device.error
             if err.errno == errno.EMFILE:
-                raise _validate.socket_error(
+                raise _sockets.socket_error(
                     err, context, f"cannot start a heart on {self._requested_url!r}"
                 )
             raise ValueError(

@@ -1,4 +1,9 @@
-"""The manager side: a REQ socket on tornado's IOLoop, judged by the pure core."""
+"""The manager side: one heart watched through a transport, judged by the pure core.
+
+``HeartMonitor`` turns the Judge's events into pings and verdicts and the transport's calls into
+Judge inputs. It imports no transport: it is given a factory (``transport=``, or ``pool=``; by
+default a socket of its own), see ``heartbeat/_transport.py``.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import zmq
-from tornado.ioloop import IOLoop
-
 from heartbeat import _validate
 from heartbeat._judge import Beat, Dead, Event, Judge, Ping, State
-from heartbeat._link import Link, SocketLink
 from heartbeat._stats import RttStats, RttWindow
+from heartbeat._transport import HeartSpec, Transport, TransportFactory, own_socket
 
 if TYPE_CHECKING:
-    from heartbeat.pool import HeartbeatPool
+    import zmq
+    from tornado.ioloop import IOLoop
 
 #: Where the library's lines go unless a ``log`` is given.
 default_log = logging.getLogger("heartbeat")
@@ -72,6 +75,10 @@ class HeartMonitor:
     pool:
         A :class:`~heartbeat.pool.HeartbeatPool` whose one socket and one timer this monitor
         shares with the pool's other members (for watching many hearts); same rules.
+        ``pool.watch(url)`` makes such a monitor.
+    transport:
+        Any other :class:`~heartbeat._transport.TransportFactory` (a test's fake, say); default
+        a socket and a timer of the monitor's own, made with ``context`` and ``io_loop``.
     log:
         Where this monitor's lines go (its death, a failed socket, a raising callback): a
         ``logging.Logger``, or a ``LoggerAdapter`` that adds context such as a kernel id.
@@ -79,23 +86,20 @@ class HeartMonitor:
         ``heartbeat_event`` in the record's ``extra``, for adapters and structured handlers.
     """
 
-    # Slots: a pool may hold 10,000 monitors, each touched every beat.
+    # __slots__: a pool may hold 10,000 monitors, each touched every beat.
     __slots__ = (
         "__weakref__",
-        "_armed",
         "_callback",
-        "_context",
         "_curve_serverkey",
         "_endpoint",
-        "_io_loop",
+        "_factory",
         "_judge",
-        "_link",
         "_log",
         "_nonce",
         "_on_event",
-        "_pool",
         "_rtts",
         "_started_at",
+        "_transport",
         "_url",
         "last_rtt",
     )
@@ -111,8 +115,9 @@ class HeartMonitor:
         io_loop: IOLoop | None = None,
         on_event: Callable[[Event], object] | None = None,
         curve_serverkey: bytes | str | None = None,
-        pool: HeartbeatPool | None = None,
+        pool: TransportFactory | None = None,
         log: Log | None = None,
+        transport: TransportFactory | None = None,
     ) -> None:
         self._endpoint = _validate.endpoint(url, bind=False)
         self._curve_serverkey = (
@@ -121,33 +126,30 @@ class HeartMonitor:
             else _validate.curve_key("curve_serverkey", curve_serverkey)
         )
         self._judge = Judge(time_to_dead, first_beat, interval)
-        if context is not None and not isinstance(context, zmq.Context):
-            raise TypeError(f"context must be a zmq.Context or None, got {context!r}")
-        if io_loop is not None and not isinstance(io_loop, IOLoop):
-            raise TypeError(f"io_loop must be a tornado IOLoop or None, got {io_loop!r}")
+        # Checked whether used or not, so a wrong one is always named.
+        own = own_socket(context, io_loop)
+        if pool is not None and not isinstance(pool, TransportFactory):
+            raise TypeError(f"pool must be a HeartbeatPool or None, got {pool!r}")
+        if transport is not None and not isinstance(transport, TransportFactory):
+            raise TypeError(f"transport must be a TransportFactory or None, got {transport!r}")
+        if pool is not None and transport is not None:
+            raise TypeError("give a monitor a pool or a transport, not both")
         if on_event is not None and not callable(on_event):
             raise TypeError(f"on_event must be callable or None, got {on_event!r}")
         if log is not None and not isinstance(log, logging.Logger | logging.LoggerAdapter):
             raise TypeError(f"log must be a logging.Logger or LoggerAdapter or None, got {log!r}")
         self._log: Log = default_log if log is None else log
         self._url = url
-        if pool is not None:
-            from heartbeat.pool import HeartbeatPool
-
-            if not isinstance(pool, HeartbeatPool):
-                raise TypeError(f"pool must be a HeartbeatPool or None, got {pool!r}")
-            pool._check_member(self)
-        self._context = context
-        self._io_loop = io_loop
+        # Not "pool or ...": an empty pool has len() 0.
+        chosen = pool if pool is not None else transport
+        self._factory: TransportFactory = chosen if chosen is not None else own
+        self._factory.check(self._spec())
         self._on_event = on_event
-        self._pool = pool
-        self._link: Link | None = None
+        self._transport: Transport | None = None
         self._callback: Callable[[], object] | None = None
         self._nonce = b""
         self._rtts = RttWindow()
         self._started_at: float | None = None
-        # The deadline the link's timer is set for, None when no timer is pending.
-        self._armed: float | None = None
         #: Round-trip time of the last beat, in seconds (None before any).
         self.last_rtt: float | None = None
 
@@ -195,7 +197,7 @@ class HeartMonitor:
     @property
     def running(self) -> bool:
         """True from ``start()`` until ``stop()`` or death."""
-        return self._link is not None
+        return self._transport is not None
 
     @property
     def curve_serverkey(self) -> bytes | None:
@@ -233,11 +235,7 @@ class HeartMonitor:
             raise TypeError(f"callback must be callable or None, got {callback!r}")
         if self.running:
             raise RuntimeError(f"monitor of {self._url} is already running; stop() it first")
-        if self._pool is not None:
-            self._link = self._pool._join(self)
-        else:
-            loop = self._io_loop if self._io_loop is not None else IOLoop.current()
-            self._link = SocketLink(self, loop, self._context)
+        self._transport = transport = self._factory.open(self._spec(), self)
         self._callback = callback
         # A fresh nonce per run: replies to an earlier run's pings can never count in this one.
         self._nonce = os.urandom(_NONCE_BYTES)
@@ -245,62 +243,73 @@ class HeartMonitor:
         self.last_rtt = None
         now = time.monotonic()
         self._started_at = now
-        self._dispatch(self._judge.start(now, phase=self._link.phase))
+        self._dispatch(self._judge.start(now, phase=transport.phase))
         self._wake()
 
     def stop(self) -> None:
-        """Stop watching and close the socket; the callback will not be called. Idempotent."""
+        """Stop watching and close the transport; the callback will not be called. Idempotent."""
         self._callback = None
         self._shutdown()
         self._dispatch(self._judge.stop())
 
-    # -- what the link calls ---------------------------------------------------------------
+    # -- what the transport calls (the Listener protocol) ------------------------------------
 
-    def _judge_now(self, now: float) -> None:
-        """Judge; the link has read every reply already received."""
-        if self._link is None:
+    def timer_due(self, now: float) -> None:
+        """Judge now; the transport has handed over every reply already received."""
+        if self._transport is None:
             return
-        self._armed = None  # this was the pending timer
         self._dispatch(self._judge.on_timer(now))
         self._wake()
 
-    def _on_reply(self, payload: bytes, now: float) -> None:
+    def payload_received(self, now: float, payload: bytes) -> None:
+        """A reply read at ``now``; one that carries no ping of this run is ignored."""
         if len(payload) != _NONCE_BYTES + _TOKEN_BYTES or not payload.startswith(self._nonce):
             self._log.debug("ignoring a reply that is not one of our pings: %r", payload[:32])
             return
         token = int.from_bytes(payload[_NONCE_BYTES:], "big")
         self._dispatch(self._judge.on_reply(now, token))
 
-    def _fail(self, exc: zmq.ZMQError) -> None:
-        # The socket is unusable (most often: its context was terminated). The heart's fate is
-        # unknown, so this is no death; it is said loudly, and the socket is closed so that a
-        # context.term() waiting on it can finish.
+    def transport_failed(self, reason: str) -> None:
+        """The transport is unusable (most often: its context was terminated). The heart's
+        fate is unknown, so this is no death; it is said loudly, and watching stops."""
         self._log.error(
             "monitor of %s stopped: its socket failed (%s); the heart was not judged dead",
             self._url,
-            exc.strerror,
+            reason,
         )
+        self.stop()
+
+    def transport_closed(self) -> None:
+        """The transport's owner closed it (a pool was closed): watching stops, no verdict."""
         self.stop()
 
     # -- internals -------------------------------------------------------------------------
 
+    def _spec(self) -> HeartSpec:
+        return HeartSpec(
+            url=self._url,
+            endpoint=self._endpoint,
+            curve_serverkey=self._curve_serverkey,
+            time_to_dead=self.time_to_dead,
+            interval=self.interval,
+            stall_after=self.stall_after,
+        )
+
     def _wake(self) -> None:
         deadline = self._judge.next_deadline
-        if self._link is not None and deadline is not None and deadline != self._armed:
-            self._armed = deadline
-            self._link.wake_at(deadline)
+        if self._transport is not None and deadline is not None:
+            self._transport.wake_at(deadline)
 
     def _shutdown(self) -> None:
-        link, self._link = self._link, None
-        self._armed = None
-        if link is not None:
-            link.close()
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
 
     def _dispatch(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, Ping):
-                if self._link is not None:
-                    self._link.send(self._nonce + event.token.to_bytes(_TOKEN_BYTES, "big"))
+                if self._transport is not None:
+                    self._transport.send(self._nonce + event.token.to_bytes(_TOKEN_BYTES, "big"))
             elif isinstance(event, Beat):
                 self._rtts.add(event.rtt, late=event.rtt is not None and event.rtt > self.interval)
                 if event.rtt is not None:

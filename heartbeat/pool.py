@@ -15,6 +15,9 @@ connection: past the process limit, ``start()`` raises an OSError that names it.
 Members that use CURVE share a second socket: libzmq takes a socket's CURVE options as they
 stand at each ``connect()``, so one socket reaches many CURVE hearts, each with its own server
 key, but a socket cannot go back to plain once it is a CURVE client.
+
+The pool is a :class:`~heartbeat._transport.TransportFactory`; which member is judged when is
+decided by the pure :class:`~heartbeat._schedule.PoolSchedule`. This module does the socket work.
 """
 
 from __future__ import annotations
@@ -29,11 +32,10 @@ from typing import Any
 import zmq
 from tornado.ioloop import IOLoop
 
-from heartbeat import _validate
-from heartbeat._link import plain_context, reconnect_ivl
-from heartbeat._slots import Phases, Slots
+from heartbeat import _sockets, _validate
+from heartbeat._schedule import PoolSchedule
+from heartbeat._transport import HeartSpec, Listener
 from heartbeat.monitor import HeartMonitor, Log, default_log
-from heartbeat.probe import curve_client
 
 # File descriptors left for everything else the process does.
 _FD_MARGIN = 64
@@ -41,7 +43,7 @@ _FD_MARGIN = 64
 _DRAIN_LIMIT = 50_000
 # Members judged between two reads of the socket in one long batch (10,000 kernels started
 # together take ~150 ms to judge): a reply that arrives meanwhile is read, not judged missing.
-_FLUSH_EVERY = 256
+_READ_EVERY = 256
 # Members that share one ping phase at most: their pings go out in one burst, far cheaper per
 # ping than one by one, and judging them holds the loop for ~15 ms (about 15 us a member).
 _PHASE_SIZE = 1024
@@ -62,36 +64,40 @@ class _Channel:
         self.members = 0
 
 
-class _PoolLink:
-    """A member's place in the pool: its routing id, its socket, and the slot it waits in."""
+class _Member:
+    """A member's transport: its routing id and socket in the pool (a ``Transport``)."""
 
-    __slots__ = ("channel", "closed", "monitor", "phase", "pool", "rid", "slot")
+    __slots__ = ("channel", "closed", "listener", "phase", "pool", "rid", "url")
 
     def __init__(
-        self, pool: HeartbeatPool, monitor: HeartMonitor, rid: bytes, channel: _Channel
+        self,
+        pool: HeartbeatPool,
+        listener: Listener,
+        url: str,
+        rid: bytes,
+        channel: _Channel,
     ) -> None:
         self.pool = pool
-        self.monitor = monitor
+        self.listener = listener
+        self.url = url
         self.rid = rid
         self.channel = channel
-        self.slot: float | None = None
-        self.phase: float | None = None
+        self.phase: float | None = None  # the pool sets it once the member has joined
         self.closed = False
 
     def send(self, payload: bytes) -> None:
-        self.pool._send(self, payload)
+        """Send one ping through the pool's socket."""
+        self.pool.send(self, payload)
 
     def wake_at(self, deadline: float) -> None:
-        pool = self.pool
-        pool._unslot(self)
-        self.slot = slot = pool._slots.add(self, deadline, pool._slack)
-        if not pool._judging and slot < pool._timer_at:
-            pool._schedule()
+        """Be judged at ``deadline``, in the pool's batch for it."""
+        self.pool.wake_at(self, deadline)
 
     def close(self) -> None:
+        """Leave the pool. Idempotent."""
         if not self.closed:
             self.closed = True
-            self.pool._leave(self)
+            self.pool.leave(self)
 
 
 class HeartbeatPool:
@@ -133,20 +139,18 @@ class HeartbeatPool:
         if log is not None and not isinstance(log, logging.Logger | logging.LoggerAdapter):
             raise TypeError(f"log must be a logging.Logger or LoggerAdapter or None, got {log!r}")
         self._log: Log = default_log if log is None else log
-        self._batch = None if batch is None else _validate.number("batch", batch, allow_zero=True)
-        # The batch in force: the one asked for, or a tenth of the shortest member interval.
-        self._slack = float("inf") if self._batch is None else self._batch
+        given = None if batch is None else _validate.number("batch", batch, allow_zero=True)
+        self._schedule: PoolSchedule[_Member] = PoolSchedule(given, _PHASE_SIZE)
         self._context = context
         self._io_loop = io_loop
         self._loop: IOLoop | None = None
         self._channels: dict[bool, _Channel] = {}  # by "uses CURVE"
-        self._members: dict[bytes, _PoolLink] = {}
-        self._slots: Slots[_PoolLink] = Slots()
-        self._phases: Phases[_PoolLink] = Phases(_PHASE_SIZE)
+        self._members: dict[bytes, _Member] = {}
         self._ids = itertools.count(1)
         self._timer: object | None = None
-        self._timer_at = float("inf")
+        self._timer_at: float | None = None
         self._judging = False
+        self._wakeups = 0
 
     def __len__(self) -> int:
         """How many members are watching now."""
@@ -158,7 +162,7 @@ class HeartbeatPool:
 
         None while the default is asked for and no member has joined.
         """
-        return None if self._slack == float("inf") else self._slack
+        return self._schedule.batch
 
     @property
     def sockets(self) -> int:
@@ -166,201 +170,169 @@ class HeartbeatPool:
         CURVE and plain members are watched together."""
         return len(self._channels)
 
+    @property
+    def wakeups(self) -> int:
+        """How many times the pool's timer has fired (one wake-up judges a whole batch)."""
+        return self._wakeups
+
     def watch(self, url: str, **kwargs: Any) -> HeartMonitor:
         """A HeartMonitor of ``url`` in this pool (not started); keywords as HeartMonitor's."""
-        return HeartMonitor(url, pool=self, **kwargs)
+        return HeartMonitor(url, transport=self, **kwargs)
 
     def close(self) -> None:
-        """Stop every member and close the socket. Idempotent."""
-        for link in list(self._members.values()):
-            link.monitor.stop()
+        """Stop every member and close the sockets. Idempotent."""
+        for member in list(self._members.values()):
+            member.listener.transport_closed()
         self._close_channels()
 
-    # -- what members call -----------------------------------------------------------------
+    # -- the TransportFactory -----------------------------------------------------------------
 
-    def _check_member(self, monitor: HeartMonitor) -> None:
-        most = monitor.stall_after / 2
-        if self._batch is not None and self._batch > most:
-            raise ValueError(
-                f"this pool's batch of {self._batch:g} s is too coarse for {monitor.url} "
-                f"(time_to_dead {monitor.time_to_dead:g} s, interval {monitor.interval:g} s): "
-                f"at most {most:g} s, half its stall threshold; use a pool with a finer batch"
-            )
+    def check(self, heart: HeartSpec) -> None:
+        """ValueError if this pool's batch is too coarse for ``heart``."""
+        self._schedule.check(heart.url, heart.time_to_dead, heart.interval, heart.stall_after)
 
-    def _join(self, monitor: HeartMonitor) -> _PoolLink:
+    def open(self, heart: HeartSpec, listener: Listener) -> _Member:
+        """Connect to ``heart`` through the pool's socket (its CURVE socket, with a key)."""
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if not monitor.url.startswith("inproc://") and len(self._members) + _FD_MARGIN >= soft:
+        if heart.endpoint.transport != "inproc" and len(self._members) + _FD_MARGIN >= soft:
             raise OSError(
-                f"cannot watch {monitor.url}: {len(self._members)} hearts are watched and each "
+                f"cannot watch {heart.url}: {len(self._members)} hearts are watched and each "
                 f"needs a file descriptor; this process may open {soft} (the RLIMIT_NOFILE soft "
                 "limit, 'ulimit -n'): raise it"
             )
-        key = monitor.curve_serverkey
-        channel = self._open_channel(curve=key is not None)
+        channel = self._open_channel(curve=heart.curve_serverkey is not None)
         rid = b"hb" + next(self._ids).to_bytes(8, "big")
         try:
-            channel.socket.setsockopt(zmq.CONNECT_ROUTING_ID, rid)
-            if key is not None:
-                # Taken as it stands at connect(): each heart gets its own server key.
-                channel.socket.curve_serverkey = key
-            channel.socket.connect(monitor.url)
-        except zmq.ZMQError as exc:
+            _sockets.connect(
+                channel.socket, heart.url, curve_serverkey=heart.curve_serverkey, routing_id=rid
+            )
+        except ValueError:
             if not channel.members:
                 self._close_channel(channel)
-            raise ValueError(f"cannot connect to {monitor.url!r}: {exc.strerror}") from None
+            raise
         channel.members += 1
-        link = _PoolLink(self, monitor, rid, channel)
-        link.phase = self._phases.join(link, monitor.interval, time.monotonic())
-        self._members[rid] = link
-        if self._batch is None:
-            # Never coarser than a fifth of any member's stall threshold (interval / 10 <=
-            # (time_to_dead - interval) / 10, as interval <= time_to_dead / 2).
-            self._slack = min(self._slack, monitor.interval / 10)
-        return link
+        member = _Member(self, listener, heart.url, rid, channel)
+        member.phase = self._schedule.join(member, heart.interval, time.monotonic())
+        self._members[rid] = member
+        return member
 
-    def _leave(self, link: _PoolLink) -> None:
-        self._unslot(link)
-        self._phases.leave(link)
-        self._members.pop(link.rid, None)
-        channel = link.channel
-        channel.members -= 1
-        if self._channels.get(channel.curve) is channel:
-            # ZMQError: already gone, or the context was terminated.
-            with contextlib.suppress(zmq.ZMQError):
-                channel.socket.disconnect(link.monitor.url)
-            if not channel.members:
-                self._close_channel(channel)  # nothing is held while nothing is watched
+    # -- what members call -----------------------------------------------------------------
 
-    def _send(self, link: _PoolLink, payload: bytes) -> None:
-        channel = link.channel
+    def send(self, member: _Member, payload: bytes) -> None:
+        """Send ``member``'s ping; one that cannot go out now is dropped, never half-sent."""
+        channel = member.channel
         if self._channels.get(channel.curve) is not channel:
             return
-        rid = link.rid
         send = channel.socket.send
         try:
             # The empty frame makes it a REQ-style envelope, which every heart echoes back.
             # A ROUTER drops a whole message to a peer it cannot reach now (not connected,
             # queue full) and never blocks, so no partial message is left behind.
-            send(rid, _MORE)
+            send(member.rid, _MORE)
             send(b"", _MORE)
             send(payload, _NOBLOCK)
         except zmq.Again:
             return  # not connected yet, or its queue is full: the judge sees the silence
         except zmq.ZMQError as exc:
-            self._fail(channel, exc)
+            self._channel_failed(channel, exc)
             return
         if not self._judging and self._loop is not None:
-            # A send can swallow the descriptor's edge for replies already waiting.
-            self._loop.add_callback(self._drain)
+            _sockets.read_soon_if_waiting(channel.socket, self._loop, self._drain)
 
-    def _unslot(self, link: _PoolLink) -> None:
-        slot, link.slot = link.slot, None
-        if slot is not None and self._slots.remove(link, slot) and slot == self._timer_at:
-            # Every member the timer was set for has re-armed or left: no wake-up for nobody.
-            self._cancel_timer()
-            self._schedule()
+    def wake_at(self, member: _Member, deadline: float) -> None:
+        """Judge ``member`` at ``deadline``, in the batch for it."""
+        self._schedule.wake_at(member, deadline)
+        if not self._judging:  # a wake-up sets the timer once, when it is done
+            self._set_timer()
 
-    # -- internals -------------------------------------------------------------------------
+    def leave(self, member: _Member) -> None:
+        """``member`` stops: it is disconnected, and a socket nobody uses is closed."""
+        self._schedule.leave(member)
+        self._members.pop(member.rid, None)
+        channel = member.channel
+        channel.members -= 1
+        if self._channels.get(channel.curve) is channel:
+            # ZMQError: already gone, or the context was terminated.
+            with contextlib.suppress(zmq.ZMQError):
+                channel.socket.disconnect(member.url)
+            if not channel.members:
+                self._close_channel(channel)  # nothing is held while nothing is watched
+        if not self._judging:
+            self._set_timer()
+
+    # -- sockets ---------------------------------------------------------------------------
 
     def _open_channel(self, curve: bool) -> _Channel:
         channel = self._channels.get(curve)
         if channel is not None:
             return channel
-        context = plain_context(self._context)
-        try:
-            socket: zmq.Socket[Any] = context.socket(zmq.ROUTER)
-        except zmq.ZMQError as exc:
-            raise _validate.socket_error(exc, context, "cannot open the pool's socket") from None
-        socket.linger = 0
-        socket.setsockopt(zmq.RECONNECT_IVL, reconnect_ivl(0.1))
-        socket.setsockopt(zmq.IPV6, 1)
-        # Hearts answer at the speed they are pinged; deep queues only hide a dead peer.
-        socket.sndhwm = socket.rcvhwm = 100_000
-        if curve:
-            curve_client(socket, None)  # one ephemeral key pair; server keys per connect()
-        if self._loop is None:
-            self._loop = self._io_loop if self._io_loop is not None else IOLoop.current()
+        socket = _sockets.open_socket(
+            self._context,
+            zmq.ROUTER,
+            what="cannot open the pool's socket",
+            interval=0.1,
+            ipv6=True,  # one socket reaches hearts of both families
+            curve=curve,
+            # Hearts answer at the speed they are pinged; deep queues only hide a dead peer.
+            hwm=100_000,
+        )
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = self._io_loop if self._io_loop is not None else IOLoop.current()
         channel = self._channels[curve] = _Channel(socket, curve)
-        self._loop.add_handler(channel.fd, self._on_readable, IOLoop.READ)
+        loop.add_handler(channel.fd, self._on_readable, IOLoop.READ)
         return channel
 
     def _close_channel(self, channel: _Channel) -> None:
         if self._channels.get(channel.curve) is not channel:
             return
         del self._channels[channel.curve]
-        if self._loop is not None:
-            self._loop.remove_handler(channel.fd)
-        channel.socket.close(linger=0)
+        assert self._loop is not None  # set when the channel was opened
+        _sockets.close_watched(channel.socket, self._loop, channel.fd)
         if not self._channels:
-            self._cancel_timer()
-            self._slots.clear()
-            self._phases.clear()
-            if self._batch is None:
-                self._slack = float("inf")  # the next members set it afresh
+            self._schedule.clear()
+            self._set_timer()
 
     def _close_channels(self) -> None:
         for channel in list(self._channels.values()):
             self._close_channel(channel)
 
-    def _fail(self, channel: _Channel, exc: zmq.ZMQError) -> None:
+    def _channel_failed(self, channel: _Channel, exc: zmq.ZMQError) -> None:
         self._log.error("heartbeat pool stopped: its socket failed (%s)", exc.strerror)
-        for link in list(self._members.values()):
-            if link.channel is channel:
-                link.monitor._fail(exc)
+        for member in list(self._members.values()):
+            if member.channel is channel:
+                member.listener.transport_failed(exc.strerror)
         self._close_channel(channel)
 
-    def _cancel_timer(self) -> None:
-        if self._loop is not None and self._timer is not None:
-            self._loop.remove_timeout(self._timer)
-        self._timer = None
-        self._timer_at = float("inf")
+    # -- the one timer ---------------------------------------------------------------------
 
-    def _schedule(self) -> None:
-        due = self._slots.first()
-        if due is None or self._loop is None or due >= self._timer_at:
+    def _set_timer(self) -> None:
+        """Keep the one timer at the schedule's next wake-up."""
+        due = self._schedule.next_wake
+        if due == self._timer_at or self._loop is None:
             return
-        self._cancel_timer()
+        if self._timer is not None:
+            self._loop.remove_timeout(self._timer)
+            self._timer = None
         self._timer_at = due
-        self._timer = self._loop.call_later(max(0.0, due - time.monotonic()), self._on_timer)
+        if due is not None:
+            self._timer = self._loop.call_later(max(0.0, due - time.monotonic()), self._on_timer)
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = float("inf")
-        # Members re-armed from here on are scheduled once, after the loop: a timer set for
-        # a slot while this one is judged would wake again for a fraction of the batch.
+        self._timer = self._timer_at = None
+        self._wakeups += 1
         self._judging = True
         try:
-            # Flush before judging: every reply already in the socket is read first.
-            if not self._drain():
-                return
-            now = time.monotonic()
-            judged = 0
-            while members := self._slots.pop_due(now):
-                for link in members:
-                    link.slot = None
-                todo = iter(members)
-                try:
-                    for link in todo:
-                        if link.closed or link.slot is not None:
-                            continue  # it left, or a reply read meanwhile re-armed it
-                        link.monitor._judge_now(now)
-                        judged += 1
-                        if judged % _FLUSH_EVERY == 0:
-                            if not self._drain():
-                                return
-                            now = time.monotonic()
-                except BaseException:
-                    # A member raised: it and the rest of its slot wait for the next batch
-                    # (nobody is left unwatched), and the error goes on to the loop's log.
-                    for rest in (link, *todo):
-                        if not rest.closed and rest.slot is None:
-                            rest.wake_at(now)
-                    raise
+            self._schedule.wake(time.monotonic, self._drain, self._judge, _READ_EVERY)
         finally:
             # Even if a member raised: the clock of every other member keeps running.
             self._judging = False
             self._drain()
-            self._schedule()
+            self._set_timer()
+
+    @staticmethod
+    def _judge(member: _Member, now: float) -> None:
+        member.listener.timer_due(now)
 
     def _on_readable(self, fd: int, events: int) -> None:
         self._drain()
@@ -383,14 +355,13 @@ class HeartbeatPool:
                 while frame.more:
                     frame = recv(_NOBLOCK, copy=False)
                     frames.append(frame.bytes)
-                link = members.get(frames[0])
-                if link is not None and len(frames) == 3 and not frames[1]:
-                    link.monitor._on_reply(frames[2], time.monotonic())
+                member = members.get(frames[0])
+                if member is not None and len(frames) == 3 and not frames[1]:
+                    member.listener.payload_received(time.monotonic(), frames[2])
         except zmq.Again:
             return
         except zmq.ZMQError as exc:
-            self._fail(channel, exc)
+            self._channel_failed(channel, exc)
             return
-        # Limit reached: more may wait, and the edge-triggered descriptor will not say so.
-        if self._loop is not None:
-            self._loop.add_callback(self._drain)
+        if self._loop is not None:  # the limit was reached: more may wait
+            _sockets.read_soon_if_waiting(channel.socket, self._loop, self._drain)

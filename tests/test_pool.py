@@ -16,7 +16,9 @@ import zmq
 import zmq.asyncio
 
 from heartbeat import Dead, Heart, HeartbeatPool, HeartMonitor, State
+from heartbeat._transport import HeartSpec, Listener, Transport
 from tests.conftest import Kernel, free_port
+from tests.fakes import FakeFactory
 from tests.test_monitor import SLACK, Watch
 
 
@@ -144,23 +146,7 @@ def test_inproc_hearts_in_a_pool() -> None:
     assert asyncio.run(scenario()).died == []
 
 
-@pytest.fixture
-def wakes(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """When every pool wakes up to judge, from now on."""
-    times: list[float] = []
-    original = HeartbeatPool._on_timer
-
-    def counting(self: HeartbeatPool) -> None:
-        times.append(time.monotonic())
-        original(self)
-
-    monkeypatch.setattr(HeartbeatPool, "_on_timer", counting)
-    return times
-
-
-def test_members_started_at_different_moments_ping_in_one_burst_from_their_second_ping(
-    wakes: list[float],
-) -> None:
+def test_members_started_at_different_moments_ping_in_one_burst_from_their_second_ping() -> None:
     # 40 members started over one interval (0.2 s) share one ping phase: after their first
     # ping they ping together, so the pool wakes about once an interval (five times a second),
     # not once a batch of 0.02 s (fifty) nor once a member (two hundred).
@@ -177,22 +163,21 @@ def test_members_started_at_different_moments_ping_in_one_burst_from_their_secon
                 await asyncio.sleep(0.2 / len(monitors))
             assert pool.batch == pytest.approx(0.02)
             await asyncio.sleep(0.5)
-            wakes.clear()
+            wakes = pool.wakeups
             beats, start = sum(m.stats.count for m in monitors), time.monotonic()
             await asyncio.sleep(1.0)
             span = time.monotonic() - start
             beats = sum(m.stats.count for m in monitors) - beats
+            wakes = pool.wakeups - wakes
             pool.close()
-        return len(wakes), span, beats
+        return wakes, span, beats
 
     count, span, beats = asyncio.run(scenario())
     assert beats >= 80  # every member pinged and answered, about five times each
     assert count <= span / 0.2 + 3
 
 
-def test_a_beating_member_wakes_the_pool_once_per_ping(
-    wakes: list[float],
-) -> None:
+def test_a_beating_member_wakes_the_pool_once_per_ping() -> None:
     # Late and dead are counted from a ping, and the next ping is due no later than either:
     # the Judge asks for one wake-up a ping, and a reply re-arms nothing.
 
@@ -216,10 +201,9 @@ def test_a_beating_member_wakes_the_pool_once_per_ping(
             monitor = pool.watch(f"tcp://127.0.0.1:{port}", time_to_dead=1.0, first_beat=1.0)
             monitor.start()
             await asyncio.sleep(0.6)
-            wakes.clear()
-            beats = monitor.stats.count
+            wakes, beats = pool.wakeups, monitor.stats.count
             await asyncio.sleep(3.0)
-            return len(wakes), monitor.stats.count - beats
+            return pool.wakeups - wakes, monitor.stats.count - beats
         finally:
             pool.close()
             echo.cancel()
@@ -233,92 +217,78 @@ def test_a_beating_member_wakes_the_pool_once_per_ping(
     assert count <= beats + 2  # one wake-up a ping (twice as many if the timer were left)
 
 
-def test_a_long_batch_reads_the_socket_again_every_256_members(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Flush before judging holds inside one wake-up too: 10,000 kernels started together take
-    # ~150 ms to judge, and a reply that lands meanwhile must be read before its member is.
-    batches: list[tuple[int, int]] = []  # (members judged, reads of the socket) a wake-up
-    current: list[int] = []
-    on_timer, drain, judge_now = (
-        HeartbeatPool._on_timer,
-        HeartbeatPool._drain,
-        HeartMonitor._judge_now,
-    )
+class _RaisingOnce:
+    """A Listener in front of a real monitor, whose next judgement raises once when armed."""
 
-    def timer(self: HeartbeatPool) -> None:
-        current[:] = [0, 0]
-        on_timer(self)
-        batches.append((current[0], current[1]))
-        current.clear()
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.armed = False
 
-    def counted_drain(self: HeartbeatPool) -> bool:
-        if current:
-            current[1] += 1
-        return drain(self)
+    def timer_due(self, now: float) -> None:
+        if self.armed:
+            self.armed = False
+            raise RuntimeError("a member's judgement failed")
+        self.listener.timer_due(now)
 
-    def counted_judge(self: HeartMonitor, now: float) -> None:
-        if current:
-            current[0] += 1
-        judge_now(self, now)
+    def payload_received(self, now: float, payload: bytes) -> None:
+        self.listener.payload_received(now, payload)
 
-    monkeypatch.setattr(HeartbeatPool, "_on_timer", timer)
-    monkeypatch.setattr(HeartbeatPool, "_drain", counted_drain)
-    monkeypatch.setattr(HeartMonitor, "_judge_now", counted_judge)
+    def transport_failed(self, reason: str) -> None:
+        self.listener.transport_failed(reason)
 
-    async def scenario() -> None:
-        pool = HeartbeatPool()
-        # Nobody binds these: every member is silent, within a long grace, pinged each 0.5 s.
-        monitors = [pool.watch(f"inproc://nobody-{i}", first_beat=60) for i in range(1200)]
-        for m in monitors:
-            m.start()
-        await asyncio.sleep(1.8)
-        pool.close()
+    def transport_closed(self) -> None:
+        self.listener.transport_closed()
 
-    asyncio.run(scenario())
-    assert max(judged for judged, _ in batches) >= 256  # a long batch did happen
-    for judged, reads in batches:
-        assert reads >= 2 + judged // 256  # before, every 256 members, after
+
+class _RaisingFactory:
+    """The pool, with a listener in front of each member that can be made to raise."""
+
+    def __init__(self, pool: HeartbeatPool) -> None:
+        self.pool = pool
+        self.listeners: list[_RaisingOnce] = []
+
+    def check(self, heart: HeartSpec) -> None:
+        self.pool.check(heart)
+
+    def open(self, heart: HeartSpec, listener: Listener) -> Transport:
+        raising = _RaisingOnce(listener)
+        self.listeners.append(raising)
+        return self.pool.open(heart, raising)
 
 
 def test_a_member_that_raises_leaves_nobody_in_its_batch_unwatched(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Members due together are judged in one wake-up, in the order they armed. If one of them
     # raises (a bug of ours, a KeyboardInterrupt), the members after it in that batch, and the
-    # one that raised, must still be judged at the next wake-up, not dropped from the clock.
-    judge_now = HeartMonitor._judge_now
-    raise_for: list[HeartMonitor] = []
-
-    def raising_once(self: HeartMonitor, now: float) -> None:
-        if self in raise_for:
-            raise_for.remove(self)
-            raise RuntimeError("a member's judgement failed")
-        judge_now(self, now)
-
-    monkeypatch.setattr(HeartMonitor, "_judge_now", raising_once)
+    # one that raised, must still be judged at the next wake-up, not dropped from the clock
+    # (the rule itself is tested on a fake clock in test_schedule.py).
     urls = [f"inproc://raising-{i}" for i in range(20)]
 
-    async def scenario() -> tuple[list[int], list[int]]:
+    async def scenario() -> tuple[list[int], list[int], bool]:
         with contextlib.ExitStack() as hearts:
             for url in urls:
                 hearts.enter_context(Heart(url))
             # A batch as long as allowed, members started at once: they share wake-ups.
             pool = HeartbeatPool(batch=0.05)
-            monitors = [pool.watch(url, time_to_dead=0.4, first_beat=1.0) for url in urls]
+            factory = _RaisingFactory(pool)
+            monitors = [
+                HeartMonitor(url, transport=factory, time_to_dead=0.4, first_beat=1.0)
+                for url in urls
+            ]
             for m in monitors:
                 m.start()
             await asyncio.sleep(0.3)
-            raise_for.append(monitors[0])  # the first to arm: its batch-mates come after it
+            factory.listeners[0].armed = True  # the first to arm: its batch-mates follow it
             before = [m.stats.count for m in monitors]
             await asyncio.sleep(0.8)
             after = [m.stats.count for m in monitors]
             pool.close()
-        return before, after
+        return before, after, factory.listeners[0].armed
 
     with caplog.at_level("ERROR"):
-        before, after = asyncio.run(scenario())
-    assert not raise_for, "the member was never judged"
+        before, after, still_armed = asyncio.run(scenario())
+    assert not still_armed, "the member was never judged"
     assert any(
         "a member's judgement failed" in r.getMessage() + str(r.exc_info) for r in caplog.records
     )
@@ -405,46 +375,22 @@ def test_the_file_descriptor_limit_is_a_clear_error_that_names_it() -> None:
     assert "may open 200" in message and "ulimit -n" in message
 
 
-class _RecordingLink:
-    """What a member asks of the shared transport, recorded instead of done."""
-
-    phase = None
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-        self.wakes: list[float] = []
-
-    def send(self, payload: bytes) -> None:
-        self.sent.append(payload)
-
-    def wake_at(self, deadline: float) -> None:
-        self.wakes.append(deadline)
-
-    def close(self) -> None:
-        pass
-
-
-class _RecordingPool(HeartbeatPool):
-    def _join(self, monitor: HeartMonitor) -> Any:
-        self.link = _RecordingLink()
-        return self.link
-
-
 def test_a_beating_member_asks_for_one_wake_up_a_ping_and_a_reply_asks_for_none() -> None:
     # With 10,000 members every needless wake-up is 10,000 of them.
-    pool = _RecordingPool()
-    monitor = pool.watch("tcp://127.0.0.1:9", time_to_dead=2.0, first_beat=0.0)
+    factory = FakeFactory()
+    monitor = HeartMonitor("tcp://127.0.0.1:9", transport=factory, time_to_dead=2.0, first_beat=0.0)
     monitor.start()
-    link = pool.link
-    t0 = monitor._judge._started
+    fake = factory.opened[-1]
+    t0 = fake.wakes[0] - monitor.interval  # started then: the next ping is due an interval on
     for k in range(5):
         now = t0 + k
         if k:
-            monitor._judge_now(now)  # the timer the member armed last, on time
-        assert link.wakes[-1] == pytest.approx(now + 1.0)  # the next ping, and only that
-        asked = len(link.wakes)
-        monitor._on_reply(link.sent[-1], now + 0.002)  # the echo
-        assert len(link.wakes) == asked
-    assert len(link.wakes) == 5
-    assert len(link.sent) == 5
+            monitor.timer_due(now)  # the timer the member armed last, on time
+        assert fake.wakes[-1] == pytest.approx(now + 1.0)  # the next ping, and only that
+        asked = len(fake.wakes)
+        monitor.payload_received(now + 0.002, fake.sent[-1])  # the echo
+        assert len(fake.wakes) == asked
+    assert len(fake.wakes) == 5
+    assert len(fake.sent) == 5
     monitor.stop()
+    assert fake.closed

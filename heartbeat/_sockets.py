@@ -1,0 +1,128 @@
+"""Every socket the manager side opens is opened and configured here: a monitor's REQ, a pool's
+ROUTERs, the probe's REQ. CURVE, IPv6, reconnection, queue limits, one wording for each error,
+and zmq's edge-triggered descriptor, handled once.
+"""
+
+from __future__ import annotations
+
+import errno
+import resource
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from tornado.ioloop import IOLoop
+
+EXPECTED_URL = "'tcp://host:port', 'ipc://path' or 'inproc://name'"
+
+
+def plain_context(context: zmq.Context[Any] | None) -> zmq.Context[Any]:
+    """The context to make sync sockets in (an asyncio context gets a plain view of itself)."""
+    if context is None:
+        return zmq.Context.instance()
+    if isinstance(context, zmq.asyncio.Context):
+        # jupyter_client's async clients hold one; the loop's handlers need plain sockets.
+        return zmq.Context.shadow(context.underlying)
+    return context
+
+
+def socket_error(exc: zmq.ZMQError, context: zmq.Context[Any], what: str) -> Exception:
+    """The error to raise when zmq cannot open a socket: name the limit that was hit."""
+    if exc.errno != errno.EMFILE:
+        return RuntimeError(f"{what}: {exc.strerror}")
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        max_sockets = str(context.get(zmq.MAX_SOCKETS))
+    except zmq.ZMQError:
+        max_sockets = "a limited number of"
+    return OSError(
+        errno.EMFILE,
+        f"{what}: too many open files. This process may open {soft} file descriptors "
+        f"(the RLIMIT_NOFILE soft limit, 'ulimit -n') and its zmq context {max_sockets} "
+        "sockets (zmq.MAX_SOCKETS); raise the limit, or watch many hearts with one "
+        "HeartbeatPool socket",
+    )
+
+
+def reconnect_ivl(interval: float) -> int:
+    """Milliseconds between reconnection attempts: 10 to 100, a quarter of the interval."""
+    return int(min(100.0, max(10.0, interval * 250)))
+
+
+def open_socket(
+    context: zmq.Context[Any] | None,
+    kind: int,
+    *,
+    what: str,
+    interval: float,
+    ipv6: bool,
+    curve: bool = False,
+    hwm: int | None = None,
+) -> zmq.Socket[Any]:
+    """A socket of ``kind`` that pings every ``interval`` seconds, ready to connect.
+
+    Linger 0 (a stopped watcher has nothing worth delivering); reconnection within a quarter
+    of the interval (a kernel that binds late gets the queued ping at once); a REQ is relaxed
+    (a lost reply never wedges it; our own tokens match replies to pings, so it is not
+    correlated); ``curve``: a CURVE client with an ephemeral key pair, each server key set at
+    its ``connect()``. ``what`` names the socket in the error raised when the process is out of
+    sockets or file descriptors.
+    """
+    ctx = plain_context(context)
+    try:
+        socket: zmq.Socket[Any] = ctx.socket(kind)
+    except zmq.ZMQError as exc:
+        raise socket_error(exc, ctx, what) from None
+    socket.linger = 0
+    socket.setsockopt(zmq.RECONNECT_IVL, reconnect_ivl(interval))
+    if ipv6:
+        socket.setsockopt(zmq.IPV6, 1)
+    if kind == zmq.REQ:
+        socket.setsockopt(zmq.REQ_RELAXED, 1)
+    if hwm is not None:
+        socket.sndhwm = socket.rcvhwm = hwm
+    if curve:
+        public, secret = zmq.curve_keypair()  # the server authenticates itself only
+        socket.curve_secretkey = secret
+        socket.curve_publickey = public
+    return socket
+
+
+def connect(
+    socket: zmq.Socket[Any],
+    url: str,
+    *,
+    curve_serverkey: bytes | None = None,
+    routing_id: bytes | None = None,
+) -> None:
+    """Connect to a heart; ValueError if zmq refuses the url (the socket stays open)."""
+    try:
+        if routing_id is not None:
+            socket.setsockopt(zmq.CONNECT_ROUTING_ID, routing_id)
+        if curve_serverkey is not None:
+            socket.curve_serverkey = curve_serverkey  # taken as it stands at connect()
+        socket.connect(url)
+    except zmq.ZMQError as exc:
+        raise ValueError(
+            f"cannot connect to {url!r}: {exc.strerror}; expected a reachable {EXPECTED_URL}"
+        ) from None
+
+
+def read_soon_if_waiting(socket: zmq.Socket[Any], loop: IOLoop, read: Callable[[], object]) -> None:
+    """Have ``read`` called on the loop's next turn if replies wait unread.
+
+    zmq's descriptor is edge-triggered: a direct send, or a read that stops before the socket is
+    empty, can consume the edge of replies that arrived meanwhile, and the loop is not told of
+    them again. Whoever does either calls this afterwards.
+    """
+    if int(socket.get(zmq.EVENTS)) & zmq.POLLIN:
+        loop.add_callback(read)
+
+
+def close_watched(socket: zmq.Socket[Any], loop: IOLoop, fd: int) -> None:
+    """Stop the loop watching ``fd`` and close ``socket``, even if its context was terminated."""
+    try:
+        loop.remove_handler(fd)  # by number: zmq may no longer be able to name it
+    finally:
+        socket.close(linger=0)
