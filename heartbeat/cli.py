@@ -143,7 +143,7 @@ def _parser() -> _Parser:
     return parser
 
 
-def _fail(command: str, message: str) -> int:
+def _bad_input(command: str, message: str) -> int:
     print(f"heartbeat {command}: error: {message}", file=sys.stderr)
     return 2
 
@@ -152,7 +152,7 @@ def _probe(args: argparse.Namespace) -> int:
     try:
         target = resolve(args.target)
     except (ValueError, TypeError) as exc:
-        return _fail("probe", str(exc))
+        return _bad_input("probe", str(exc))
     rtt = ping(target.url, args.timeout, curve_serverkey=target.curve_serverkey)
     if args.json:
         print(
@@ -259,7 +259,7 @@ def _watch(args: argparse.Namespace) -> int:
     try:
         target = resolve(args.target)
     except (ValueError, TypeError) as exc:
-        return _fail("watch", str(exc))
+        return _bad_input("watch", str(exc))
     watcher = _Watcher(Console(json_lines=args.json), args.json)
     return asyncio.run(_watch_until_done(target, args, watcher))
 
@@ -279,7 +279,7 @@ def _kernelspec(args: argparse.Namespace) -> int:
             prefix=prefix,
         )
     except (ValueError, OSError) as exc:
-        return _fail("kernelspec", str(exc))
+        return _bad_input("kernelspec", str(exc))
     print(f"installed kernel spec {args.name} in {path}")
     print(f"run: jupyter execute --kernel_name={args.name} notebook.ipynb")
     print(f" or: papermill -k {args.name} in.ipynb out.ipynb")

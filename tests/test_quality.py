@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -25,3 +26,70 @@ def test_ruff_is_clean() -> None:
         sys.executable, "-m", "ruff", "format", "--check", "heartbeat", "tests", "benchmarks"
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- the layers: imports run one way ------------------------------------------------------------
+
+PURE = ["heartbeat._judge", "heartbeat._schedule", "heartbeat._validate", "heartbeat._stats"]
+PURE += ["heartbeat._transport"]
+
+
+def module_imports() -> dict[str, set[str]]:
+    """For each module of the package: the package modules it imports when it is imported
+    (module level, not under TYPE_CHECKING, not inside functions)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "heartbeat").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        tree = ast.parse(path.read_text())
+        found: set[str] = set()
+        for node in tree.body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            for sub in ast.walk(node) if not isinstance(node, ast.FunctionDef) else []:
+                if isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef):
+                    break
+                if isinstance(sub, ast.ImportFrom) and sub.module and sub.level == 0:
+                    if sub.module == "heartbeat":
+                        found.update(f"heartbeat.{alias.name}" for alias in sub.names)
+                    elif sub.module.startswith("heartbeat."):
+                        found.add(sub.module)
+                elif isinstance(sub, ast.Import):
+                    found.update(a.name for a in sub.names if a.name.startswith("heartbeat."))
+        graph[name] = found
+    return graph
+
+
+def test_the_pure_core_imports_neither_zmq_nor_tornado() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['zmq'] = sys.modules['tornado'] = None  # any import of them fails\n"
+        + "".join(f"import {module}\n" for module in PURE)
+    )
+    result = run(sys.executable, "-c", code)
+    assert result.returncode == 0, result.stderr
+
+
+def test_package_imports_have_no_cycle_and_the_monitor_imports_no_transport() -> None:
+    graph = module_imports()
+    assert not graph["heartbeat.monitor"] & {
+        "heartbeat.pool",
+        "heartbeat._own_socket",
+        "heartbeat._sockets",
+    }, graph["heartbeat.monitor"]
+    for module in PURE:
+        assert graph[module] <= set(PURE), (module, graph[module])
+    # Depth-first search for a cycle among the modules (the package itself imports lazily).
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for dep in graph.get(module, set()) - {"heartbeat"}:
+            assert state.get(dep) != "open", f"import cycle: {' -> '.join([*path, dep])}"
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[module] = "done"
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
