@@ -415,15 +415,19 @@ def test_first_beat_zero_and_a_smaller_interval_are_accepted() -> None:
 ttds = st.sampled_from([0.05, 0.3, 1.0, 3.0, 10.0])
 fractions = st.floats(min_value=0.0, max_value=0.95)
 phases = st.none() | st.floats(min_value=-5.0, max_value=5.0)  # in units of ttd
+graces = st.sampled_from([0.0, 0.5, 5.0])
+interval_fracs = st.floats(min_value=0.1, max_value=1.0)  # of the most, ttd / 2
+rtt_fracs_below_one = st.lists(st.floats(min_value=0.0, max_value=0.999), min_size=1, max_size=50)
+late_lists = st.lists(fractions, min_size=1, max_size=50)  # of the stall threshold
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     ttd=ttds,
-    fb=st.sampled_from([0.0, 0.5, 5.0]),
-    interval_frac=st.floats(min_value=0.1, max_value=1.0),
+    fb=graces,
+    interval_frac=interval_fracs,
     rtt_frac=fractions,
-    late_fracs=st.lists(fractions, min_size=1, max_size=50),
+    late_fracs=late_lists,
     kill_frac=st.floats(min_value=0.0, max_value=20.0),
     phase=phases,
 )
@@ -465,10 +469,10 @@ def test_silence_after_the_grace_means_dead_within_ttd_plus_interval_plus_two_ti
 @settings(max_examples=300, deadline=None)
 @given(
     ttd=ttds,
-    fb=st.sampled_from([0.0, 0.5, 5.0]),
-    interval_frac=st.floats(min_value=0.1, max_value=1.0),
-    rtt_fracs=st.lists(st.floats(min_value=0.0, max_value=0.999), min_size=1, max_size=50),
-    late_fracs=st.lists(fractions, min_size=1, max_size=50),
+    fb=graces,
+    interval_frac=interval_fracs,
+    rtt_fracs=rtt_fracs_below_one,
+    late_fracs=late_lists,
     bind_frac=st.floats(min_value=0.0, max_value=1.0),
     stalls=st.lists(st.tuples(st.floats(0.0, 30.0), st.floats(0.0, 10.0)), max_size=4),
     phase=phases,
@@ -504,10 +508,10 @@ def test_replies_always_in_time_means_never_dead(
 @settings(max_examples=300, deadline=None)
 @given(
     ttd=ttds,
-    fb=st.sampled_from([0.0, 0.5, 5.0]),
-    interval_frac=st.floats(min_value=0.1, max_value=1.0),
-    rtt_fracs=st.lists(st.floats(min_value=0.0, max_value=0.999), min_size=1, max_size=50),
-    late_fracs=st.lists(fractions, min_size=1, max_size=50),
+    fb=graces,
+    interval_frac=interval_fracs,
+    rtt_fracs=rtt_fracs_below_one,
+    late_fracs=late_lists,
     lost=st.sets(st.integers(min_value=1, max_value=200), max_size=60),
     stalls=st.lists(st.tuples(st.floats(0.0, 30.0), st.floats(0.0, 10.0)), max_size=2),
     phase=phases,
