@@ -12,6 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from heartbeat._judge import Judge
+
 #: A headless run watches one kernel: two pings a second cost nothing, and bound the report.
 HEADLESS_INTERVAL = 0.5
 
@@ -58,10 +60,7 @@ def install(
         raise ValueError(missing) from None
     if interval is None:
         interval = min(HEADLESS_INTERVAL, time_to_dead / 2)
-    if interval > time_to_dead / 2:
-        raise ValueError(
-            f"interval must be at most time_to_dead / 2 = {time_to_dead / 2:g} s, got {interval:g}"
-        )
+    Judge(time_to_dead, first_beat, interval)  # the settings' own errors, before installing
     with tempfile.TemporaryDirectory() as tmp:
         kernel_json = spec(display_name, time_to_dead, first_beat, interval)
         (Path(tmp) / "kernel.json").write_text(json.dumps(kernel_json, indent=1))

@@ -252,11 +252,11 @@ class PoolSchedule(Generic[M]):
         while members := self.due(now, most):
             try:
                 for member in members:
-                    if member in self._pending:  # not gone or re-armed meanwhile
+                    if self.pending(member):  # not gone or re-armed meanwhile
                         judge(member, now)
             except BaseException:
                 for rest in members:
-                    if rest in self._pending:
+                    if self.pending(rest):
                         self.wake_at(rest, now)
                 raise
             if not read():

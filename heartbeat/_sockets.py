@@ -14,7 +14,7 @@ import zmq
 import zmq.asyncio
 from tornado.ioloop import IOLoop
 
-EXPECTED_URL = "'tcp://host:port', 'ipc://path' or 'inproc://name'"
+from heartbeat._validate import EXPECTED_URL
 
 
 def plain_context(context: zmq.Context[Any] | None) -> zmq.Context[Any]:

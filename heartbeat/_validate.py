@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 _HOST_RE = re.compile(r"^(\*|[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])$")
 
+#: What a url should look like, as every error about one says it.
+EXPECTED_URL = "'tcp://host:port', 'ipc://path' or 'inproc://name'"
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -59,7 +62,7 @@ def endpoint(url: object, *, bind: bool) -> Endpoint:
     ``bind`` allows port 0 (let the system pick) and ``*`` as the host; a peer we connect to
     needs a real host and a port from 1 to 65535.
     """
-    expected = "'tcp://host:port', 'ipc://path' or 'inproc://name'"
+    expected = EXPECTED_URL
     if not isinstance(url, str):
         raise TypeError(f"url must be a str like {expected}, got {url!r}")
     transport, sep, rest = url.partition("://")
