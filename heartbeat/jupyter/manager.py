@@ -163,11 +163,13 @@ class _HeartbeatMixin(HeartbeatSettings):
         pid, code = self._process()
         return fate(pid, code, then)
 
-    def _on_heart_dead(self) -> None:
+    def _kill_now(self) -> None:
         pid, code = self._process()
         if pid is not None and code is None:
-            # Now, before anything else: a frozen process must never outlive its kernel.
             kill_process(pid)
+
+    def _on_heart_dead(self) -> None:
+        self._kill_now()  # before anything else: a frozen process must never outlive its kernel
         self._heart_dead = True
         self.note_death()
         IOLoop.current().add_callback(self._finish_heart_death, self._heart_monitor)
@@ -185,9 +187,7 @@ class _HeartbeatMixin(HeartbeatSettings):
 
     async def _kill_and_reap(self) -> None:
         """Kill the kernel's process (and its process group) and reap it, if it is there."""
-        pid, code = self._process()
-        if pid is not None and code is None:
-            kill_process(pid)
+        self._kill_now()
         provisioner = self.provisioner  # type: ignore[attr-defined]
         if provisioner is None or not provisioner.has_process:
             return
