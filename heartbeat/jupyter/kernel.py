@@ -73,14 +73,18 @@ class HeartbeatSettings(LoggingConfigurable):
         self, url: str, *, curve_serverkey: bytes | str | None, context: Any, log: Log
     ) -> HeartMonitor:
         """A monitor of the kernel's heart at ``url`` with these settings."""
-        return watch_kernel(
+        pool = None
+        if self.shared_pool:
+            # The pool's own lines are about no one kernel: the owner's logger, unadorned.
+            pool = shared_pool(log.logger if isinstance(log, KernelLog) else log)
+        return HeartMonitor(
             url,
             time_to_dead=self.time_to_dead,
             first_beat=self.first_beat,
             interval=self.interval,
-            curve_serverkey=curve_serverkey,
-            pooled=self.shared_pool,
             context=context,
+            curve_serverkey=curve_serverkey,
+            pool=pool,
             log=log,
         )
 
@@ -96,38 +100,6 @@ def shared_pool(log: Log | None = None) -> HeartbeatPool:
     if pool is None:
         pool = _pools[loop] = HeartbeatPool(io_loop=loop, log=log)
     return pool
-
-
-def watch_kernel(
-    url: str,
-    *,
-    time_to_dead: float,
-    first_beat: float,
-    interval: float | None,
-    curve_serverkey: bytes | str | None,
-    pooled: bool,
-    context: Any,
-    log: Log,
-) -> HeartMonitor:
-    """A monitor of a kernel's heart, as the kernel managers and the provisioner make them."""
-    return HeartMonitor(
-        url,
-        time_to_dead=time_to_dead,
-        first_beat=first_beat,
-        interval=interval,
-        context=context,
-        curve_serverkey=curve_serverkey,
-        # The pool's own lines are about no one kernel: the owner's logger, unadorned.
-        pool=shared_pool(log.logger if isinstance(log, KernelLog) else log) if pooled else None,
-        log=log,
-    )
-
-
-def hb_url(info: MutableMapping[str, Any]) -> str:
-    """The heartbeat endpoint of a kernel's connection info (a connection file's keys)."""
-    if info.get("transport", "tcp") == "ipc":
-        return f"ipc://{info['ip']}-{info['hb_port']}"
-    return f"tcp://{info.get('ip', '127.0.0.1')}:{info['hb_port']}"
 
 
 def process_state(pid: int | None, exit_code: int | None) -> str | None:

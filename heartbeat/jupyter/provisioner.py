@@ -15,7 +15,8 @@ from typing import Any
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from tornado.ioloop import IOLoop
 
-from heartbeat.jupyter.kernel import HeartbeatSettings, KernelLog, fate, hb_url, kill_process
+from heartbeat.connection import hb_url
+from heartbeat.jupyter.kernel import HeartbeatSettings, KernelLog, fate, kill_process
 from heartbeat.monitor import HeartMonitor
 
 
@@ -31,11 +32,10 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
     async def post_launch(self, **kwargs: Any) -> None:
         """Start watching the heart of the kernel just launched."""
         await super().post_launch(**kwargs)
-        info = self.connection_info
-        key = info.get("curve_publickey")
+        heart = hb_url(dict(self.connection_info), f"kernel {self.kernel_id}")
         self._monitor = self.watch(
-            hb_url(dict(info)),
-            curve_serverkey=key or None,
+            heart.url,
+            curve_serverkey=heart.curve_serverkey,
             context=None,
             log=KernelLog(self.log, self.kernel_id, self._death_fate),
         )
