@@ -124,6 +124,13 @@ def gone(pid: int) -> bool:
     return False
 
 
+def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (its own process state), output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
 def free_port() -> int:
     import socket
 

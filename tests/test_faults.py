@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -19,6 +17,7 @@ import pytest
 import zmq
 
 from heartbeat import Heart, HeartMonitor, State
+from tests.conftest import run_python
 from tests.faultproxy import FaultProxy
 from tests.test_monitor import SLACK, Watch
 from tests.test_network import TTD, through_proxy
@@ -130,13 +129,7 @@ FD_LIMIT_SCRIPT = textwrap.dedent(
 
 
 def test_the_file_descriptor_limit_is_a_clear_error_that_names_it() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", FD_LIMIT_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(FD_LIMIT_SCRIPT)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("monitor ") and "too many open files" in lines[0]

@@ -421,6 +421,26 @@ rtt_fracs_below_one = st.lists(st.floats(min_value=0.0, max_value=0.999), min_si
 late_lists = st.lists(fractions, min_size=1, max_size=50)  # of the stall threshold
 
 
+def stall_lists(most: int) -> st.SearchStrategy[list[tuple[float, float]]]:
+    """Loop stalls as (start, length) in units of ttd."""
+    return st.lists(st.tuples(st.floats(0.0, 30.0), st.floats(0.0, 10.0)), max_size=most)
+
+
+# What a live heart's world is drawn from, for the no-death guarantees.
+LIVE = {
+    "ttd": ttds,
+    "fb": graces,
+    "interval_frac": interval_fracs,
+    "rtt_fracs": rtt_fracs_below_one,
+    "late_fracs": late_lists,
+    "phase": phases,
+}
+
+
+def in_seconds(ttd: float, stalls: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    return [(s * ttd, s * ttd + length * ttd) for s, length in sorted(stalls)]
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     ttd=ttds,
@@ -467,16 +487,7 @@ def test_silence_after_the_grace_means_dead_within_ttd_plus_interval_plus_two_ti
 # last reply); up to time_to_dead is this rule's guarantee 1.
 @pytest.mark.parametrize("limit", ["stall_after", "time_to_dead"])
 @settings(max_examples=300, deadline=None)
-@given(
-    ttd=ttds,
-    fb=graces,
-    interval_frac=interval_fracs,
-    rtt_fracs=rtt_fracs_below_one,
-    late_fracs=late_lists,
-    bind_frac=st.floats(min_value=0.0, max_value=1.0),
-    stalls=st.lists(st.tuples(st.floats(0.0, 30.0), st.floats(0.0, 10.0)), max_size=4),
-    phase=phases,
-)
+@given(**LIVE, bind_frac=st.floats(min_value=0.0, max_value=1.0), stalls=stall_lists(4))
 def test_replies_always_in_time_means_never_dead(
     limit: str,
     ttd: float,
@@ -498,7 +509,7 @@ def test_replies_always_in_time_means_never_dead(
         rtt=lambda n: most * rtt_fracs[n % len(rtt_fracs)],
         lateness=lambda n: judge.stall_after * late_fracs[n % len(late_fracs)],
         bind_at=fb * bind_frac,
-        stalls=[(s * ttd, s * ttd + length * ttd) for s, length in sorted(stalls)],
+        stalls=in_seconds(ttd, stalls),
         phase=None if phase is None else phase * ttd,
     )
     world.run(until=40 * ttd + fb)
@@ -507,14 +518,9 @@ def test_replies_always_in_time_means_never_dead(
 
 @settings(max_examples=300, deadline=None)
 @given(
-    ttd=ttds,
-    fb=graces,
-    interval_frac=interval_fracs,
-    rtt_fracs=rtt_fracs_below_one,
-    late_fracs=late_lists,
+    **LIVE,
     lost=st.sets(st.integers(min_value=1, max_value=200), max_size=60),
-    stalls=st.lists(st.tuples(st.floats(0.0, 30.0), st.floats(0.0, 10.0)), max_size=2),
-    phase=phases,
+    stalls=stall_lists(2),
 )
 # A lost ping followed by a late one answered near the limit.
 @example(1.0, 0.0, 1.0, [0.99], [0.9], {3, 9}, [], None)
@@ -537,7 +543,7 @@ def test_one_lost_ping_at_a_time_is_never_death(
         rtt=lambda n: (ttd - judge.interval) * rtt_fracs[n % len(rtt_fracs)],
         lateness=lambda n: judge.stall_after * late_fracs[n % len(late_fracs)],
         lost=lambda n: n in lost,
-        stalls=[(s * ttd, s * ttd + length * ttd) for s, length in sorted(stalls)],
+        stalls=in_seconds(ttd, stalls),
         phase=None if phase is None else phase * ttd,
     )
     world.run(until=40 * ttd + fb)

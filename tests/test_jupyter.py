@@ -8,8 +8,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -30,7 +28,7 @@ from heartbeat.jupyter import (
 )
 from heartbeat.jupyter.kernel import shared_pool
 from heartbeat.probe import ping
-from tests.conftest import wait_for
+from tests.conftest import run_python, wait_for
 from tests.test_monitor import SLACK
 
 HOLD_GIL = "import ctypes; ctypes.PyDLL(None).usleep({us})"
@@ -413,13 +411,7 @@ SYNC_MANAGER = textwrap.dedent(
 def test_the_sync_manager_kills_and_restarts_a_frozen_kernel_its_client_sees_the_death() -> None:
     # In a process of its own: jupyter_core runs sync calls made on a running loop in helper
     # threads that live as long as the process.
-    result = subprocess.run(
-        [sys.executable, "-c", SYNC_MANAGER],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python(SYNC_MANAGER, timeout=120)
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.splitlines()[-1])
     with pytest.raises(ProcessLookupError):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Callable
@@ -17,7 +15,7 @@ import zmq.asyncio
 
 from heartbeat import Dead, Heart, HeartbeatPool, HeartMonitor, State
 from heartbeat._transport import HeartSpec, Listener, Transport
-from tests.conftest import Kernel, free_port
+from tests.conftest import Kernel, free_port, run_python
 from tests.fakes import FakeFactory
 from tests.test_monitor import SLACK, Watch
 
@@ -366,9 +364,7 @@ POOL_FD_LIMIT = textwrap.dedent(
 
 
 def test_the_file_descriptor_limit_is_a_clear_error_that_names_it() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", POOL_FD_LIMIT], capture_output=True, text=True, timeout=60
-    )
+    result = run_python(POOL_FD_LIMIT)
     assert result.returncode == 0, result.stderr
     count, _, message = result.stdout.strip().partition(" ")
     assert int(count) == 200 - 64

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import run_python
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -66,7 +68,7 @@ def test_the_pure_core_imports_neither_zmq_nor_tornado() -> None:
         "sys.modules['zmq'] = sys.modules['tornado'] = None  # any import of them fails\n"
         + "".join(f"import {module}\n" for module in PURE)
     )
-    result = run(sys.executable, "-c", code)
+    result = run_python(code)
     assert result.returncode == 0, result.stderr
 
 
