@@ -244,3 +244,41 @@ def test_a_kernel_manager_shut_down_by_hand_after_a_death_leaves_no_kernel() -> 
     assert gone(first) and gone(second)
     left = descendants() - before
     assert not left, f"processes left behind: {describe(left)}"
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("now", [False, True])
+def test_a_shutdown_asked_while_a_death_restarts_the_kernel_waits_and_leaves_no_kernel(
+    now: bool,
+) -> None:
+    # What nbclient does: its client sees the death and it shuts the kernel down while the
+    # restarter is still bringing up the new one. Asked at the moment the restart begins (the
+    # restarter's "restart" callback), the shutdown waits for the restart, then ends the new
+    # kernel, with no error from jupyter_client's pending-state bookkeeping.
+    async def scenario() -> tuple[int, bool, bool]:
+        km = HeartbeatKernelManager(kernel_name="python3", time_to_dead=TTD, first_beat=1.0)
+        shutdowns: list[asyncio.Future[None]] = []
+        await km.start_kernel()
+        km.add_restart_callback(  # the restarter keeps the callbacks: after the start
+            lambda: shutdowns.append(asyncio.ensure_future(km.shutdown_kernel(now=now)))
+        )
+        client = km.client()
+        try:
+            pid = await freeze_when_beating(km, client)
+            end = time.monotonic() + 30
+            while not shutdowns:
+                assert time.monotonic() < end, "never restarted"
+                await asyncio.sleep(0.05)
+            await asyncio.wait_for(shutdowns[0], 60)  # raises what the shutdown raised
+            await asyncio.sleep(2 * TTD)  # a restart (or a poll) after the shutdown shows here
+            return pid, km.has_kernel, await km.is_alive()
+        finally:
+            client.stop_channels()
+            if km.has_kernel:
+                await km.shutdown_kernel(now=True)
+
+    before = descendants()
+    pid, has_kernel, alive = asyncio.run(scenario())
+    assert gone(pid) and not has_kernel and not alive
+    left = descendants() - before
+    assert not left, f"processes left behind: {describe(left)}"

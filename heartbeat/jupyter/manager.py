@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import inspect
 from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from jupyter_client.asynchronous.client import AsyncKernelClient
@@ -28,6 +29,7 @@ from jupyter_core.utils import run_sync
 from tornado.ioloop import IOLoop
 from traitlets import Bool, DottedObjectName, Instance, Integer, Type
 
+from heartbeat.jupyter._one_at_a_time import OneAtATime
 from heartbeat.jupyter.kernel import HeartbeatSettings, KernelLog, fate, kill_process
 from heartbeat.monitor import HeartMonitor
 
@@ -63,22 +65,30 @@ def _ports_kept_once_beaten(restarter: KernelRestarter) -> Iterator[None]:
 
 
 class HeartbeatKernelRestarter(AsyncIOLoopKernelRestarter):
-    """The async restarter: polls one at a time (a heart death asks for one at once), counts
-    deaths for the manager's clients, and keeps the ports of a kernel that has beaten."""
+    """The async restarter: polls as one step of the manager's lifecycle (a heart death asks
+    for a poll at once), counts deaths for the manager's clients, and keeps the ports of a
+    kernel that has beaten."""
 
-    _lock = Instance(asyncio.Lock, allow_none=True)
+    _running = Bool(False)
+
+    def start(self) -> None:
+        """Start polling."""
+        super().start()
+        self._running = True
+
+    def stop(self) -> None:
+        """Stop polling; a poll still waiting for its turn then does nothing."""
+        super().stop()
+        self._running = False
 
     async def poll(self) -> None:  # type: ignore[override]
-        """Poll the kernel, one poll at a time."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            manager = self.kernel_manager
-            if (
-                isinstance(manager, _HeartbeatMixin)
-                and not self.kernel_manager.shutting_down
-                and not await self.kernel_manager.is_alive()
-            ):
+        """Poll the kernel, never during another start, restart, shutdown or poll."""
+        manager = self.kernel_manager
+        ours = isinstance(manager, _HeartbeatMixin)
+        async with manager.lifecycle() if ours else contextlib.nullcontext():
+            if not self._running:
+                return  # stopped while this poll waited (a shutdown): nothing to restart
+            if ours and not manager.shutting_down and not await manager.is_alive():
                 manager.note_death()
             with _ports_kept_once_beaten(self):
                 await super().poll()
@@ -121,6 +131,12 @@ class _HeartbeatMixin(HeartbeatSettings):
         """True once the current kernel's heart has answered a ping."""
         monitor = self._heart_monitor
         return monitor is not None and monitor.stats.count > 0
+
+    def lifecycle(self) -> AbstractAsyncContextManager[None]:
+        """Held by each step of the kernel's lifecycle (start, restart, shutdown, clean-up and
+        the restarter's poll), so that they run one at a time. Nothing to hold here: the sync
+        manager's steps block its loop, so they cannot overlap."""
+        return contextlib.nullcontext()
 
     def note_death(self) -> None:
         """Count the current kernel's death once (the restarter and the heart both see it)."""
@@ -175,15 +191,16 @@ class _HeartbeatMixin(HeartbeatSettings):
         IOLoop.current().add_callback(self._finish_heart_death, self._heart_monitor)
 
     async def _finish_heart_death(self, monitor: HeartMonitor | None) -> None:
-        if monitor is None or self._heart_monitor is not monitor:
-            return  # restarted or shut down meanwhile: that took care of the old process
-        await self._kill_and_reap()
-        restarter = self._restarter  # type: ignore[attr-defined]
-        if self.autorestart and restarter is not None:  # type: ignore[attr-defined]
-            # Ask now rather than wait up to a whole polling period.
-            polled = restarter.poll()
-            if inspect.isawaitable(polled):
-                await polled
+        async with self.lifecycle():
+            if monitor is None or self._heart_monitor is not monitor:
+                return  # restarted or shut down meanwhile: that took care of the old process
+            await self._kill_and_reap()
+            restarter = self._restarter  # type: ignore[attr-defined]
+            if self.autorestart and restarter is not None:  # type: ignore[attr-defined]
+                # Ask now rather than wait up to a whole polling period.
+                polled = restarter.poll()
+                if inspect.isawaitable(polled):
+                    await polled
 
     async def _kill_and_reap(self) -> None:
         """Kill the kernel's process (and its process group) and reap it, if it is there."""
@@ -277,18 +294,44 @@ class HeartbeatKernelManager(_HeartbeatMixin, _AsyncBase):
     client_class = DottedObjectName("heartbeat.jupyter.manager.HeartbeatKernelClient", config=True)
     client_factory = Type(default_value=HeartbeatKernelClient, klass=AsyncKernelClient, config=True)
 
+    _steps = Instance(OneAtATime, args=())
+
     async def _async_is_alive(self) -> bool:
         if self._heart_dead:
             return False
         return bool(await super()._async_is_alive())
 
     is_alive = _async_is_alive  # type: ignore[assignment]  # as AsyncKernelManager does
-    cleanup_resources = _HeartbeatMixin._async_cleanup_resources  # type: ignore[assignment]
+
+    def lifecycle(self) -> AbstractAsyncContextManager[None]:
+        """Held by each step of the kernel's lifecycle (start, restart, shutdown, clean-up and
+        the restarter's poll): a shutdown asked for while the restarter brings up a new kernel
+        waits for it, then ends that kernel."""
+        return self._steps.held()
 
     async def start_kernel(self, **kw: Any) -> None:  # type: ignore[override]
         """Start a kernel (again, after a clean-up too)."""
-        self._closed = False
-        await super().start_kernel(**kw)
+        async with self.lifecycle():
+            self._closed = False
+            await super().start_kernel(**kw)
+
+    async def restart_kernel(  # type: ignore[override]
+        self, now: bool = False, newports: bool = False, **kw: Any
+    ) -> None:
+        """Restart the kernel, once no other lifecycle step is under way."""
+        async with self.lifecycle():
+            await super().restart_kernel(now=now, newports=newports, **kw)
+
+    async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:  # type: ignore[override]
+        """Shut the kernel down, once no other lifecycle step (a restart) is under way."""
+        async with self.lifecycle():
+            await super().shutdown_kernel(now=now, restart=restart)
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        async with self.lifecycle():
+            await super()._async_cleanup_resources(restart=restart)
+
+    cleanup_resources = _async_cleanup_resources  # type: ignore[assignment]
 
 
 class HeartbeatIOLoopKernelManager(_HeartbeatMixin, IOLoopKernelManager):
