@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,17 +29,11 @@ BOUND = TTD + TTD / 2
 SLACK = 1.0  # scheduling slack allowed on top of the bound on a loaded machine
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Heart:
     """One real kernel-like process with a Heart, and what we did to it."""
 
-    url: str
+    url: str = ""  # where the current process's heart listens
     proc: subprocess.Popen[str] | None = None
     truth: str = "alive"  # alive | frozen | killed
     fault_at: float = 0.0  # when the current fault began
@@ -51,14 +44,17 @@ class Heart:
     stalls: list[tuple[float, float]] = field(default_factory=list)
 
     def launch(self) -> None:
+        # Each life binds a port the system picks: a port chosen beforehand and bound again
+        # after a kill may meanwhile be some other connection's ephemeral port (or a monitor's
+        # own, reconnecting to it).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "heartbeat._standin", "--url", self.url],
+            [sys.executable, "-m", "heartbeat._standin", "--url", "tcp://127.0.0.1:0"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         assert self.proc.stdout is not None
-        json.loads(self.proc.stdout.readline())
+        self.url = json.loads(self.proc.stdout.readline())["url"]
         self.truth = "alive"
 
     def end(self) -> None:
@@ -75,7 +71,7 @@ class Heart:
 class Soak:
     def __init__(self, hearts: int, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.hearts = [Heart(f"tcp://127.0.0.1:{free_port()}") for _ in range(hearts)]
+        self.hearts = [Heart() for _ in range(hearts)]
         self.counts: Counter[str] = Counter()
         self.latencies: list[float] = []
         self.violations: list[str] = []
