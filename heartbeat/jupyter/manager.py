@@ -229,8 +229,10 @@ class _HeartbeatMixin(HeartbeatSettings):
     def start_restarter(self) -> None:
         """Start the restarter, and the heart monitor that informs it."""
         if self._closed:
-            # A restart under way when the manager was cleaned up for good has just started
-            # a kernel that nobody will ever shut down.
+            # A restart has just started a kernel after the manager was cleaned up for good,
+            # which nobody would ever shut down. The async manager's lifecycle() keeps this
+            # from happening; the sync manager's heart-death handling can still poll its
+            # restarter after a clean-up that ran while it awaited the kill.
             IOLoop.current().add_callback(self._kill_and_reap)
             return
         super().start_restarter()  # type: ignore[misc]
