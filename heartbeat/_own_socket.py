@@ -1,4 +1,11 @@
-"""A monitor's own transport: one REQ socket on the loop, and one timer."""
+"""A monitor's own transport: one DEALER socket on the loop, and one timer.
+
+Not a REQ socket: libzmq's REQ keeps only the reply to its newest request (a relaxed REQ drops
+a reply that waits when the next ping goes out, and any after the first once one is read), so
+a heart answering every ping within time_to_dead could lose exactly the replies that prove it
+alive. A DEALER that sends the REQ envelope (an empty frame, then the payload) puts the same
+bytes on the wire as a REQ, so no heart can tell, and it keeps every reply.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,10 @@ from tornado.ioloop import IOLoop
 
 from heartbeat import _sockets
 from heartbeat._transport import HeartSpec, Listener
+
+# Plain ints: pyzmq's flag enums cost more to combine than the send itself, once a beat.
+_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
+_NOBLOCK = int(zmq.NOBLOCK)
 
 
 class OwnSocket:
@@ -27,13 +38,13 @@ class OwnSocket:
         """Any heart will do."""
 
     def open(self, heart: HeartSpec, listener: Listener) -> SocketTransport:
-        """A REQ socket connected to ``heart``, on the given loop or the current one."""
+        """A DEALER socket connected to ``heart``, on the given loop or the current one."""
         loop = self._io_loop if self._io_loop is not None else IOLoop.current()
         return SocketTransport(heart, listener, loop, self._context)
 
 
 class SocketTransport:
-    """One REQ socket, watched by the loop, and one timer."""
+    """One DEALER socket speaking REQ's envelope, watched by the loop, and one timer."""
 
     # A lone monitor keeps its own cadence.
     phase: float | None = None
@@ -47,7 +58,7 @@ class SocketTransport:
     ) -> None:
         socket = _sockets.open_socket(
             context,
-            zmq.REQ,
+            zmq.DEALER,
             what=f"cannot open a socket for {heart.url}",
             interval=heart.interval,
             ipv6=heart.endpoint.is_ipv6,
@@ -71,7 +82,10 @@ class SocketTransport:
         if socket is None:
             return
         try:
-            socket.send(payload, zmq.NOBLOCK)
+            # The REQ envelope: whole or not at all (libzmq refuses a message on its first
+            # frame, never halfway).
+            socket.send(b"", _MORE)
+            socket.send(payload, _NOBLOCK)
         except zmq.Again:
             return  # the Judge will see the silence
         except zmq.ZMQError as exc:
@@ -102,12 +116,11 @@ class SocketTransport:
         if socket is None:
             return False
         try:
-            # Ask before each read: a REQ socket with no request outstanding refuses recv()
-            # (EFSM) rather than saying there is nothing (EAGAIN).
-            while int(socket.get(zmq.EVENTS)) & zmq.POLLIN:
-                frames = socket.recv_multipart(zmq.NOBLOCK)
-                if len(frames) == 1:
-                    self._listener.payload_received(time.monotonic(), frames[0])
+            while True:
+                frames = socket.recv_multipart(_NOBLOCK)
+                # An echo of our envelope; anything else is no reply to a ping of ours.
+                if len(frames) == 2 and not frames[0]:
+                    self._listener.payload_received(time.monotonic(), frames[1])
                 if self._socket is None:
                     return False  # the listener stopped (a death, or stop()) meanwhile
         except zmq.Again:

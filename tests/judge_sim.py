@@ -2,6 +2,8 @@
 
 It plays the adapter's part exactly as HeartMonitor does: replies are read when they arrive
 unless the loop is stalled, and every timer first reads what has arrived (flush before judging).
+Between the heart and the Judge sits a model of the transport's socket, which may lose replies
+the way a real socket would.
 """
 
 from __future__ import annotations
@@ -10,6 +12,33 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from heartbeat import Dead, Judge, Ping
+
+
+class KeepsEveryReply:
+    """A DEALER (the lone monitor's socket) or a ROUTER (the pool's): every reply is read."""
+
+    def sent(self) -> None:
+        """A ping went out."""
+
+    def keeps(self) -> bool:
+        """Whether the reply that has just arrived reaches the Judge."""
+        return True
+
+
+class RelaxedReq:
+    """libzmq's relaxed REQ (the lone monitor's socket before): of the replies that arrive
+    between two pings only the first can be read; the others wait until the next ping goes
+    out, which throws them away."""
+
+    def __init__(self) -> None:
+        self._awaiting = False
+
+    def sent(self) -> None:
+        self._awaiting = True
+
+    def keeps(self) -> bool:
+        kept, self._awaiting = self._awaiting, False
+        return kept
 
 
 @dataclass
@@ -23,6 +52,7 @@ class World:
     stalls: list[tuple[float, float]] = field(default_factory=list)  # (start, end): loop frozen
     start_at: float = 0.0
     phase: float | None = None  # the caller's ping grid, as a pool gives it
+    socket: KeepsEveryReply | RelaxedReq = field(default_factory=KeepsEveryReply)
     dead_at: float | None = None
     replies_read: list[float] = field(default_factory=list)
     events: list[object] = field(default_factory=list)
@@ -39,6 +69,7 @@ class World:
         for event in events:
             self.events.append(event)
             if isinstance(event, Ping):
+                self.socket.sent()
                 reaches = max(now, self.bind_at)
                 if reaches < self.kill_at and not self.lost(event.token):
                     self._pending.append((reaches + self.rtt(event.token), event.token))
@@ -49,6 +80,8 @@ class World:
         self._pending.sort()
         while self._pending and self._free(self._pending[0][0]) <= t:
             arrival, token = self._pending.pop(0)
+            if not self.socket.keeps():
+                continue
             seen = self._free(arrival)
             self.replies_read.append(seen)
             self._handle(seen, self.judge.on_reply(seen, token))

@@ -7,6 +7,7 @@ wide enough for a loaded 2-core machine, and every wait ends on an event or a de
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import os
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import zmq
 
-from heartbeat import Beat, Dead, Event, Heart, HeartMonitor, Ping, Stall, State
+from heartbeat import Beat, Dead, Event, Heart, HeartbeatPool, HeartMonitor, Ping, Stall, State
 from tests.conftest import Kernel, free_port
 from tests.fakes import FakeFactory
 
@@ -307,22 +308,27 @@ def test_rtt_statistics(kernel: Kernel) -> None:
 
 
 class DelayingHeart:
-    """A ROUTER echo in a thread that answers each ping ``delay`` seconds late, and drops the
-    ones ``drop(n)`` picks: a slow link, or a lossy one."""
+    """A ROUTER echo in a thread that answers the n-th ping ``delay(n)`` seconds late (or a
+    fixed ``delay``), and drops the ones ``drop(n)`` picks: a slow link, or a lossy one."""
 
-    def __init__(self, delay: float, drop: Callable[[int], bool] = lambda n: False) -> None:
+    def __init__(
+        self,
+        delay: float | Callable[[int], float],
+        drop: Callable[[int], bool] = lambda n: False,
+    ) -> None:
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.linger = 0
         port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.url = f"tcp://127.0.0.1:{port}"
-        self.delay, self.drop = delay, drop
+        self.delay = delay if callable(delay) else (lambda n: delay)
+        self.drop = drop
         self.running = True
         self.thread = threading.Thread(target=self._run)
         self.thread.start()
 
     def _run(self) -> None:
-        queue: list[tuple[float, list[bytes]]] = []
+        queue: list[tuple[float, int, list[bytes]]] = []  # a heap: replies by when they are due
         n = 0
         while self.running:
             timeout = 10 if not queue else max(0, int((queue[0][0] - time.monotonic()) * 1000))
@@ -330,9 +336,9 @@ class DelayingHeart:
                 frames = self.sock.recv_multipart()
                 n += 1
                 if not self.drop(n):
-                    queue.append((time.monotonic() + self.delay, frames))
+                    heapq.heappush(queue, (time.monotonic() + self.delay(n), n, frames))
             while queue and queue[0][0] <= time.monotonic():
-                self.sock.send_multipart(queue.pop(0)[1])
+                self.sock.send_multipart(heapq.heappop(queue)[2])
 
     def close(self) -> None:
         self.running = False
@@ -375,6 +381,36 @@ def test_a_lost_reply_never_wedges_the_req_socket() -> None:
     assert watch.died == []
     assert len(watch.beats()) >= 6
     assert len(watch.of(Ping)) >= 1.6 * len(watch.beats())  # replies really were lost
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["lone", "pool member"])
+def test_every_reply_counts_when_replies_overtake_each_other(pooled: bool) -> None:
+    # The review's heart: odd pings answered after 50 ms, even ones after 300 ms, so a slow
+    # reply is still on its way when the next ping goes out and a fast one overtakes it. A REQ
+    # socket kept only the newest request's reply: 20 beats of 41 pings. Every reply is life.
+    heart = DelayingHeart(delay=lambda n: 0.05 if n % 2 else 0.3)
+
+    async def scenario() -> Watch:
+        pool = HeartbeatPool() if pooled else None
+        watch = Watch(heart.url, time_to_dead=2.0, first_beat=0.0, interval=0.25, pool=pool)
+        watch.start()
+        assert await watch.until(lambda: len(watch.pings()) >= 20, timeout=30)
+        await asyncio.sleep(1.5)  # the replies of those 20 are due within 0.3 s of their ping
+        watch.monitor.stop()
+        return watch
+
+    try:
+        watch = run(scenario())
+    finally:
+        heart.close()
+    assert watch.died == []
+    sent = [ping.token for _, ping in watch.pings()][:20]
+    counted = [beat.token for _, beat in watch.beats()]
+    assert len(counted) == len(set(counted))  # each reply counted once
+    missed = sorted(set(sent) - set(counted))
+    assert not missed, f"replies to pings {missed} were answered but never counted"
+    rtts = sorted(b.rtt for _, b in watch.beats() if b.rtt is not None)
+    assert rtts[0] >= 0.05 and rtts[-1] >= 0.3  # and timed against its own ping
 
 
 def test_replies_from_a_previous_run_never_count_in_the_next() -> None:
