@@ -83,7 +83,7 @@ class TransportFactory(Protocol):
 
 
 def own_socket(context: Any = None, io_loop: Any = None) -> TransportFactory:
-    """The default factory: a REQ socket and a timer of the monitor's own.
+    """The default factory: a DEALER socket and a timer of the monitor's own.
 
     ``context``: a zmq context (default ``zmq.Context.instance()``); ``io_loop``: a tornado
     IOLoop (default ``IOLoop.current()`` at ``start()``). TypeError for anything else. The one

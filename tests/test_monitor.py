@@ -374,7 +374,7 @@ def test_replies_slower_than_the_ping_interval_are_life_with_their_true_round_tr
     assert watch.monitor.stats.late >= 5
 
 
-def test_a_lost_reply_never_wedges_the_req_socket() -> None:
+def test_a_lost_reply_never_wedges_the_socket() -> None:
     heart = DelayingHeart(delay=0.0, drop=lambda n: n % 2 == 0)  # every other reply is lost
     # Pings every 0.15 s; with every other reply lost, one still comes every 0.3 s.
     watch = heart.watch_for(3.0, time_to_dead=0.6, first_beat=0.0, interval=0.15)
