@@ -1,6 +1,6 @@
 """Every socket the manager side opens is opened and configured here: a monitor's DEALER, a
-pool's ROUTERs, the probe's REQ. CURVE, IPv6, reconnection, queue limits, one wording for each error,
-and zmq's edge-triggered descriptor, handled once.
+pool's ROUTERs, the probe's REQ. CURVE, IPv6, reconnection, queue limits, one wording for each
+error, and zmq's edge-triggered descriptor, handled once.
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ def open_socket(
 
     Linger 0 (a stopped watcher has nothing worth delivering); reconnection within a quarter
     of the interval (a kernel that binds late gets the queued ping at once); a REQ (the probe's
-    one ping) is relaxed, so a lost reply never wedges it; ``curve``: a CURVE client with an ephemeral key pair, each server key set at
-    its ``connect()``. ``what`` names the socket in the error raised when the process is out of
-    sockets or file descriptors.
+    one ping) is relaxed, so a lost reply never wedges it; ``curve``: a CURVE client with an
+    ephemeral key pair, each server key set at its ``connect()``. ``what`` names the socket in
+    the error raised when the process is out of sockets or file descriptors.
     """
     ctx = plain_context(context)
     try:

@@ -52,34 +52,62 @@ _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _NOBLOCK = int(zmq.NOBLOCK)
 
 
-class _Channel:
-    """One of the pool's ROUTER sockets (plain, or CURVE) and how many members use it."""
+class _Url:
+    """The connections one channel has made to one url.
 
-    __slots__ = ("curve", "fd", "members", "socket")
+    libzmq's ``disconnect(url)`` ends every connection made to that url, so a member that leaves
+    while others still watch the same heart cannot disconnect: its connection is kept idle, with
+    its routing id, for the next member of that url to take over (replies to the old member's
+    pings carry its nonce and are ignored). The url is disconnected when its last member leaves.
+    """
+
+    __slots__ = ("idle", "members")
+
+    def __init__(self) -> None:
+        self.members = 0
+        # (routing id, the CURVE server key it was connected with) of connections nobody uses.
+        self.idle: list[tuple[bytes, bytes | None]] = []
+
+    def take_idle(self, curve_serverkey: bytes | None) -> bytes | None:
+        """The routing id of an idle connection made with ``curve_serverkey``, if any."""
+        for i, (rid, key) in enumerate(self.idle):
+            if key == curve_serverkey:
+                del self.idle[i]
+                return rid
+        return None
+
+
+class _Channel:
+    """One of the pool's ROUTER sockets (plain, or CURVE), how many members use it, and the
+    connections it has made, by url."""
+
+    __slots__ = ("curve", "fd", "members", "socket", "urls")
 
     def __init__(self, socket: zmq.Socket[Any], curve: bool) -> None:
         self.socket = socket
         self.fd: int = socket.FD
         self.curve = curve
         self.members = 0
+        self.urls: dict[str, _Url] = {}
 
 
 class _Member:
     """A member's transport: its routing id and socket in the pool (a ``Transport``)."""
 
-    __slots__ = ("channel", "closed", "listener", "phase", "pool", "rid", "url")
+    __slots__ = ("channel", "closed", "curve_serverkey", "listener", "phase", "pool", "rid", "url")
 
     def __init__(
         self,
         pool: HeartbeatPool,
         listener: Listener,
-        url: str,
+        heart: HeartSpec,
         rid: bytes,
         channel: _Channel,
     ) -> None:
         self.pool = pool
         self.listener = listener
-        self.url = url
+        self.url = heart.url
+        self.curve_serverkey = heart.curve_serverkey
         self.rid = rid
         self.channel = channel
         self.phase: float | None = None  # the pool sets it once the member has joined
@@ -201,17 +229,26 @@ class HeartbeatPool:
                 "limit, 'ulimit -n'): raise it"
             )
         channel = self._open_channel(curve=heart.curve_serverkey is not None)
-        rid = b"hb" + next(self._ids).to_bytes(8, "big")
-        try:
-            _sockets.connect(
-                channel.socket, heart.url, curve_serverkey=heart.curve_serverkey, routing_id=rid
-            )
-        except ValueError:
-            if not channel.members:
-                self._close_channel(channel)
-            raise
+        url = channel.urls.get(heart.url)
+        rid = None if url is None else url.take_idle(heart.curve_serverkey)
+        if rid is None:
+            rid = b"hb" + next(self._ids).to_bytes(8, "big")
+            try:
+                _sockets.connect(
+                    channel.socket,
+                    heart.url,
+                    curve_serverkey=heart.curve_serverkey,
+                    routing_id=rid,
+                )
+            except ValueError:
+                if not channel.members:
+                    self._close_channel(channel)
+                raise
+        if url is None:
+            url = channel.urls[heart.url] = _Url()
+        url.members += 1
         channel.members += 1
-        member = _Member(self, listener, heart.url, rid, channel)
+        member = _Member(self, listener, heart, rid, channel)
         member.phase = self._schedule.join(member, heart.interval, time.monotonic())
         self._members[rid] = member
         return member
@@ -246,15 +283,23 @@ class HeartbeatPool:
             self._set_timer()
 
     def leave(self, member: _Member) -> None:
-        """``member`` stops: it is disconnected, and a socket nobody uses is closed."""
+        """``member`` stops: its url is disconnected once no member watches it, and a socket
+        nobody uses is closed."""
         self._schedule.leave(member)
         self._members.pop(member.rid, None)
         channel = member.channel
         channel.members -= 1
+        url = channel.urls[member.url]
+        url.members -= 1
+        if url.members:
+            url.idle.append((member.rid, member.curve_serverkey))
+        else:
+            del channel.urls[member.url]
         if self._channels.get(channel.curve) is channel:
-            # ZMQError: already gone, or the context was terminated.
-            with contextlib.suppress(zmq.ZMQError):
-                channel.socket.disconnect(member.url)
+            if not url.members:
+                # ZMQError: already gone, or the context was terminated.
+                with contextlib.suppress(zmq.ZMQError):
+                    channel.socket.disconnect(member.url)
             if not channel.members:
                 self._close_channel(channel)  # nothing is held while nothing is watched
         if not self._judging:

@@ -4,6 +4,7 @@ real ipykernels frozen mid-cell with SIGSTOP (or dying), and no kernel process l
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import selectors
@@ -282,3 +283,62 @@ def test_a_shutdown_asked_while_a_death_restarts_the_kernel_waits_and_leaves_no_
     assert gone(pid) and not has_kernel and not alive
     left = descendants() - before
     assert not left, f"processes left behind: {describe(left)}"
+
+
+async def busy_for(client: Any, seconds: float) -> None:
+    """Have the kernel run a cell that holds its GIL for ``seconds``, deaf to the interrupt a
+    shutdown begins with (its heart still answers, but it reads no shutdown request
+    meanwhile); return once the cell is deaf to it."""
+    msg_id = client.execute(
+        "import ctypes, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        "print('deaf', flush=True); "
+        f"ctypes.PyDLL(None).usleep({int(seconds * 1e6)})"
+    )
+    while True:
+        msg = await client.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") == msg_id and "deaf" in msg["content"].get(
+            "text", ""
+        ):
+            return
+
+
+def test_a_manager_running_the_kernelspec_restarts_and_shuts_down_with_no_false_death(
+    kernelspec: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The manager and its kernel spec's provisioner watch the same heart through the shared
+    # pool. The manager's monitor leaves when a restart or a shutdown begins; a busy kernel
+    # then takes a while to exit, and its provisioner must still hear its heart (a pool that
+    # cut every connection to the url declared it dead and killed it mid-shutdown).
+    async def scenario() -> tuple[list[int | None], int]:
+        # A long shutdown_wait_time: jupyter_client itself would terminate a kernel still busy
+        # after half of it.
+        km = HeartbeatKernelManager(
+            kernel_name="python3-heartbeat", time_to_dead=TTD, shutdown_wait_time=30.0
+        )
+        await km.start_kernel()
+        codes: list[int | None] = []
+        try:
+            for step in ("restart", "shutdown"):
+                client = km.client()
+                client.start_channels()
+                try:
+                    await client.wait_for_ready(timeout=60)
+                    process = km.provisioner.process  # type: ignore[union-attr]
+                    await busy_for(client, 3 * TTD)
+                    if step == "restart":
+                        await km.restart_kernel(now=False)
+                    else:
+                        await km.shutdown_kernel(now=False)
+                    codes.append(process.poll())  # the old kernel exited as asked
+                finally:
+                    client.stop_channels()
+            return codes, km.deaths
+        finally:
+            if km.has_kernel:
+                await km.shutdown_kernel(now=True)
+
+    with caplog.at_level(logging.INFO):
+        codes, deaths = asyncio.run(scenario())
+    dead = [r.getMessage() for r in caplog.records if "dead" in r.getMessage()]
+    assert dead == [] and deaths == 0
+    assert codes == [0, 0], "a kernel was killed instead of shutting down"
