@@ -365,11 +365,30 @@ def test_a_sigstopped_manager_does_not_kill_a_live_kernel() -> None:
     assert world.judge.stalls >= 1
 
 
-def test_a_blocked_loop_with_the_reply_waiting_does_not_kill() -> None:
-    # Blocked 2 s right after a ping went out: the reply arrived meanwhile and is flushed.
-    world = World(Judge(0.3, 0.0), rtt=lambda n: 1 * MS, stalls=[(1.05, 3.05)])
-    world.run(until=10.0)
-    assert world.dead_at is None
+@pytest.mark.parametrize("flushed", [True, False], ids=["reply read first", "judged first"])
+def test_a_late_timer_with_the_reply_waiting_is_life_only_when_the_reply_is_read_first(
+    flushed: bool,
+) -> None:
+    # The seed's second cause, as the Judge sees it. ttd 3, interval 0.5, stall threshold
+    # 1.25 s. The ping at 1.0 is answered at 3.6, within ttd, while the loop is blocked from
+    # 3.0 to 4.2; the timer for its deadline (4.0) fires at 4.2, late by less than the
+    # threshold, so the stall rule forgives nothing. Handed over first, the reply is life;
+    # judged first (no flush), the ping has waited 3.2 s unanswered: death.
+    judge = Judge(3.0, 0.0, interval=0.5)
+    judge.start(0.0)
+    judge.on_reply(0.01, 1)
+    while (deadline := judge.next_deadline) is not None and deadline <= 3.0:
+        judge.on_timer(deadline)  # pings every 0.5 s
+        if deadline == 0.5:
+            judge.on_reply(0.51, 2)  # the last reply before the block; then only ping 3's
+    assert judge.next_deadline == 3.5
+    # The timer due at 3.5 (a ping) and at 4.0 (the deadline) fire together at 4.2.
+    events = []
+    if flushed:
+        events += judge.on_reply(4.2, 3)
+    events += judge.on_timer(4.2)
+    assert not any(isinstance(e, Stall) for e in events)
+    assert any(isinstance(e, Dead) for e in events) is not flushed
 
 
 def test_a_continually_late_loop_still_judges_when_lateness_is_below_the_threshold() -> None:
