@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Any
 
 import zmq
-from zmq.devices import ThreadProxySteerable
+from zmq.devices import ThreadDevice
 
 from heartbeat import _sockets, _validate
 
@@ -51,35 +51,57 @@ def _wait_until_bindable(url: str, timeout: float) -> None:
         time.sleep(0.005)
 
 
-class _EchoDevice(ThreadProxySteerable):
+class _EchoDevice(ThreadDevice):
     """A steerable proxy whose frontend is also its backend: every message goes back out.
 
-    The sockets are made in the device's own thread (zmq sockets are not thread-safe); this
-    subclass reports back whether binding worked, and the endpoint actually bound.
+    The sockets are made in the device's own thread (zmq sockets are not thread-safe): the
+    ROUTER that echoes, and the PAIR that ``stop()`` sends TERMINATE to; no capture socket
+    (zmq.devices' ProxySteerable would make one, unused). Whether binding worked, and the
+    endpoint actually bound, are reported back through ``ready``, ``error`` and ``endpoint``.
     """
 
-    def __init__(self, context: zmq.Context[Any], url: str, ctrl_url: str) -> None:
-        # out_type < 0: the ROUTER is both ends, so frames return to the peer that sent them.
-        super().__init__(zmq.ROUTER, -1, zmq.PUB, zmq.PAIR)  # type: ignore[no-untyped-call]
-        self.context_factory = lambda: context
-        self.bind_in(url)
-        self.bind_ctrl(ctrl_url)  # type: ignore[no-untyped-call]
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        url: str,
+        ctrl_url: str,
+        options: list[tuple[int, Any]],
+    ) -> None:
+        super().__init__(zmq.QUEUE, zmq.ROUTER, -1)
+        self.context = context
+        self._url = url
+        self.ctrl_url = ctrl_url
+        self._options = options
         self.ready = threading.Event()
         self.error: zmq.ZMQError | None = None
         self.endpoint = ""
 
     def run_device(self) -> None:
+        made: list[zmq.Socket[Any]] = []
         try:
-            ins, outs, _mons, ctrls = self._setup_sockets()  # type: ignore[no-untyped-call]
-            self.endpoint = ins.get(zmq.LAST_ENDPOINT).decode()
-        except zmq.ZMQError as exc:
-            # Device.run closes the sockets made so far; start() raises the error for us.
-            self.error = exc
-            return
+            try:
+                echo = self.context.socket(zmq.ROUTER)
+                made.append(echo)
+                # Linger 0: a heart being stopped has nothing worth delivering.
+                echo.linger = 0
+                for option, value in self._options:
+                    echo.setsockopt(option, value)
+                echo.bind(self._url)
+                ctrl = self.context.socket(zmq.PAIR)
+                made.append(ctrl)
+                ctrl.linger = 0
+                ctrl.bind(self.ctrl_url)
+                self.endpoint = echo.get(zmq.LAST_ENDPOINT).decode()
+            except zmq.ZMQError as exc:
+                self.error = exc  # start() raises it for us
+                return
+            finally:
+                self.ready.set()
+            # No capture socket: nothing but the echo runs per ping, and it runs without the GIL.
+            zmq.proxy_steerable(echo, echo, None, ctrl)
         finally:
-            self.ready.set()
-        # No capture socket: nothing but the echo runs per ping, and it runs without the GIL.
-        zmq.proxy_steerable(ins, outs, None, ctrls)
+            for socket_ in made:
+                socket_.close(linger=0)
 
 
 class Heart:
@@ -136,8 +158,9 @@ class Heart:
         self._context = context
         self._max_message_size = max_message_size
         self._device: _EchoDevice | None = None
-        self._ctrl_url = ""
         self._url = ""
+        # start() and stop() from two threads run one at a time: each sees what the other did.
+        self._lifecycle = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -161,23 +184,26 @@ class Heart:
 
         Raises ValueError when the address cannot be bound, with nothing left running.
         """
+        with self._lifecycle:
+            self._start()
+
+    def _start(self) -> None:
         if self._device is not None:
             return
         context = self._context if self._context is not None else zmq.Context.instance()
-        self._ctrl_url = f"inproc://heartbeat-ctrl-{uuid.uuid4().hex}"
-        device = _EchoDevice(context, self._requested_url, self._ctrl_url)
-        # Linger 0: a heart being stopped has nothing worth delivering.
-        device.setsockopt_in(zmq.LINGER, 0)
-        device.setsockopt_ctrl(zmq.LINGER, 0)  # type: ignore[no-untyped-call]
-        device.setsockopt_mon(zmq.LINGER, 0)  # type: ignore[no-untyped-call]
+        options: list[tuple[int, Any]] = []
         if self._endpoint.is_ipv6:
-            device.setsockopt_in(zmq.IPV6, 1)
+            options.append((zmq.IPV6, 1))
         if self._max_message_size is not None:
-            device.setsockopt_in(zmq.MAXMSGSIZE, self._max_message_size)
+            options.append((zmq.MAXMSGSIZE, self._max_message_size))
         if self._curve_secretkey is not None:
-            device.setsockopt_in(zmq.CURVE_SERVER, 1)
-            device.setsockopt_in(zmq.CURVE_SECRETKEY, self._curve_secretkey)
-            device.setsockopt_in(zmq.CURVE_PUBLICKEY, zmq.curve_public(self._curve_secretkey))
+            options += [
+                (zmq.CURVE_SERVER, 1),
+                (zmq.CURVE_SECRETKEY, self._curve_secretkey),
+                (zmq.CURVE_PUBLICKEY, zmq.curve_public(self._curve_secretkey)),
+            ]
+        ctrl_url = f"inproc://heartbeat-ctrl-{uuid.uuid4().hex}"
+        device = _EchoDevice(context, self._requested_url, ctrl_url, options)
         device.start()
         device.launcher.name = "heartbeat-heart"
         if not device.ready.wait(_START_TIMEOUT):  # pragma: no cover - libzmq wedged
@@ -207,16 +233,20 @@ class Heart:
 
         The context is left alone, so a kernel's other sockets keep working.
         """
+        with self._lifecycle:
+            self._stop()
+
+    def _stop(self) -> None:
         device, self._device = self._device, None
         url, self._url = self._url, ""
         if device is None:
             return
-        context = device.context_factory()
+        context = device.context
         try:
             with context.socket(zmq.PAIR) as ctrl:
                 # Not linger 0: that could discard the command before the proxy reads it.
                 ctrl.linger = 1000
-                ctrl.connect(self._ctrl_url)
+                ctrl.connect(device.ctrl_url)
                 ctrl.send(b"TERMINATE")
                 # Keep our end open until the proxy has read the command and exited.
                 device.join(_STOP_TIMEOUT)

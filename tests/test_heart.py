@@ -238,3 +238,39 @@ def test_a_port_in_use_is_a_value_error(ctx: zmq.Context[Any]) -> None:
         with pytest.raises(ValueError, match="Address already in use"):
             Heart(first.url, context=ctx).start()
         assert ask(ctx, first.url, [b"ok"]) == [b"ok"]
+
+
+def heart_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "heartbeat-heart" and t.is_alive()]
+
+
+def test_a_heart_holds_the_echo_and_its_stop_socket_only(ctx: zmq.Context[Any]) -> None:
+    with Heart(context=ctx) as heart:
+        open_ = sorted(s.type for s in ctx._sockets if not s.closed)
+        assert ask(ctx, heart.url, [b"ok"]) == [b"ok"]
+    assert open_ == sorted([zmq.ROUTER, zmq.PAIR])  # no capture socket nobody reads
+    assert not [s for s in ctx._sockets if not s.closed]
+
+
+@pytest.mark.parametrize("calls", [("start", "start"), ("stop", "stop"), ("start", "stop")])
+def test_start_and_stop_from_two_threads_leave_one_echo_thread_or_none(
+    ctx: zmq.Context[Any], calls: tuple[str, str]
+) -> None:
+    for _ in range(20):
+        heart = Heart(context=ctx)
+        if "stop" in calls and calls[0] != "start":
+            heart.start()
+        together = threading.Barrier(2)
+
+        def call(name: str, heart: Heart = heart, together: threading.Barrier = together) -> None:
+            together.wait()
+            getattr(heart, name)()
+
+        threads = [threading.Thread(target=call, args=(name,)) for name in calls]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(heart_threads()) == (1 if heart.running else 0)
+        heart.stop()
+        assert heart_threads() == []
