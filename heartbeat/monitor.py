@@ -98,6 +98,7 @@ class HeartMonitor:
         "_nonce",
         "_on_event",
         "_rtts",
+        "_run",
         "_started_at",
         "_transport",
         "_url",
@@ -150,6 +151,8 @@ class HeartMonitor:
         self._nonce = b""
         self._rtts = RttWindow()
         self._started_at: float | None = None
+        # Counts start() and stop(): events of a run that a callback ended are not dispatched.
+        self._run = 0
         #: Round-trip time of the last beat, in seconds (None before any).
         self.last_rtt: float | None = None
 
@@ -236,6 +239,7 @@ class HeartMonitor:
         if self.running:
             raise RuntimeError(f"monitor of {self._url} is already running; stop() it first")
         self._transport = transport = self._factory.open(self._spec(), self)
+        self._run += 1
         self._callback = callback
         # A fresh nonce per run: replies to an earlier run's pings can never count in this one.
         self._nonce = os.urandom(_NONCE_BYTES)
@@ -249,6 +253,7 @@ class HeartMonitor:
     def stop(self) -> None:
         """Stop watching and close the transport; the callback will not be called. Idempotent."""
         self._callback = None
+        self._run += 1
         self._shutdown()
         self._dispatch(self._judge.stop())
 
@@ -306,7 +311,10 @@ class HeartMonitor:
             transport.close()
 
     def _dispatch(self, events: list[Event]) -> None:
+        run = self._run
         for event in events:
+            if self._run != run:
+                return  # a callback stopped (or restarted) the monitor: that run is over
             if isinstance(event, Ping):
                 if self._transport is not None:
                     self._transport.send(self._nonce + event.token.to_bytes(_TOKEN_BYTES, "big"))
@@ -316,7 +324,7 @@ class HeartMonitor:
                     self.last_rtt = event.rtt
             if self._on_event is not None:
                 _call_safely(self._log, "on_event callback", self._on_event, event)
-            if isinstance(event, Dead):
+            if isinstance(event, Dead) and self._run == run:
                 self._die(event)
 
     def _die(self, event: Dead) -> None:

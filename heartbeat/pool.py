@@ -22,11 +22,13 @@ decided by the pure :class:`~heartbeat._schedule.PoolSchedule`. This module does
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
 import resource
 import time
+import weakref
 from typing import Any
 
 import zmq
@@ -139,7 +141,8 @@ class HeartbeatPool:
     context:
         The zmq context; default ``zmq.Context.instance()``.
     io_loop:
-        The tornado IOLoop; default ``IOLoop.current()`` when the first member starts.
+        The tornado IOLoop; default ``IOLoop.current()`` when a member starts while the pool
+        watches nothing. Members start on the loop the pool is using (RuntimeError otherwise).
     batch:
         Seconds by which the shared timer may wake late so that members due close together
         are judged in one wake-up. Default None: a tenth of the shortest ping interval among
@@ -170,7 +173,10 @@ class HeartbeatPool:
         given = None if batch is None else _validate.number("batch", batch, allow_zero=True)
         self._schedule: PoolSchedule[_Member] = PoolSchedule(given, _PHASE_SIZE)
         self._context = context
-        self._io_loop = io_loop
+        # Weakly: a pool kept for a loop (``shared_pool``) must not keep a finished loop alive.
+        self._io_loop = None if io_loop is None else weakref.ref(io_loop)
+        # The loop in use, held only while a socket is open: a pool with nothing to watch
+        # takes the current loop again when a member next starts (a new asyncio.run(), say).
         self._loop: IOLoop | None = None
         self._channels: dict[bool, _Channel] = {}  # by "uses CURVE"
         self._members: dict[bytes, _Member] = {}
@@ -221,6 +227,12 @@ class HeartbeatPool:
 
     def open(self, heart: HeartSpec, listener: Listener) -> _Member:
         """Connect to ``heart`` through the pool's socket (its CURVE socket, with a key)."""
+        if self._loop is not None and self._io_loop is None and not self._on_pools_loop():
+            raise RuntimeError(
+                f"cannot watch {heart.url} from this event loop: the pool is watching "
+                f"{len(self._members)} hearts on another loop; start it there, or use a "
+                "pool of this loop's own"
+            )
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if heart.endpoint.transport != "inproc" and len(self._members) + _FD_MARGIN >= soft:
             raise OSError(
@@ -307,6 +319,14 @@ class HeartbeatPool:
 
     # -- sockets ---------------------------------------------------------------------------
 
+    def _on_pools_loop(self) -> bool:
+        """Whether the caller runs on the loop the pool is using (or on no running loop)."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return True  # not from a coroutine or a callback: the monitor's contract says who
+        return running is getattr(self._loop, "asyncio_loop", running)
+
     def _open_channel(self, curve: bool) -> _Channel:
         channel = self._channels.get(curve)
         if channel is not None:
@@ -323,7 +343,8 @@ class HeartbeatPool:
         )
         loop = self._loop
         if loop is None:
-            loop = self._loop = self._io_loop if self._io_loop is not None else IOLoop.current()
+            given = None if self._io_loop is None else self._io_loop()
+            loop = self._loop = given if given is not None else IOLoop.current()
         channel = self._channels[curve] = _Channel(socket, curve)
         loop.add_handler(channel.fd, self._on_readable, IOLoop.READ)
         return channel
@@ -337,6 +358,7 @@ class HeartbeatPool:
         if not self._channels:
             self._schedule.clear()
             self._set_timer()
+            self._loop = None
 
     def _close_channels(self) -> None:
         for channel in list(self._channels.values()):
@@ -403,6 +425,9 @@ class HeartbeatPool:
                 member = members.get(frames[0])
                 if member is not None and len(frames) == 3 and not frames[1]:
                     member.listener.payload_received(time.monotonic(), frames[2])
+                    if self._channels.get(channel.curve) is not channel:
+                        return  # its last member stopped from the reply's callback: closed
+
         except zmq.Again:
             return
         except zmq.ZMQError as exc:
