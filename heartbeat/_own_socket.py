@@ -16,15 +16,24 @@ import zmq
 from tornado.ioloop import IOLoop
 
 from heartbeat import _sockets
-from heartbeat._transport import HeartSpec, Listener
+from heartbeat.transport import HeartSpec, Listener
 
 # Plain ints: pyzmq's flag enums cost more to combine than the send itself, once a beat.
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _NOBLOCK = int(zmq.NOBLOCK)
 
 
+def own_socket(context: Any = None, io_loop: Any = None) -> OwnSocket:
+    """The monitor's default factory: a DEALER socket and a timer of the monitor's own.
+
+    ``context``: a zmq context (default ``zmq.Context.instance()``); ``io_loop``: a tornado
+    IOLoop (default ``IOLoop.current()`` at ``start()``). TypeError for anything else.
+    """
+    return OwnSocket(context, io_loop)
+
+
 class OwnSocket:
-    """The factory of :class:`SocketTransport` (the monitor's default, see ``own_socket``)."""
+    """The factory of :class:`SocketTransport` (the monitor's default)."""
 
     def __init__(self, context: zmq.Context[Any] | None, io_loop: IOLoop | None) -> None:
         if context is not None and not isinstance(context, zmq.Context):

@@ -2,7 +2,7 @@
 
 ``HeartMonitor`` turns the Judge's events into pings and verdicts and the transport's calls into
 Judge inputs. It imports no transport: it is given a factory (``transport=``, or ``pool=``; by
-default a socket of its own), see ``heartbeat/_transport.py``.
+default a socket of its own), see ``heartbeat/transport.py``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from heartbeat import _validate
 from heartbeat._judge import Beat, Dead, Event, Judge, Ping, State
+
+# The default transport is named here, where it is used; the monitor reaches any other only
+# through the interfaces of heartbeat.transport.
+from heartbeat._own_socket import own_socket
 from heartbeat._stats import RttStats, RttWindow
-from heartbeat._transport import HeartSpec, Transport, TransportFactory, own_socket
+from heartbeat.transport import HeartSpec, Transport, TransportFactory
 
 if TYPE_CHECKING:
     import zmq
@@ -77,7 +81,7 @@ class HeartMonitor:
         shares with the pool's other members (for watching many hearts); same rules.
         ``pool.watch(url)`` makes such a monitor.
     transport:
-        Any other :class:`~heartbeat._transport.TransportFactory` (a test's fake, say); default
+        Any other :class:`~heartbeat.transport.TransportFactory` (a test's fake, say); default
         a socket and a timer of the monitor's own, made with ``context`` and ``io_loop``.
     log:
         Where this monitor's lines go (its death, a failed socket, a raising callback): a

@@ -16,7 +16,7 @@ Members that use CURVE share a second socket: libzmq takes a socket's CURVE opti
 stand at each ``connect()``, so one socket reaches many CURVE hearts, each with its own server
 key, but a socket cannot go back to plain once it is a CURVE client.
 
-The pool is a :class:`~heartbeat._transport.TransportFactory`; which member is judged when is
+The pool is a :class:`~heartbeat.transport.TransportFactory`; which member is judged when is
 decided by the pure :class:`~heartbeat._schedule.PoolSchedule`. This module does the socket work.
 """
 
@@ -36,8 +36,8 @@ from tornado.ioloop import IOLoop
 
 from heartbeat import _sockets, _validate
 from heartbeat._schedule import PoolSchedule
-from heartbeat._transport import HeartSpec, Listener
 from heartbeat.monitor import HeartMonitor, Log, default_log
+from heartbeat.transport import HeartSpec, Listener
 
 # File descriptors left for everything else the process does.
 _FD_MARGIN = 64

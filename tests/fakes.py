@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from heartbeat._transport import HeartSpec, Listener
+from heartbeat.transport import HeartSpec, Listener
 
 
 @dataclass

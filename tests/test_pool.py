@@ -14,7 +14,7 @@ import zmq
 import zmq.asyncio
 
 from heartbeat import Dead, Heart, HeartbeatPool, HeartMonitor, State
-from heartbeat._transport import HeartSpec, Listener, Transport
+from heartbeat.transport import HeartSpec, Listener, Transport
 from tests.conftest import Kernel, free_port, run_python
 from tests.fakes import FakeFactory
 from tests.test_monitor import SLACK, Watch

@@ -5,15 +5,15 @@ A :class:`~heartbeat.monitor.HeartMonitor` owns no socket and no timer. It is gi
 monitor is made (bad settings fail before anything starts) and to
 :meth:`~TransportFactory.open` a :class:`Transport` at ``start()``; it closes the transport at
 ``stop()`` or death. The transport calls the monitor back through :class:`Listener`, on the
-loop. Two factories ship: a socket and timer of the monitor's own (the default, see
-:func:`own_socket`) and :class:`~heartbeat.pool.HeartbeatPool` (one socket and one timer for many
-monitors). Tests give a monitor a fake factory through the same door.
+loop. Two factories ship: a socket and timer of the monitor's own (the default) and
+:class:`~heartbeat.pool.HeartbeatPool` (one socket and one timer for many monitors). Tests give a
+monitor a fake factory through the same door. Typing only: this module imports no transport.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from heartbeat._validate import Endpoint
 
@@ -80,15 +80,3 @@ class TransportFactory(Protocol):
     def open(self, heart: HeartSpec, listener: Listener) -> Transport:
         """Start reaching ``heart`` for ``listener``; ValueError if the url cannot be
         connected, OSError if the process is out of sockets or file descriptors."""
-
-
-def own_socket(context: Any = None, io_loop: Any = None) -> TransportFactory:
-    """The default factory: a DEALER socket and a timer of the monitor's own.
-
-    ``context``: a zmq context (default ``zmq.Context.instance()``); ``io_loop``: a tornado
-    IOLoop (default ``IOLoop.current()`` at ``start()``). TypeError for anything else. The one
-    place that names a concrete transport for the monitor.
-    """
-    from heartbeat._own_socket import OwnSocket
-
-    return OwnSocket(context, io_loop)
