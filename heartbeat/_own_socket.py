@@ -53,7 +53,8 @@ class OwnSocket:
 
 
 class SocketTransport:
-    """One DEALER socket speaking REQ's envelope, watched by the loop, and one timer."""
+    """DEALER sockets speaking REQ's envelope, one for each path to the heart, watched by the
+    loop, and one timer. Pings take turns on the paths; every reply on any of them is read."""
 
     # A lone monitor keeps its own cadence.
     phase: float | None = None
@@ -65,42 +66,52 @@ class SocketTransport:
         loop: IOLoop,
         context: zmq.Context[Any] | None,
     ) -> None:
-        socket = _sockets.open_socket(
-            context,
-            zmq.DEALER,
-            what=f"cannot open a socket for {heart.url}",
-            interval=heart.interval,
-            ipv6=heart.endpoint.is_ipv6,
-            curve=heart.curve_serverkey is not None,
-        )
+        # One socket a path: libzmq makes one connection per endpoint on a DEALER socket.
+        sockets: list[zmq.Socket[Any]] = []
         try:
-            _sockets.connect(socket, heart.url, curve_serverkey=heart.curve_serverkey)
-        except ValueError:
-            socket.close(linger=0)
+            for _ in range(heart.paths):
+                socket = _sockets.open_socket(
+                    context,
+                    zmq.DEALER,
+                    what=_sockets.paths_named(f"cannot open a socket for {heart.url}", heart.paths),
+                    interval=heart.interval,
+                    ipv6=heart.endpoint.is_ipv6,
+                    curve=heart.curve_serverkey is not None,
+                )
+                sockets.append(socket)
+                _sockets.connect(socket, heart.url, curve_serverkey=heart.curve_serverkey)
+        except (ValueError, OSError, RuntimeError):
+            for socket in sockets:
+                socket.close(linger=0)
             raise
         self._listener = listener
         self._loop = loop
-        self._socket: zmq.Socket[Any] | None = socket
-        self._fd: int = socket.FD
+        self._sockets: list[zmq.Socket[Any]] = sockets
+        self._fds: list[int] = [socket.FD for socket in sockets]
+        self._turn = 0
         self._timer: object | None = None
-        loop.add_handler(self._fd, self._on_readable, IOLoop.READ)
+        for fd in self._fds:
+            loop.add_handler(fd, self._on_readable, IOLoop.READ)
 
     def send(self, payload: bytes) -> None:
-        """Send one ping; a full queue (the heart is not reading) drops it."""
-        socket = self._socket
-        if socket is None:
+        """Send one ping on the next path that takes it; if none does (no path is connected,
+        or every queue is full) it is dropped, and the Judge sees the silence."""
+        sockets = self._sockets
+        for i in range(len(sockets)):
+            socket = sockets[(self._turn + i) % len(sockets)]
+            try:
+                # The REQ envelope: whole or not at all (libzmq refuses a message on its first
+                # frame, never halfway).
+                socket.send(b"", _MORE)
+                socket.send(payload, _NOBLOCK)
+            except zmq.Again:
+                continue
+            except zmq.ZMQError as exc:
+                self._failed(exc)
+                return
+            self._turn = (self._turn + i + 1) % len(sockets)
+            _sockets.read_soon_if_waiting(socket, self._loop, self._read)
             return
-        try:
-            # The REQ envelope: whole or not at all (libzmq refuses a message on its first
-            # frame, never halfway).
-            socket.send(b"", _MORE)
-            socket.send(payload, _NOBLOCK)
-        except zmq.Again:
-            return  # the Judge will see the silence
-        except zmq.ZMQError as exc:
-            self._failed(exc)
-            return
-        _sockets.read_soon_if_waiting(socket, self._loop, self._read)
 
     def wake_at(self, deadline: float) -> None:
         """Set the one timer for ``deadline``."""
@@ -111,43 +122,42 @@ class SocketTransport:
         self._timer = self._loop.call_later(delay, self._on_timer)
 
     def close(self) -> None:
-        """Cancel the timer and close the socket. Idempotent."""
+        """Cancel the timer and close the sockets. Idempotent."""
         if self._timer is not None:
             self._loop.remove_timeout(self._timer)
             self._timer = None
-        socket, self._socket = self._socket, None
-        if socket is not None:
-            _sockets.close_watched(socket, self._loop, self._fd)
+        sockets, self._sockets = self._sockets, []
+        for socket, fd in zip(sockets, self._fds, strict=True):
+            _sockets.close_watched(socket, self._loop, fd)
 
     def _read(self) -> bool:
-        """Hand every reply waiting to the listener; False if the socket is gone."""
-        socket = self._socket
-        if socket is None:
-            return False
-        try:
-            while True:
-                frames = socket.recv_multipart(_NOBLOCK)
-                # An echo of our envelope; anything else is no reply to a ping of ours.
-                if len(frames) == 2 and not frames[0]:
-                    self._listener.payload_received(time.monotonic(), frames[1])
-                if self._socket is None:
-                    return False  # the listener stopped (a death, or stop()) meanwhile
-        except zmq.Again:
-            return True
-        except zmq.ZMQError as exc:
-            self._failed(exc)
-            return False
-        return True
+        """Hand every reply waiting on any path to the listener; False if the sockets are
+        gone."""
+        for socket in self._sockets:
+            try:
+                while True:
+                    frames = socket.recv_multipart(_NOBLOCK)
+                    # An echo of our envelope; anything else is no reply to a ping of ours.
+                    if len(frames) == 2 and not frames[0]:
+                        self._listener.payload_received(time.monotonic(), frames[1])
+                    if not self._sockets:
+                        return False  # the listener stopped (a death, or stop()) meanwhile
+            except zmq.Again:
+                continue
+            except zmq.ZMQError as exc:
+                self._failed(exc)
+                return False
+        return bool(self._sockets)
 
     def _on_readable(self, fd: int, events: int) -> None:
         self._read()
 
     def _on_timer(self) -> None:
         self._timer = None
-        # Flush before judging: a reply already in the socket is read before any verdict.
+        # Flush before judging: a reply already in a socket is read before any verdict.
         if self._read():
             self._listener.timer_due(time.monotonic())
 
     def _failed(self, exc: zmq.ZMQError) -> None:
-        self.close()  # so that a context.term() waiting on this socket can finish
+        self.close()  # so that a context.term() waiting on these sockets can finish
         self._listener.transport_failed(exc.strerror)

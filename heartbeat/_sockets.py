@@ -45,6 +45,12 @@ def socket_error(exc: zmq.ZMQError, context: zmq.Context[Any], what: str) -> Exc
     )
 
 
+def paths_named(what: str, paths: int) -> str:
+    """``what`` a socket is for, saying how many connections its heart is reached by (so that
+    the error for a process out of descriptors tells where they went)."""
+    return what if paths == 1 else f"{what} (one of its {paths} paths)"
+
+
 def reconnect_ivl(interval: float) -> int:
     """Milliseconds between reconnection attempts: 10 to 100, a quarter of the interval."""
     return int(min(100.0, max(10.0, interval * 250)))

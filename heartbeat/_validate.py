@@ -45,6 +45,28 @@ class Endpoint:
             return False
 
 
+#: Connections to a heart that is not on this machine, unless told otherwise. On a lossy link
+#: TCP retransmits a lost segment after a backoff that doubles each time (200 ms, 400 ms, ...),
+#: and every later ping on that connection waits behind it; a ping sent on a second connection
+#: does not (docs/lossy-links.md has the measurements behind two).
+REMOTE_PATHS = 2
+#: The most connections one monitor may make to its heart.
+MAX_PATHS = 8
+
+
+def paths(value: object, where: Endpoint) -> int:
+    """How many connections to make to the heart at ``where``: ``value``, or by default one on
+    this machine (loopback, ipc, inproc: nothing is lost there) and ``REMOTE_PATHS`` beyond."""
+    if value is None:
+        return 1 if where.is_loopback else REMOTE_PATHS
+    expected = f"an int from 1 to {MAX_PATHS} (connections to the heart) or None"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"paths must be {expected}, got {value!r}")
+    if not 1 <= value <= MAX_PATHS:
+        raise ValueError(f"paths must be {expected}, got {value!r}")
+    return value
+
+
 def number(name: str, value: object, *, allow_zero: bool = False) -> float:
     """Return ``value`` as a float if it is a finite positive number (or zero if allowed)."""
     expected = "a finite number >= 0" if allow_zero else "a finite number > 0"

@@ -83,6 +83,10 @@ class HeartMonitor:
     transport:
         Any other :class:`~heartbeat.transport.TransportFactory` (a test's fake, say); default
         a socket and a timer of the monitor's own, made with ``context`` and ``io_loop``.
+    paths:
+        How many TCP connections to make to the heart; pings take turns on them and a reply on
+        any is life, so a ping is not held up behind a retransmission on another connection (a
+        lossy link). Default: 1 to a heart on this machine, 2 beyond it. At most 8.
     log:
         Where this monitor's lines go (its death, a failed socket, a raising callback): a
         ``logging.Logger``, or a ``LoggerAdapter`` that adds context such as a kernel id.
@@ -101,6 +105,7 @@ class HeartMonitor:
         "_log",
         "_nonce",
         "_on_event",
+        "_paths",
         "_rtts",
         "_run",
         "_started_at",
@@ -123,8 +128,11 @@ class HeartMonitor:
         pool: TransportFactory | None = None,
         log: Log | None = None,
         transport: TransportFactory | None = None,
+        paths: int | None = None,
     ) -> None:
         self._endpoint = _validate.endpoint(url, bind=False)
+        _validate.paths(paths, self._endpoint)
+        self._paths = paths  # as asked: the default depends on the url, which may change
         self._curve_serverkey = (
             None
             if curve_serverkey is None
@@ -188,6 +196,11 @@ class HeartMonitor:
     def interval(self) -> float:
         """Seconds between pings."""
         return self._judge.interval
+
+    @property
+    def paths(self) -> int:
+        """How many connections this monitor makes to its heart."""
+        return _validate.paths(self._paths, self._endpoint)
 
     @property
     def stall_after(self) -> float:
@@ -302,6 +315,7 @@ class HeartMonitor:
             time_to_dead=self.time_to_dead,
             interval=self.interval,
             stall_after=self.stall_after,
+            paths=self.paths,
         )
 
     def _wake(self) -> None:

@@ -96,21 +96,32 @@ class _Channel:
 class _Member:
     """A member's transport: its routing id and socket in the pool (a ``Transport``)."""
 
-    __slots__ = ("channel", "closed", "curve_serverkey", "listener", "phase", "pool", "rid", "url")
+    __slots__ = (
+        "channel",
+        "closed",
+        "curve_serverkey",
+        "listener",
+        "phase",
+        "pool",
+        "rids",
+        "turn",
+        "url",
+    )
 
     def __init__(
         self,
         pool: HeartbeatPool,
         listener: Listener,
         heart: HeartSpec,
-        rid: bytes,
+        rids: list[bytes],
         channel: _Channel,
     ) -> None:
         self.pool = pool
         self.listener = listener
         self.url = heart.url
         self.curve_serverkey = heart.curve_serverkey
-        self.rid = rid
+        self.rids = rids  # one routing id a path: one connection each
+        self.turn = 0  # the path the next ping takes
         self.channel = channel
         self.phase: float | None = None  # the pool sets it once the member has joined
         self.closed = False
@@ -179,7 +190,8 @@ class HeartbeatPool:
         # takes the current loop again when a member next starts (a new asyncio.run(), say).
         self._loop: IOLoop | None = None
         self._channels: dict[bool, _Channel] = {}  # by "uses CURVE"
-        self._members: dict[bytes, _Member] = {}
+        self._members: dict[bytes, _Member] = {}  # by routing id: a member has one a path
+        self._watching = 0
         self._ids = itertools.count(1)
         self._timer: object | None = None
         self._timer_at: float | None = None
@@ -188,7 +200,7 @@ class HeartbeatPool:
 
     def __len__(self) -> int:
         """How many members are watching now."""
-        return len(self._members)
+        return self._watching
 
     @property
     def batch(self) -> float | None:
@@ -215,7 +227,7 @@ class HeartbeatPool:
 
     def close(self) -> None:
         """Stop every member and close the sockets. Idempotent."""
-        for member in list(self._members.values()):
+        for member in dict.fromkeys(self._members.values()):
             member.listener.transport_closed()
         self._close_channels()
 
@@ -230,39 +242,50 @@ class HeartbeatPool:
         if self._loop is not None and self._io_loop is None and not self._on_pools_loop():
             raise RuntimeError(
                 f"cannot watch {heart.url} from this event loop: the pool is watching "
-                f"{len(self._members)} hearts on another loop; start it there, or use a "
+                f"{self._watching} hearts on another loop; start it there, or use a "
                 "pool of this loop's own"
             )
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if heart.endpoint.transport != "inproc" and len(self._members) + _FD_MARGIN >= soft:
+        connections = len(self._members)
+        if heart.endpoint.transport != "inproc" and connections + heart.paths + _FD_MARGIN > soft:
             raise OSError(
-                f"cannot watch {heart.url}: {len(self._members)} hearts are watched and each "
-                f"needs a file descriptor; this process may open {soft} (the RLIMIT_NOFILE soft "
-                "limit, 'ulimit -n'): raise it"
+                f"cannot watch {heart.url} over {heart.paths} paths: {self._watching} hearts "
+                f"are watched over {connections} connections, and each connection needs a "
+                f"file descriptor; this process may open {soft} (the RLIMIT_NOFILE soft limit, "
+                "'ulimit -n'): raise it, or watch with fewer paths"
             )
         channel = self._open_channel(curve=heart.curve_serverkey is not None)
         url = channel.urls.get(heart.url)
-        rid = None if url is None else url.take_idle(heart.curve_serverkey)
-        if rid is None:
-            rid = b"hb" + next(self._ids).to_bytes(8, "big")
-            try:
-                _sockets.connect(
-                    channel.socket,
-                    heart.url,
-                    curve_serverkey=heart.curve_serverkey,
-                    routing_id=rid,
-                )
-            except ValueError:
-                if not channel.members:
-                    self._close_channel(channel)
-                raise
         if url is None:
             url = channel.urls[heart.url] = _Url()
+        rids: list[bytes] = []
+        try:
+            for _ in range(heart.paths):
+                rid = url.take_idle(heart.curve_serverkey)
+                if rid is None:
+                    rid = b"hb" + next(self._ids).to_bytes(8, "big")
+                    _sockets.connect(
+                        channel.socket,
+                        heart.url,
+                        curve_serverkey=heart.curve_serverkey,
+                        routing_id=rid,
+                    )
+                rids.append(rid)
+        except ValueError:
+            if url.members:
+                url.idle += [(rid, heart.curve_serverkey) for rid in rids]
+            else:
+                del channel.urls[heart.url]
+            if not channel.members:
+                self._close_channel(channel)
+            raise
         url.members += 1
         channel.members += 1
-        member = _Member(self, listener, heart, rid, channel)
+        self._watching += 1
+        member = _Member(self, listener, heart, rids, channel)
         member.phase = self._schedule.join(member, heart.interval, time.monotonic())
-        self._members[rid] = member
+        for rid in rids:
+            self._members[rid] = member
         return member
 
     # -- what members call -----------------------------------------------------------------
@@ -273,11 +296,14 @@ class HeartbeatPool:
         if self._channels.get(channel.curve) is not channel:
             return
         send = channel.socket.send
+        rids = member.rids
+        rid = rids[member.turn]
+        member.turn = (member.turn + 1) % len(rids)  # the next ping takes the next path
         try:
             # The empty frame makes it a REQ-style envelope, which every heart echoes back.
             # A ROUTER drops a whole message to a peer it cannot reach now (not connected,
             # queue full) and never blocks, so no partial message is left behind.
-            send(member.rid, _MORE)
+            send(rid, _MORE)
             send(b"", _MORE)
             send(payload, _NOBLOCK)
         except zmq.Again:
@@ -298,13 +324,15 @@ class HeartbeatPool:
         """``member`` stops: its url is disconnected once no member watches it, and a socket
         nobody uses is closed."""
         self._schedule.leave(member)
-        self._members.pop(member.rid, None)
+        for rid in member.rids:
+            self._members.pop(rid, None)
+        self._watching -= 1
         channel = member.channel
         channel.members -= 1
         url = channel.urls[member.url]
         url.members -= 1
         if url.members:
-            url.idle.append((member.rid, member.curve_serverkey))
+            url.idle += [(rid, member.curve_serverkey) for rid in member.rids]
         else:
             del channel.urls[member.url]
         if self._channels.get(channel.curve) is channel:
@@ -366,7 +394,7 @@ class HeartbeatPool:
 
     def _channel_failed(self, channel: _Channel, exc: zmq.ZMQError) -> None:
         self._log.error("heartbeat pool stopped: its socket failed (%s)", exc.strerror)
-        for member in list(self._members.values()):
+        for member in dict.fromkeys(self._members.values()):
             if member.channel is channel:
                 member.listener.transport_failed(exc.strerror)
         self._close_channel(channel)

@@ -30,6 +30,9 @@ class HeartSpec:
     interval: float
     #: How late a timer may fire before the monitor counts it as its own stall.
     stall_after: float
+    #: How many connections to make to the heart; the pings are spread across them, and a
+    #: reply on any of them is life.
+    paths: int = 1
 
 
 class Listener(Protocol):
