@@ -47,9 +47,10 @@ class Endpoint:
 
 #: Connections to a heart that is not on this machine, unless told otherwise. On a lossy link
 #: TCP retransmits a lost segment after a backoff that doubles each time (200 ms, 400 ms, ...),
-#: and every later ping on that connection waits behind it; a ping sent on a second connection
-#: does not (docs/lossy-links.md has the measurements behind two).
-REMOTE_PATHS = 2
+#: and every later ping on that connection waits behind it; a ping sent on another connection
+#: does not. With the monitor's default interval of ttd / (2 * paths), four give a heart eight
+#: chances a time_to_dead (docs/lossy-links.md has the measurements behind four).
+REMOTE_PATHS = 4
 #: The most connections one monitor may make to its heart.
 MAX_PATHS = 8
 

@@ -65,7 +65,9 @@ class HeartMonitor:
     first_beat:
         Seconds of grace after ``start()`` for the kernel to come up; 0 for none.
     interval:
-        Seconds between pings; default and maximum ``time_to_dead / 2``.
+        Seconds between pings; at most ``time_to_dead / 2``. Default ``time_to_dead / 2``
+        over one path, ``time_to_dead / (2 * paths)`` over several (each connection still
+        carries a ping every ``time_to_dead / 2``).
     context:
         The zmq context for the socket; default ``zmq.Context.instance()``.
     io_loop:
@@ -86,7 +88,8 @@ class HeartMonitor:
     paths:
         How many TCP connections to make to the heart; pings take turns on them and a reply on
         any is life, so a ping is not held up behind a retransmission on another connection (a
-        lossy link). Default: 1 to a heart on this machine, 2 beyond it. At most 8.
+        lossy link: docs/lossy-links.md). Default: 1 to a heart on this machine (loopback,
+        ipc, inproc), ``REMOTE_PATHS`` beyond it. At most 8.
     log:
         Where this monitor's lines go (its death, a failed socket, a raising callback): a
         ``logging.Logger``, or a ``LoggerAdapter`` that adds context such as a kernel id.
@@ -101,6 +104,7 @@ class HeartMonitor:
         "_curve_serverkey",
         "_endpoint",
         "_factory",
+        "_interval",
         "_judge",
         "_log",
         "_nonce",
@@ -138,7 +142,8 @@ class HeartMonitor:
             if curve_serverkey is None
             else _validate.curve_key("curve_serverkey", curve_serverkey)
         )
-        self._judge = Judge(time_to_dead, first_beat, interval)
+        self._interval = interval  # as asked: the default depends on the paths
+        self._judge = self._new_judge(time_to_dead, first_beat)
         # Checked whether used or not, so a wrong one is always named.
         own = own_socket(context, io_loop)
         if pool is not None and not isinstance(pool, TransportFactory):
@@ -179,8 +184,12 @@ class HeartMonitor:
     def url(self, url: str) -> None:
         if self.running:
             raise RuntimeError(f"cannot change url of a running monitor (watching {self._url})")
-        self._endpoint = _validate.endpoint(url, bind=False)
+        endpoint = _validate.endpoint(url, bind=False)
+        paths = self.paths
+        self._endpoint = endpoint
         self._url = url
+        if self.paths != paths and self._interval is None:
+            self._judge = self._new_judge(self.time_to_dead, self.first_beat)
 
     @property
     def time_to_dead(self) -> float:
@@ -306,6 +315,13 @@ class HeartMonitor:
         self.stop()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _new_judge(self, time_to_dead: float, first_beat: float) -> Judge:
+        judge = Judge(time_to_dead, first_beat, self._interval)  # checks the numbers
+        paths = self.paths
+        if self._interval is None and paths > 1:
+            judge = Judge(time_to_dead, first_beat, judge.time_to_dead / (2 * paths))
+        return judge
 
     def _spec(self) -> HeartSpec:
         return HeartSpec(

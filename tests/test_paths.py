@@ -13,6 +13,7 @@ import pytest
 import zmq
 
 from heartbeat import HeartbeatPool, HeartMonitor
+from heartbeat._validate import REMOTE_PATHS
 
 
 class CountingHeart:
@@ -63,14 +64,25 @@ def connections_to(port: int) -> int:
         ("tcp://localhost:5555", 1),
         ("ipc:///tmp/heart", 1),
         ("inproc://heart", 1),
-        ("tcp://192.0.2.1:5555", 2),
-        ("tcp://kernel-host.example:5555", 2),
+        ("tcp://192.0.2.1:5555", REMOTE_PATHS),
+        ("tcp://kernel-host.example:5555", REMOTE_PATHS),
     ],
 )
-def test_one_path_on_this_machine_and_two_beyond_it_by_default(url: str, expected: int) -> None:
+def test_one_path_on_this_machine_and_several_beyond_it_by_default(url: str, expected: int) -> None:
     assert HeartMonitor(url).paths == expected
     assert HeartbeatPool().watch(url).paths == expected
     assert HeartMonitor(url, paths=3).paths == 3
+
+
+def test_over_several_paths_each_connection_is_pinged_every_half_ttd_by_default() -> None:
+    assert HeartMonitor("tcp://127.0.0.1:5555", time_to_dead=3.0).interval == 1.5
+    assert HeartMonitor("tcp://127.0.0.1:5555", time_to_dead=3.0, paths=3).interval == 0.5
+    assert HeartMonitor("tcp://192.0.2.1:5555", time_to_dead=2.0).interval == 1 / REMOTE_PATHS
+    given = HeartMonitor("tcp://192.0.2.1:5555", time_to_dead=2.0, interval=0.7)
+    assert given.interval == 0.7
+    moved = HeartMonitor("tcp://192.0.2.1:5555", time_to_dead=2.0)
+    moved.url = "tcp://127.0.0.1:5555"  # a heart on this machine: one path, the usual pace
+    assert (moved.paths, moved.interval) == (1, 1.0)
 
 
 @pytest.mark.parametrize(
