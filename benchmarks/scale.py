@@ -21,6 +21,11 @@ process) is killed mid-run to measure detection latency. Usage::
     python -m benchmarks.scale --sizes 200 --duration 5 --kinds pool bare   # CI smoke
     python -m benchmarks.scale --sizes 10000 --duration 300 --kinds pool    # the soak
     python -m benchmarks.scale --sizes 1000 --kinds pool bare hbchannel --rounds 5  # goals
+    python -m benchmarks.scale --sizes 1000 --kinds pool --paths 1 2 4 --start staggered
+
+``--paths``: the pool measured with each number of connections a heart (``pool/N``, at the
+default interval for N paths, ttd / (2 N): each connection pinged every second, the heart N
+times a second); the ``fds`` column counts the process's open file descriptors.
 """
 
 from __future__ import annotations
@@ -121,7 +126,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     ranges = any("cpu_range" in r for r in rows)
     head = (
         f"{'hearts':>7} {'kind':<13} {'start':<10} {'cpu %':>7} {'rss MiB':>8} {'beats/s':>8} "
-        f"{'false deaths':>12} {'detect s':>9} {'silent s':>9}"
+        f"{'false deaths':>12} {'detect s':>9} {'silent s':>9} {'fds':>6}"
     ) + (f" {'cpu % range':>12}" if ranges else "")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -130,6 +135,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         line = (
             f"{r['n']:>7} {r['kind']:<13} {r['start']:<10} {r['cpu']:>7.1f} {r['rss']:>8.0f} "
             f"{r['beats_per_s']:>8.0f} {r['false_deaths']:>12} {detect:>9} {silent:>9}"
+            f" {r.get('fds', 0):>6}"
         )
         if ranges:
             low, high = r.get("cpu_range", (r["cpu"], r["cpu"]))
@@ -232,6 +238,9 @@ def main() -> int:
     parser.add_argument("--start", nargs="+", choices=STARTS, default=list(STARTS))
     parser.add_argument("--duration", type=float, default=15.0, help="seconds measured")
     parser.add_argument(
+        "--paths", type=int, nargs="+", default=[1], help="the pool with each number of paths"
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -249,9 +258,18 @@ def main() -> int:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
     rows = []
     for n in args.sizes:
+        kinds = [
+            labelled
+            for kind in args.kinds
+            for labelled in (
+                [kind if p == 1 else f"{kind}/{p}" for p in args.paths]
+                if kind == "pool"
+                else [kind]
+            )
+        ]
         configs = [
             (kind, start)
-            for kind in args.kinds
+            for kind in kinds
             if n <= LIMITS.get(kind, n)
             for start in (["-"] if kind == "bare" else args.start)
         ]
@@ -306,13 +324,15 @@ async def measure(
 ) -> dict[str, Any]:
     zmq.Context.instance().set(zmq.MAX_SOCKETS, 100_000)
     state: dict[str, Any] = {"beats": 0, "deaths": set(), "victim_dead": None}
+    base, _, paths = kind.partition("/")
+    state["paths"] = int(paths or 1)
     setup = {
         "pool": setup_pool,
         "kernelmanager": setup_kernel_managers,
         "bare": setup_bare,
         "monitor": setup_monitors,
         "hbchannel": setup_hbchannels,
-    }[kind]
+    }[base]
     starts, stop = setup([*urls, victim], victim, state)
     if start == "staggered":
         group = max(1, len(starts) // 200)  # 200 steps: each a few ms, well above timer grain
@@ -337,6 +357,7 @@ async def measure(
     await asyncio.sleep(1.0)
     false_deaths = len(state["deaths"] - {victim})
     rss = rss_mib()
+    fds = len(os.listdir("/proc/self/fd"))
     stop()
     return {
         "n": len(urls),
@@ -348,6 +369,7 @@ async def measure(
         "false_deaths": false_deaths,
         "detect": None if state["victim_dead"] is None else state["victim_dead"] - killed,
         "silent": state.get("silent"),
+        "fds": fds,
     }
 
 
@@ -382,12 +404,14 @@ def setup_pool(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
     from heartbeat import HeartbeatPool
 
     pool = HeartbeatPool()
+    paths = state["paths"]
     monitors = [
         pool.watch(
             url,
             time_to_dead=2.0,
             first_beat=3.0,
-            interval=1.0,
+            interval=1.0 / paths,  # the default for that many paths: ttd / (2 * paths)
+            paths=paths,
             on_event=_victim_events(state, url, victim),
         )
         for url in urls
