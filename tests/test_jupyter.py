@@ -10,12 +10,14 @@ import os
 import signal
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from jupyter_client import BlockingKernelClient, KernelManager
+from jupyter_client import AsyncKernelManager, BlockingKernelClient, KernelManager
 from jupyter_client.channelsabc import HBChannelABC
+from jupyter_client.provisioning.factory import KernelProvisionerFactory
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from jupyter_client.threaded import ThreadedKernelClient
 from traitlets import TraitError
 from traitlets.config.loader import KVArgParseConfigLoader
@@ -27,8 +29,9 @@ from heartbeat.jupyter import (
     HeartbeatKernelRestarter,
 )
 from heartbeat.jupyter.kernel import shared_pool
+from heartbeat.jupyter.provisioner import HeartbeatProvisioner
 from heartbeat.probe import ping
-from tests.conftest import run_python, wait_for
+from tests.conftest import process_state, run_python, stranger, wait_for
 from tests.test_monitor import SLACK
 
 HOLD_GIL = "import ctypes; ctypes.PyDLL(None).usleep({us})"
@@ -417,3 +420,122 @@ def test_the_sync_manager_kills_and_restarts_a_frozen_kernel_its_client_sees_the
     with pytest.raises(ProcessLookupError):
         os.kill(seen["old"], 0)  # killed and reaped
     assert seen == {"old": seen["old"], "client_alive": False, "deaths": 1}
+
+
+# -- a provisioner's pid that is not our child ---------------------------------------------------
+
+
+class StrangersPid(LocalProvisioner):
+    """Launches the kernel here as a LocalProvisioner does, then reports as its ``pid`` another
+    local process's, as a remote provisioner reports the kernel's pid on another host."""
+
+    stranger = 0
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+        info = await super().launch_kernel(cmd, **kwargs)
+        self.pid = self.stranger
+        return info
+
+
+class HeartbeatStrangersPid(HeartbeatProvisioner):
+    """The same, watching the heart itself (the ``python3-heartbeat`` kernel spec's way)."""
+
+    stranger = 0
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+        info = await super().launch_kernel(cmd, **kwargs)
+        self.pid = self.stranger
+        return info
+
+
+def provisioned_by(
+    monkeypatch: pytest.MonkeyPatch, cls: type[LocalProvisioner], **settings: Any
+) -> None:
+    """Every kernel manager started from now on gets a ``cls`` provisioner."""
+
+    def create(kernel_id: str, kernel_spec: Any, parent: Any) -> LocalProvisioner:
+        return cls(kernel_id=kernel_id, kernel_spec=kernel_spec, parent=parent, **settings)
+
+    monkeypatch.setattr(KernelProvisionerFactory.instance(), "create_provisioner_instance", create)
+
+
+async def freeze_the_launched_kernel(km: Any, client: Any, beaten: Callable[[], bool]) -> int:
+    """Wait for the kernel's heart, then SIGSTOP the process the provisioner launched (our
+    child, whatever pid the provisioner reports)."""
+    client.start_channels()
+    await client.wait_for_ready(timeout=60)
+    end = time.monotonic() + 30
+    while not beaten():
+        assert time.monotonic() < end, "the heart never answered"
+        await asyncio.sleep(0.05)
+    pid = int(km.provisioner.process.pid)
+    os.kill(pid, signal.SIGSTOP)
+    return pid
+
+
+def test_a_heart_death_never_signals_a_pid_that_is_not_our_child_and_is_still_reported(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(stranger: int) -> tuple[str, bool, int, str | None]:
+        StrangersPid.stranger = stranger
+        provisioned_by(monkeypatch, StrangersPid)
+        km = HeartbeatKernelManager(
+            kernel_name="python3", time_to_dead=1.0, first_beat=1.0, autorestart=False
+        )
+        await km.start_kernel()
+        client = km.client()
+        try:
+            assert km.provisioner is not None and km.provisioner.pid == stranger
+            process = km.provisioner.process  # type: ignore[attr-defined]
+            await freeze_the_launched_kernel(km, client, lambda: km.heart_has_beaten)
+            await seen_dead(client)
+            # Killed through its provisioner: the process it launched, by its process group.
+            end = time.monotonic() + 30
+            while process.poll() is None:
+                assert time.monotonic() < end, "the frozen kernel was not killed"
+                await asyncio.sleep(0.05)
+            return km.kernel_id, await km.is_alive(), km.deaths, process_state(stranger)
+        finally:
+            client.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    with caplog.at_level(logging.INFO), stranger() as pid_of_stranger:
+        kernel_id, alive, deaths, state = asyncio.run(scenario(pid_of_stranger))
+        assert state in ("R", "S"), state  # the stranger survived
+    assert not alive and deaths == 1
+    [death] = [r for r in caplog.records if "is dead" in r.getMessage()]
+    text = death.getMessage()
+    assert text.startswith(f"Kernel {kernel_id}: heart at tcp://"), text
+    assert "killing it through its provisioner" in text and str(pid_of_stranger) not in text, text
+
+
+def test_the_provisioner_never_signals_a_pid_that_is_not_our_child(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(stranger: int) -> tuple[bool, str | None]:
+        HeartbeatStrangersPid.stranger = stranger
+        provisioned_by(monkeypatch, HeartbeatStrangersPid, time_to_dead=1.0, first_beat=1.0)
+        km = AsyncKernelManager(kernel_name="python3")
+        await km.start_kernel()
+        client = km.client()
+        try:
+            provisioner = km.provisioner
+            assert isinstance(provisioner, HeartbeatStrangersPid)
+            monitor = provisioner._monitor
+            assert monitor is not None
+            await freeze_the_launched_kernel(km, client, lambda: monitor.stats.count > 0)
+            end = time.monotonic() + 30
+            while await km.is_alive():  # found dead: killed through the provisioner
+                assert time.monotonic() < end, "the frozen kernel was not killed"
+                await asyncio.sleep(0.05)
+            return await km.is_alive(), process_state(stranger)
+        finally:
+            client.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    with caplog.at_level(logging.INFO), stranger() as pid_of_stranger:
+        alive, state = asyncio.run(scenario(pid_of_stranger))
+        assert state in ("R", "S"), state
+    assert not alive
+    [death] = [r for r in caplog.records if "is dead" in r.getMessage()]
+    assert "killing it through its provisioner" in death.getMessage(), death.getMessage()
