@@ -4,16 +4,19 @@ ipykernel."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
 import signal
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import zmq
 from jupyter_client import AsyncKernelManager, BlockingKernelClient, KernelManager
 from jupyter_client.channelsabc import HBChannelABC
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
@@ -169,6 +172,50 @@ def test_bad_settings_fail_in_start_not_in_the_thread() -> None:
 
 
 # -- the kernel manager -------------------------------------------------------------------------
+
+
+def raised_by_start(hb: HBChannel) -> BaseException | None:
+    """What ``hb.start()`` raised, or None; started from a thread of its own, so a start that
+    blocks fails the test instead of stalling it."""
+    outcome: list[BaseException | None] = []
+
+    def start() -> None:
+        try:
+            hb.start()
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    starter = threading.Thread(target=start, name="test-starter", daemon=True)
+    starter.start()
+    starter.join(30)
+    assert not starter.is_alive(), "HBChannel.start() blocked"
+    return outcome[0]
+
+
+def test_a_bad_curve_key_reaches_the_caller_of_start_and_leaves_no_thread() -> None:
+    hb = HBChannel(None, None, "tcp://127.0.0.1:5555", curve_serverkey=b"not-a-key")
+    error = raised_by_start(hb)
+    assert isinstance(error, ValueError) and "curve_serverkey" in str(error), error
+    assert not hb.is_alive() and not hb.is_beating()
+    hb.stop()  # still idempotent
+
+
+def test_a_socket_that_cannot_be_opened_reaches_the_caller_of_start_and_leaves_no_thread() -> None:
+    context: zmq.Context[Any] = zmq.Context()
+    context.set(zmq.MAX_SOCKETS, 1)
+    taken = context.socket(zmq.REQ)  # the context's one socket: the channel's cannot be opened
+    try:
+        hb = HBChannel(context, None, "tcp://127.0.0.1:5555")
+        error = raised_by_start(hb)
+        assert isinstance(error, OSError) and error.errno == errno.EMFILE, error
+        assert "zmq.MAX_SOCKETS" in str(error)
+        assert not hb.is_alive()
+        hb.stop()
+    finally:
+        taken.close()
+        context.term()
 
 
 def test_time_to_dead_and_first_beat_are_configurable_like_any_jupyter_option() -> None:
