@@ -586,3 +586,76 @@ def test_the_provisioner_never_signals_a_pid_that_is_not_our_child(
     assert not alive
     [death] = [r for r in caplog.records if "is dead" in r.getMessage()]
     assert "killing it through its provisioner" in death.getMessage(), death.getMessage()
+
+
+# -- the sync manager's _async_is_alive, which jupyter_client itself calls ----------------------
+
+SYNC_MANAGER_SLOW_KILL = textwrap.dedent(
+    """
+    import asyncio, json, os, signal, threading, time
+    from jupyter_client import BlockingKernelClient
+    from jupyter_client.provisioning.factory import KernelProvisionerFactory
+    from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+    from heartbeat.jupyter import HeartbeatIOLoopKernelManager
+
+    class SlowRemote(LocalProvisioner):
+        # Launches here, but knows no local pid and kills slowly, like a remote provisioner
+        # deleting a pod: for a while the heart is dead and the process still there. A
+        # threading.Event: the sync manager's calls may run on a helper thread's loop.
+        released = threading.Event()
+
+        async def launch_kernel(self, cmd, **kwargs):
+            info = await super().launch_kernel(cmd, **kwargs)
+            self.pid = None
+            return info
+
+        async def kill(self, restart=False):
+            while not SlowRemote.released.is_set():
+                await asyncio.sleep(0.05)
+            await super().kill(restart)
+
+    KernelProvisionerFactory.instance().create_provisioner_instance = (
+        lambda kernel_id, kernel_spec, parent: SlowRemote(
+            kernel_id=kernel_id, kernel_spec=kernel_spec, parent=parent
+        )
+    )
+
+    async def until(condition, what):
+        end = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < end, what
+            await asyncio.sleep(0.05)
+
+    async def main():
+        km = HeartbeatIOLoopKernelManager(
+            kernel_name="python3", time_to_dead=1.0, first_beat=1.0, autorestart=False
+        )
+        km.start_kernel()
+        # A stock client asks the manager's _async_is_alive(), not its is_alive().
+        client = BlockingKernelClient(parent=km)
+        process = km.provisioner.process
+        try:
+            await until(lambda: km.heart_has_beaten, "the heart never answered")
+            os.kill(process.pid, signal.SIGSTOP)
+            await until(lambda: km.deaths == 1, "no death")
+            return {
+                "process_there": process.poll() is None,
+                "is_alive": km.is_alive(),
+                "stock_client_is_alive": client.is_alive(),
+            }
+        finally:
+            SlowRemote.released.set()
+            await until(lambda: process.poll() is not None, "not killed by its provisioner")
+            km.shutdown_kernel(now=True)
+
+    print(json.dumps(asyncio.run(main())))
+    """
+)
+
+
+def test_a_dead_heart_is_dead_to_jupyter_clients_own_async_is_alive_in_the_sync_manager() -> None:
+    # In a process of its own, as the sync manager test above.
+    result = run_python(SYNC_MANAGER_SLOW_KILL, timeout=120)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert seen == {"process_there": True, "is_alive": False, "stock_client_is_alive": False}

@@ -145,6 +145,13 @@ class _HeartbeatMixin(HeartbeatSettings):
         manager's steps block its loop, so they cannot overlap."""
         return contextlib.nullcontext()
 
+    async def _async_is_alive(self) -> bool:
+        # What jupyter_client itself asks, for the sync manager too (its clients' is_alive(),
+        # waiting for a shutdown): a dead heart is a dead kernel there as well.
+        if self._heart_dead:
+            return False
+        return bool(await super()._async_is_alive())  # type: ignore[misc]
+
     def note_death(self) -> None:
         """Count the current kernel's death once (the restarter and the heart both see it)."""
         if not self._death_noted:
@@ -310,12 +317,7 @@ class HeartbeatKernelManager(_HeartbeatMixin, _AsyncBase):
 
     _steps = Instance(OneAtATime, args=())
 
-    async def _async_is_alive(self) -> bool:
-        if self._heart_dead:
-            return False
-        return bool(await super()._async_is_alive())
-
-    is_alive = _async_is_alive  # type: ignore[assignment]  # as AsyncKernelManager does
+    is_alive = _HeartbeatMixin._async_is_alive  # type: ignore[assignment]  # as AsyncKernelManager does
 
     def lifecycle(self) -> AbstractAsyncContextManager[None]:
         """Held by each step of the kernel's lifecycle (start, restart, shutdown, clean-up and
