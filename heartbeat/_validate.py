@@ -120,6 +120,15 @@ def _z85(raw: bytes) -> bytes:
     return bytes(out)
 
 
+#: What a CURVE key in text should look like, as every error about one says it.
+EXPECTED_CURVE_KEY = "a 40-character Z85 CURVE key (as zmq.curve_keypair() makes)"
+
+
+def is_z85_key(value: bytes) -> bool:
+    """True for 40 bytes of the Z85 alphabet: a CURVE key that zmq can decode."""
+    return len(value) == 40 and all(byte in _Z85 for byte in value)
+
+
 def curve_key(name: str, value: object) -> bytes:
     """Return a CURVE key as 40 Z85 bytes; accepts Z85 (str or bytes) or 32 raw bytes."""
     if isinstance(value, str):
@@ -130,7 +139,9 @@ def curve_key(name: str, value: object) -> bytes:
         return _z85(value)
     if len(value) != 40:
         raise ValueError(
-            f"{name} must be a 40-character Z85 CURVE key (as zmq.curve_keypair() makes) "
-            f"or 32 raw bytes, got {len(value)} bytes"
+            f"{name} must be {EXPECTED_CURVE_KEY} or 32 raw bytes, got {len(value)} bytes"
         )
+    if not is_z85_key(value):
+        # zmq would refuse it at connect() with a bare EINVAL, as if the url were wrong.
+        raise ValueError(f"{name} must be {EXPECTED_CURVE_KEY}: {value!r} is not Z85")
     return value

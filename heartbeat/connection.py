@@ -47,8 +47,22 @@ def hb_url(info: dict[str, object], source: str) -> Target:
     # Jupyter names ipc endpoints '<ip>-<port>'.
     url = f"tcp://{ip}:{port}" if transport == "tcp" else f"ipc://{ip}-{port}"
     _validate.endpoint(url, bind=False)
+    return Target(url, _curve_publickey(info, source))
+
+
+def _curve_publickey(info: dict[str, object], source: str) -> bytes | None:
+    """The heart's CURVE key in a connection file: 40 Z85 characters, or absent or empty
+    (no CURVE); ValueError names any other value, which is a config error, not a dead kernel.
+    """
     key = info.get("curve_publickey")
-    return Target(url, key.encode() if isinstance(key, str) and key else None)
+    if key is None or key == "":
+        return None
+    # Text only: 32 characters are no raw key (curve_key() would take 32 bytes as one).
+    if isinstance(key, str) and key.isascii() and _validate.is_z85_key(key.encode("ascii")):
+        return key.encode("ascii")
+    raise ValueError(
+        f"{source} has curve_publickey {key!r}: expected {_validate.EXPECTED_CURVE_KEY}"
+    )
 
 
 def read_connection_file(path: str | Path) -> Target:

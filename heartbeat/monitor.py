@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from heartbeat import _validate
 from heartbeat._judge import Beat, Dead, Event, Judge, Ping, State
@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 #: Where the library's lines go unless a ``log`` is given.
 default_log = logging.getLogger("heartbeat")
 
-#: A logger, or an adapter that adds context (a kernel id, say) to every line.
-Log = logging.Logger | logging.LoggerAdapter[Any]
+#: A logger, or an adapter that adds context (a kernel id, say) to every line. A string:
+#: ``LoggerAdapter`` can be subscripted at run time only from Python 3.11.
+Log: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
 
 _TOKEN_BYTES = 8
 _NONCE_BYTES = 8

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +123,57 @@ def gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def process_state(pid: int) -> str | None:
+    """A process's state letter (R, S, T, Z...) from /proc, None once no process has the pid."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return int(stat.read().rpartition(")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+_STRANGER = """
+import json, os, sys
+if os.fork():
+    os._exit(0)  # the parent leaves at once: the process below is no child of the test's
+print(json.dumps({"pid": os.getpid()}), flush=True)
+sys.stdin.buffer.read()  # until the test closes the pipe
+"""
+
+
+@contextmanager
+def stranger() -> Iterator[int]:
+    """The pid of a live local process that is not a child of this one, for the block.
+
+    It ends by itself when the block ends (its stdin closes), so nothing here ever signals a
+    process that is not its own child; a process that is gone or a zombie afterwards is one
+    that nobody is waiting for (the container's init may not reap).
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STRANGER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    pid = 0
+    try:
+        pid = int(read_json_line(proc, 30)["pid"])
+        proc.wait(30)  # the intermediate parent has exited
+        assert parent_of(pid) not in (None, os.getpid(), proc.pid), parent_of(pid)
+        yield pid
+    finally:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.wait(30)
+        assert not pid or wait_for(lambda: process_state(pid) in (None, "Z", "X"), 30)
 
 
 def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -216,6 +216,26 @@ def test_probe_bad_input_is_one_line_and_exit_2(tmp_path: Path, setup: str, word
     assert line.startswith("heartbeat probe: error:") and words in line
 
 
+@pytest.mark.parametrize("command", ["probe", "watch"])
+@pytest.mark.parametrize(
+    "key",
+    ["not-a-key", "a" * 39 + " ", "b" * 32, 12345],
+    ids=["short", "not-z85", "32-characters", "a-number"],
+)
+def test_a_bad_curve_key_in_a_connection_file_is_one_line_and_exit_2(
+    tmp_path: Path, command: str, key: object
+) -> None:
+    # A config error, not a dead kernel: a liveness probe must not restart a healthy pod.
+    path = write_connection_file(tmp_path / "kernel.json", 5555, curve_publickey=key)
+    result = heartbeat(command, str(path))
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"heartbeat {command}: error: connection file"), line
+    assert f"curve_publickey {key!r}" in line, line
+    assert "expected a 40-character Z85 CURVE key" in line, line
+
+
 # -- watch --------------------------------------------------------------------------------------
 
 

@@ -95,6 +95,24 @@ def test_the_readme_test_command_is_what_ci_runs() -> None:
     assert "heartbeat demo" in readme.split("```")[1]
 
 
+def test_the_pythons_the_readme_says_are_tested_are_the_claimed_ones_and_ci_runs_them() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    claimed = re.findall(r'"Programming Language :: Python :: (3\.\d+)"', pyproject)
+    lowest = min(claimed, key=lambda v: int(v.split(".")[1]))
+    assert f'requires-python = ">={lowest}"' in pyproject
+    assert f'python_version = "{lowest}"' in pyproject  # mypy
+    assert f'target-version = "py{lowest.replace(".", "")}"' in pyproject  # ruff
+    said = re.search(r"Tested on Python ([0-9., and]+):", (ROOT / "README.md").read_text())
+    assert said is not None
+    assert re.findall(r"3\.\d+", said.group(1)) == claimed
+    # .ci/run goes on to the other Pythons, where the README's two commands run.
+    assert (ROOT / ".ci" / "run").read_text().rstrip().endswith(".ci/other-pythons")
+    others = (ROOT / ".ci" / "other-pythons").read_text()
+    assert "Programming Language :: Python :: " in others  # it reads the claimed versions
+    assert "python -m pip install -q . && heartbeat demo" in others
+    assert "python -m pip install -q -e '.[test]' && python -m pytest" in others
+
+
 def test_every_shell_example_is_one_the_suite_or_ci_runs() -> None:
     readme = [code.strip() for name, code in blocks("bash") if name.startswith("README")]
     tested = {*readme, f"jupyter server {CONFIG_LINE}"}

@@ -462,6 +462,9 @@ def test_replies_from_a_previous_run_never_count_in_the_next() -> None:
         ({"context": object()}, TypeError, "context"),
         ({"io_loop": object()}, TypeError, "io_loop"),
         ({"on_event": 3}, TypeError, "on_event"),
+        ({"curve_serverkey": b"not-a-key"}, ValueError, "40-character Z85 CURVE key"),
+        # Not left to zmq, whose EINVAL at connect() would look like a bad url.
+        ({"curve_serverkey": "a" * 39 + " "}, ValueError, "is not Z85"),
     ],
 )
 def test_bad_arguments_are_named(kwargs: dict[str, Any], error: type, words: str) -> None:

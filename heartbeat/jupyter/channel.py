@@ -61,15 +61,24 @@ class HBChannel(_JupyterHBChannel):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Event | None = None
         self._ready = threading.Event()
+        self._error: Exception | None = None
         self._silent_for = 0.0
 
     def start(self) -> None:
-        """Start watching in the channel's thread; bad settings raise here, not in the thread."""
+        """Start watching in the channel's thread.
+
+        Whatever keeps the monitor from being made or started (bad settings, a bad CURVE key,
+        no socket to be had) is raised here, once the thread has ended.
+        """
         self._url = str(self.address)
         _validate.endpoint(self._url, bind=False)
         Judge(self.time_to_dead, self.first_beat)
         super().start()
         self._ready.wait()
+        error, self._error = self._error, None
+        if error is not None:
+            self.join()
+            raise error
 
     def run(self) -> None:
         """The thread's body: an event loop that runs the HeartMonitor."""
@@ -78,17 +87,21 @@ class HBChannel(_JupyterHBChannel):
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
-        self._monitor = HeartMonitor(
-            self._url,
-            time_to_dead=self.time_to_dead,
-            first_beat=self.first_beat,
-            context=self.context,
-            curve_serverkey=self.curve_serverkey,
-            on_event=self._on_event,
-        )
         try:
+            self._monitor = HeartMonitor(
+                self._url,
+                time_to_dead=self.time_to_dead,
+                first_beat=self.first_beat,
+                context=self.context,
+                curve_serverkey=self.curve_serverkey,
+                on_event=self._on_event,
+            )
             if not self._paused:
                 self._monitor.start(self._on_dead)
+        except Exception as exc:
+            # For start() to raise: raised here, it would end the thread unseen, start() waiting.
+            self._error = exc
+            return
         finally:
             self._ready.set()
         await self._done.wait()

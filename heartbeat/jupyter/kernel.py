@@ -4,7 +4,8 @@ kernel provisioner.
 What both share: the monitor made the same way (through one pool per event loop by default),
 log lines that name the kernel and go through the owner's (the application's) logger, the
 one line a death gets (the silence measured, and what the process was doing), and killing
-the process before anything else happens to it.
+the process before anything else happens to it: by a signal only when it is provably our
+local child (:func:`local_child`), otherwise through its provisioner.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import weakref
 from collections.abc import Callable, MutableMapping
 from typing import Any
@@ -121,10 +123,33 @@ def process_state(pid: int | None, exit_code: int | None) -> str | None:
     return "running"
 
 
-def kill_process(pid: int) -> None:
-    """SIGKILL, which also ends a stopped process; a process already gone is no error."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+def local_child(provisioner: object) -> subprocess.Popen[Any] | None:
+    """The kernel's process, when it is provably a child of this process; else None.
+
+    Proof: the provisioner's ``process`` (a ``LocalProvisioner``'s) is a ``subprocess.Popen``
+    of the very pid the provisioner reports, so this process launched it. A pid alone proves
+    nothing: a remote provisioner's (``gateway_provisioners``) is the kernel's pid on another
+    host, and one loaded from saved provisioner info may be anyone's by now. Such a kernel is
+    killed through its provisioner, never by signalling that pid here.
+    """
+    process = getattr(provisioner, "process", None)
+    if not isinstance(process, subprocess.Popen):
+        return None
+    if process.pid != getattr(provisioner, "pid", None):
+        return None
+    return process
+
+
+def kill_local_child(process: subprocess.Popen[Any]) -> None:
+    """SIGKILL (which also ends a stopped process) a child that has not been reaped.
+
+    ``poll()`` first: it waits for the pid without blocking, which only a child of ours that
+    has not been reaped survives, and until it is reaped its pid cannot be anyone else's. A
+    child already reaped (``poll()`` has its exit code) is not signalled: its pid may be reused.
+    """
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
 
 
 class KernelLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -153,16 +178,23 @@ class KernelLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         return text, kwargs
 
 
-def fate(pid: int | None, exit_code: int | None, then: str) -> str:
+def fate(process: subprocess.Popen[Any] | None, then: str, *, provisioned: bool) -> str:
     """The death line's ending: what the process was doing, and ``then``, what happens next.
 
-    Called just before the caller kills the process, so it says "killed it".
+    ``process`` is the kernel's process when it is our local child (:func:`local_child`); it is
+    about to be killed, so this says "killed it". Otherwise ``provisioned`` says whether the
+    kernel's provisioner has a process to kill (a remote kernel, say), which it is asked to do.
     """
-    if pid is None:
-        return then  # not a process of ours (a remote kernel, say)
-    state = process_state(pid, exit_code)
+    if process is None:
+        if provisioned:
+            return (
+                f"its process is no child of this one: killing it through its provisioner; {then}"
+            )
+        return then
+    code = process.poll()
+    state = process_state(process.pid, code)
     if state is None:
-        return f"killed its process {pid}; {then}"
+        return f"killed its process {process.pid}; {then}"
     if state.startswith("exited"):
-        return f"its process {pid} had {state}; {then}"
-    return f"its process {pid} was {state}: killed it; {then}"
+        return f"its process {process.pid} had {state}; {then}"
+    return f"its process {process.pid} was {state}: killed it; {then}"

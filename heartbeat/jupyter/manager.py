@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import subprocess
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -30,7 +31,13 @@ from tornado.ioloop import IOLoop
 from traitlets import Bool, DottedObjectName, Instance, Integer, Type
 
 from heartbeat.jupyter._one_at_a_time import OneAtATime
-from heartbeat.jupyter.kernel import HeartbeatSettings, KernelLog, fate, kill_process
+from heartbeat.jupyter.kernel import (
+    HeartbeatSettings,
+    KernelLog,
+    fate,
+    kill_local_child,
+    local_child,
+)
 from heartbeat.monitor import HeartMonitor
 
 try:
@@ -138,6 +145,13 @@ class _HeartbeatMixin(HeartbeatSettings):
         manager's steps block its loop, so they cannot overlap."""
         return contextlib.nullcontext()
 
+    async def _async_is_alive(self) -> bool:
+        # What jupyter_client itself asks, for the sync manager too (its clients' is_alive(),
+        # waiting for a shutdown): a dead heart is a dead kernel there as well.
+        if self._heart_dead:
+            return False
+        return bool(await super()._async_is_alive())  # type: ignore[misc]
+
     def note_death(self) -> None:
         """Count the current kernel's death once (the restarter and the heart both see it)."""
         if not self._death_noted:
@@ -164,31 +178,31 @@ class _HeartbeatMixin(HeartbeatSettings):
         self._heart_monitor = None
         self._heart_dead = False
 
-    def _process(self) -> tuple[int | None, int | None]:
-        """The kernel's pid and exit code, as far as its provisioner tells (None: unknown)."""
+    def _provisioned(self) -> bool:
         provisioner = self.provisioner  # type: ignore[attr-defined]
-        if provisioner is None or not provisioner.has_process:
-            return None, None
-        process = getattr(provisioner, "process", None)  # a LocalProvisioner's Popen
-        code = process.poll() if process is not None else None
-        return getattr(provisioner, "pid", None), code
+        return provisioner is not None and bool(provisioner.has_process)
+
+    def _local_child(self) -> subprocess.Popen[Any] | None:
+        """The kernel's process if it is provably our child (see ``local_child``), else None."""
+        return local_child(self.provisioner) if self._provisioned() else None  # type: ignore[attr-defined]
 
     def _death_fate(self) -> str:
         restarts = self.autorestart and self._restarter is not None  # type: ignore[attr-defined]
         then = "restarting it" if restarts else "not restarting it (autorestart is off)"
-        pid, code = self._process()
-        return fate(pid, code, then)
+        return fate(self._local_child(), then, provisioned=self._provisioned())
 
     def _kill_now(self) -> None:
-        pid, code = self._process()
-        if pid is not None and code is None:
-            kill_process(pid)
+        process = self._local_child()
+        if process is not None:
+            kill_local_child(process)
 
     def _on_heart_dead(self) -> None:
-        self._kill_now()  # before anything else: a frozen process must never outlive its kernel
+        # The death is recorded, and its handling (a kill through the provisioner, a restart)
+        # scheduled, before anything that could raise: the callback guard would swallow it.
         self._heart_dead = True
         self.note_death()
         IOLoop.current().add_callback(self._finish_heart_death, self._heart_monitor)
+        self._kill_now()  # now, not next turn: a frozen process must never outlive its kernel
 
     async def _finish_heart_death(self, monitor: HeartMonitor | None) -> None:
         async with self.lifecycle():
@@ -208,7 +222,12 @@ class _HeartbeatMixin(HeartbeatSettings):
         provisioner = self.provisioner  # type: ignore[attr-defined]
         if provisioner is None or not provisioner.has_process:
             return
-        await provisioner.kill()
+        try:
+            await provisioner.kill()  # its process group; for a remote kernel, the only way
+        except Exception:
+            # Logged, not raised: the death is recorded, and the restarter still acts on it.
+            self.log.exception("Kernel %s: its provisioner could not kill it", self.kernel_id)  # type: ignore[attr-defined]
+            return
         # poll() reaps, and unlike wait() may run while jupyter_client's own shutdown waits.
         end = asyncio.get_running_loop().time() + _REAP_TIMEOUT
         while await provisioner.poll() is None:
@@ -298,12 +317,7 @@ class HeartbeatKernelManager(_HeartbeatMixin, _AsyncBase):
 
     _steps = Instance(OneAtATime, args=())
 
-    async def _async_is_alive(self) -> bool:
-        if self._heart_dead:
-            return False
-        return bool(await super()._async_is_alive())
-
-    is_alive = _async_is_alive  # type: ignore[assignment]  # as AsyncKernelManager does
+    is_alive = _HeartbeatMixin._async_is_alive  # type: ignore[assignment]  # as AsyncKernelManager does
 
     def lifecycle(self) -> AbstractAsyncContextManager[None]:
         """Held by each step of the kernel's lifecycle (start, restart, shutdown, clean-up and

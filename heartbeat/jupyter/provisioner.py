@@ -16,7 +16,13 @@ from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from tornado.ioloop import IOLoop
 
 from heartbeat.connection import hb_url
-from heartbeat.jupyter.kernel import HeartbeatSettings, KernelLog, fate, kill_process
+from heartbeat.jupyter.kernel import (
+    HeartbeatSettings,
+    KernelLog,
+    fate,
+    kill_local_child,
+    local_child,
+)
 from heartbeat.monitor import HeartMonitor
 
 
@@ -48,13 +54,16 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
             monitor.stop()
         await super().cleanup(restart=restart)
 
-    def _exit_code(self) -> int | None:
-        return None if self.process is None else self.process.poll()
-
     def _death_fate(self) -> str:
-        return fate(self.pid, self._exit_code(), "its kernel manager will find it dead")
+        then = "its kernel manager will find it dead"
+        return fate(local_child(self), then, provisioned=self.has_process)
 
     def _on_heart_dead(self) -> None:
-        if self.pid is not None and self.process is not None and self._exit_code() is None:
-            kill_process(self.pid)  # now: a frozen process must never outlive its kernel
-            IOLoop.current().add_callback(self.kill)  # and its process group
+        process = local_child(self)  # a subclass may report a pid that is not our child
+        if not self.has_process or (process is not None and process.poll() is not None):
+            return  # exited already: its kernel manager will find it dead
+        # kill(): the process group, or whatever killing means to a subclass; scheduled first,
+        # so that nothing the direct kill raises can leave the kernel alive.
+        IOLoop.current().add_callback(self.kill)
+        if process is not None:
+            kill_local_child(process)  # now: a frozen process must never outlive its kernel
