@@ -227,6 +227,41 @@ def print_table(result: dict[str, Any], kinds: list[str]) -> None:
         print(f"| {loss}% | {ttd:g} s | " + " | ".join(cells) + " |")
 
 
+def plot(result: dict[str, Any], kinds: list[str], path: str) -> bool:
+    """False deaths an hour by loss, one panel a time_to_dead, one line a kind."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = result["rows"]
+    ttds = sorted({r["ttd"] for r in rows})
+    fig, axes = plt.subplots(1, len(ttds), figsize=(5 * len(ttds), 4), squeeze=False)
+    for ax, ttd in zip(axes[0], ttds, strict=True):
+        for kind in kinds:
+            losses = sorted({r["loss"] for r in rows if r["ttd"] == ttd})
+            per_hour = [
+                sum(
+                    r["per_hour"]
+                    for r in rows
+                    if (r["loss"], r["ttd"], r["kind"]) == (loss, ttd, kind)
+                )
+                for loss in losses
+            ]
+            ax.plot(losses, per_hour, marker="o", label=kind)
+        ax.set(
+            xlabel="packets lost each way (%)",
+            ylabel="false deaths an hour (all copies)",
+            title=f"time_to_dead {ttd:g} s",
+        )
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
 def _parse(kind: str, ttd: float) -> tuple[str, int, float | None]:
     """``lone/2:0.25`` -> ("lone", 2 paths, interval 0.25 x ttd); no ":": the default."""
     rest, _, fraction = kind.partition(":")
@@ -257,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--copies", type=int, default=1, help="watchers of each kind per heart")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--plot", help="write a PNG of the false deaths here (matplotlib)")
     args = parser.parse_args(argv)
     if os.environ.get(lossy_net.INSIDE) != "1":
         reason = lossy_net.namespace_unavailable() or lossy_net.nft_missing()
@@ -278,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(result, out, indent=1)
+    if args.plot and plot(result, args.kinds, args.plot):
+        print(f"plot written to {args.plot}")
     return 0
 
 
