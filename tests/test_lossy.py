@@ -6,6 +6,7 @@ connection too; over several paths, the next ping takes another connection."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,7 +28,9 @@ def test_hearts_behind_twenty_percent_loss_each_way_are_never_dead_over_several_
     if reason:
         pytest.skip(f"cannot make a network namespace here: {reason}")
     missing = lossy_net.nft_missing()
-    assert missing is None, missing  # .ci/run installs it
+    if missing and os.environ.get("CI") != "true":
+        pytest.skip(missing)
+    assert missing is None, f"{missing} (.ci/run installs it)"
     # Five lone monitors and five pool members at once: over one connection each, this much
     # loss kills about two of them a minute (docs/lossy-links.md).
     minutes = 1.0 if SLOW else 0.34
