@@ -251,6 +251,7 @@ def plot(result: dict[str, Any], kinds: list[str], path: str) -> bool:
                 for loss in losses
             ]
             ax.plot(losses, per_hour, marker="o", label=kind)
+        ax.set_yscale("symlog", linthresh=1)  # zero stays visible beside the hundreds
         ax.set(
             xlabel="packets lost each way (%)",
             ylabel="false deaths an hour (all copies)",

@@ -176,10 +176,17 @@ def stranger() -> Iterator[int]:
         assert not pid or wait_for(lambda: process_state(pid) in (None, "Z", "X"), 30)
 
 
-def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter (its own process state), output captured as text."""
+def run_python(
+    code: str, timeout: float = 60, args: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (its own process state) with ``args`` as its
+    ``sys.argv[1:]``, output captured as text."""
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-c", code, *(args or [])],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 

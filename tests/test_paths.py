@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import threading
 from typing import Any
@@ -123,3 +124,25 @@ def test_pings_take_turns_on_each_connection_and_every_reply_counts(pooled: bool
     assert monitor.stats.count >= 30 and monitor.stats.late == 0
     per_path = sorted(heart.pings.values())
     assert len(per_path) == 3 and per_path[-1] - per_path[0] <= 2, heart.pings
+
+
+def test_the_jupyter_classes_take_paths_as_configuration() -> None:
+    from traitlets import TraitError
+    from traitlets.config import Config
+
+    from heartbeat.jupyter import HeartbeatKernelManager
+    from heartbeat.jupyter.kernel import HeartbeatSettings
+
+    config = Config()
+    config.HeartbeatKernelManager.paths = 3
+    km = HeartbeatKernelManager(config=config)
+    assert km.paths == 3
+    log = logging.getLogger("tests")
+    settings = HeartbeatSettings(paths=2, shared_pool=False)
+    watched = settings.watch("tcp://127.0.0.1:5555", curve_serverkey=None, context=None, log=log)
+    assert watched.paths == 2
+    default = HeartbeatSettings(shared_pool=False)
+    remote = default.watch("tcp://192.0.2.1:5555", curve_serverkey=None, context=None, log=log)
+    assert remote.paths == REMOTE_PATHS
+    with pytest.raises(TraitError, match="paths must be an int from 1 to 8"):
+        HeartbeatSettings(paths=0)

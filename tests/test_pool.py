@@ -345,15 +345,17 @@ def test_the_default_batch_is_a_tenth_of_the_shortest_member_interval() -> None:
 
 POOL_FD_LIMIT = textwrap.dedent(
     """
-    import asyncio, resource
+    import asyncio, resource, sys
     from heartbeat import HeartbeatPool
     resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+    paths = int(sys.argv[1])
 
     async def main():
         pool = HeartbeatPool()
         try:
             for i in range(1000):
-                pool.watch(f"tcp://127.0.0.1:{20000 + i}", first_beat=60).start()
+                url = f"tcp://127.0.0.1:{20000 + i}"
+                pool.watch(url, first_beat=60, paths=paths).start()
         except OSError as exc:
             print(len(pool), exc)
         pool.close()
@@ -363,12 +365,14 @@ POOL_FD_LIMIT = textwrap.dedent(
 )
 
 
-def test_the_file_descriptor_limit_is_a_clear_error_that_names_it() -> None:
-    result = run_python(POOL_FD_LIMIT)
+@pytest.mark.parametrize("paths", [1, 4])
+def test_the_file_descriptor_limit_is_a_clear_error_that_names_it(paths: int) -> None:
+    result = run_python(POOL_FD_LIMIT, args=[str(paths)])
     assert result.returncode == 0, result.stderr
     count, _, message = result.stdout.strip().partition(" ")
-    assert int(count) == 200 - 64
+    assert int(count) == (200 - 64) // paths  # a descriptor a connection, a connection a path
     assert "may open 200" in message and "ulimit -n" in message
+    assert f"over {paths} paths" in message and "fewer paths" in message
 
 
 def test_a_beating_member_asks_for_one_wake_up_a_ping_and_a_reply_asks_for_none() -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from tornado.ioloop import IOLoop
-from traitlets import Bool, Float, TraitError, validate
+from traitlets import Bool, Float, Integer, TraitError, validate
 from traitlets.config import LoggingConfigurable
 
 from heartbeat import _validate
@@ -53,6 +53,14 @@ class HeartbeatSettings(LoggingConfigurable):
         "one reports a death sooner (time_to_dead to time_to_dead + interval after the last "
         "reply) for more pings.",
     )
+    paths = Integer(
+        None,
+        allow_none=True,
+        config=True,
+        help="TCP connections to make to the kernel's heart, its pings taking turns on them, so "
+        "that a ping is not held up behind a retransmission on a lossy link; default (None): 1 "
+        "to a kernel on this machine, 4 beyond it (docs/lossy-links.md). At most 8.",
+    )
     shared_pool = Bool(
         True,
         config=True,
@@ -71,6 +79,16 @@ class HeartbeatSettings(LoggingConfigurable):
         except (TypeError, ValueError) as exc:
             raise TraitError(str(exc)) from None
 
+    @validate("paths")
+    def _check_paths(self, proposal: Any) -> int | None:
+        value = proposal["value"]
+        try:
+            # The url is not known yet: only the number is checked here.
+            _validate.paths(value, _validate.Endpoint("tcp", "anywhere", None))
+        except (TypeError, ValueError) as exc:
+            raise TraitError(str(exc)) from None
+        return value  # type: ignore[no-any-return]
+
     def watch(
         self, url: str, *, curve_serverkey: bytes | str | None, context: Any, log: Log
     ) -> HeartMonitor:
@@ -84,6 +102,7 @@ class HeartbeatSettings(LoggingConfigurable):
             time_to_dead=self.time_to_dead,
             first_beat=self.first_beat,
             interval=self.interval,
+            paths=self.paths,
             context=context,
             curve_serverkey=curve_serverkey,
             pool=pool,
