@@ -127,7 +127,8 @@ class SocketTransport:
             self._loop.remove_timeout(self._timer)
             self._timer = None
         sockets, self._sockets = self._sockets, []
-        for socket, fd in zip(sockets, self._fds, strict=True):
+        fds, self._fds = self._fds, []
+        for socket, fd in zip(sockets, fds, strict=True):
             _sockets.close_watched(socket, self._loop, fd)
 
     def _read(self) -> bool:

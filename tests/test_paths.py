@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import zmq
 
-from heartbeat import HeartbeatPool, HeartMonitor
+from heartbeat import HeartbeatPool, HeartMonitor, State
 from heartbeat._validate import REMOTE_PATHS
 
 
@@ -146,3 +146,28 @@ def test_the_jupyter_classes_take_paths_as_configuration() -> None:
     assert remote.paths == REMOTE_PATHS
     with pytest.raises(TraitError, match="paths must be an int from 1 to 8"):
         HeartbeatSettings(paths=0)
+
+
+def test_a_transport_whose_context_failed_closes_once_and_quietly_after() -> None:
+    # A failed socket closes the transport, then the monitor's stop() closes it again: the
+    # second close has nothing left to do (its descriptors went with the first).
+    import zmq
+
+    context: zmq.Context[Any] = zmq.Context()
+    heart = CountingHeart()
+    try:
+
+        async def scenario() -> HeartMonitor:
+            monitor = HeartMonitor(
+                heart.url, time_to_dead=1.0, first_beat=0.0, paths=2, context=context
+            )
+            monitor.start()
+            while monitor.stats.count < 2:
+                await asyncio.sleep(0.01)
+            await asyncio.get_running_loop().run_in_executor(None, context.term)
+            return monitor
+
+        monitor = asyncio.run(scenario())
+        assert not monitor.running and monitor.state is State.STOPPED
+    finally:
+        heart.close()
