@@ -14,15 +14,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from jupyter_client import BlockingKernelClient, KernelManager
+from jupyter_client import AsyncKernelClient, BlockingKernelClient, KernelManager
 from jupyter_client.channelsabc import HBChannelABC
 from jupyter_client.threaded import ThreadedKernelClient
-from traitlets import TraitError
+from traitlets import DottedObjectName, TraitError
 from traitlets.config.loader import KVArgParseConfigLoader
 
 from heartbeat import HeartbeatPool
 from heartbeat.jupyter import (
     HBChannel,
+    HeartbeatBlockingKernelClient,
+    HeartbeatIOLoopKernelManager,
+    HeartbeatKernelClient,
     HeartbeatKernelManager,
     HeartbeatKernelRestarter,
 )
@@ -181,6 +184,36 @@ def test_time_to_dead_and_first_beat_are_configurable_like_any_jupyter_option() 
         HeartbeatKernelManager(time_to_dead=0)
     with pytest.raises(TraitError, match="first_beat"):
         HeartbeatKernelManager(first_beat=float("inf"))
+
+
+class ThreadedClientManager(HeartbeatIOLoopKernelManager):
+    """Sets only client_class, as qtconsole's QtKernelManager does."""
+
+    client_class = DottedObjectName("jupyter_client.threaded.ThreadedKernelClient")
+
+
+class PlainAsyncClientManager(HeartbeatKernelManager):
+    client_class = DottedObjectName("jupyter_client.asynchronous.AsyncKernelClient")
+
+
+def test_a_subclass_or_config_that_sets_only_client_class_gets_the_client_it_names() -> None:
+    # Ours by default.
+    assert type(HeartbeatKernelManager().client()) is HeartbeatKernelClient
+    assert type(HeartbeatIOLoopKernelManager().client()) is HeartbeatBlockingKernelClient
+    # client_factory follows client_class, as in jupyter_client.
+    assert type(ThreadedClientManager().client()) is ThreadedKernelClient
+    assert type(PlainAsyncClientManager().client()) is AsyncKernelClient
+    config = KVArgParseConfigLoader(
+        argv=[
+            "--HeartbeatIOLoopKernelManager.client_class="
+            "jupyter_client.blocking.BlockingKernelClient"
+        ]
+    ).load_config()
+    assert type(HeartbeatIOLoopKernelManager(config=config).client()) is BlockingKernelClient
+    # Set after construction too.
+    km = HeartbeatIOLoopKernelManager()
+    km.client_class = "jupyter_client.threaded.ThreadedKernelClient"
+    assert type(km.client()) is ThreadedKernelClient
 
 
 def test_a_frozen_kernel_is_restarted_and_a_busy_one_is_not() -> None:

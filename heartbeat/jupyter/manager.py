@@ -27,7 +27,8 @@ from jupyter_client.ioloop.restarter import AsyncIOLoopKernelRestarter, IOLoopKe
 from jupyter_client.restarter import KernelRestarter
 from jupyter_core.utils import run_sync
 from tornado.ioloop import IOLoop
-from traitlets import Bool, DottedObjectName, Instance, Integer, Type
+from traitlets import Bool, DottedObjectName, Instance, Integer, Type, default
+from traitlets.utils.importstring import import_item
 
 from heartbeat.jupyter._one_at_a_time import OneAtATime
 from heartbeat.jupyter.kernel import HeartbeatSettings, KernelLog, fate, kill_process
@@ -131,6 +132,19 @@ class _HeartbeatMixin(HeartbeatSettings):
         """True once the current kernel's heart has answered a ping."""
         monitor = self._heart_monitor
         return monitor is not None and monitor.stats.count > 0
+
+    @default("client_factory")
+    def _client_factory_named_by_client_class(self) -> type:
+        # What client() makes is what client_class names, unless client_factory itself is set:
+        # a subclass or a config that sets only client_class (as qtconsole's QtKernelManager
+        # does) gets its own client, not ours. jupyter_client's sync manager does the same; its
+        # async manager gives client_factory a fixed default, which this replaces for ours.
+        # (jupyter_client's observer of client_class still follows a later change of it.)
+        name = str(self.client_class)  # type: ignore[attr-defined]
+        factory = import_item(name)
+        if not isinstance(factory, type):
+            raise TypeError(f"client_class {name!r} does not name a class")
+        return factory
 
     def lifecycle(self) -> AbstractAsyncContextManager[None]:
         """Held by each step of the kernel's lifecycle (start, restart, shutdown, clean-up and
@@ -292,9 +306,7 @@ class HeartbeatKernelManager(_HeartbeatMixin, _AsyncBase):
         klass=AsyncIOLoopKernelRestarter,
         config=True,
     )
-    # Both: jupyter_client's async manager gives client_factory a default of its own.
     client_class = DottedObjectName("heartbeat.jupyter.manager.HeartbeatKernelClient", config=True)
-    client_factory = Type(default_value=HeartbeatKernelClient, klass=AsyncKernelClient, config=True)
 
     _steps = Instance(OneAtATime, args=())
 
@@ -346,9 +358,6 @@ class HeartbeatIOLoopKernelManager(_HeartbeatMixin, IOLoopKernelManager):
     )
     client_class = DottedObjectName(
         "heartbeat.jupyter.manager.HeartbeatBlockingKernelClient", config=True
-    )
-    client_factory = Type(
-        default_value=HeartbeatBlockingKernelClient, klass=BlockingKernelClient, config=True
     )
 
     def is_alive(self) -> bool:
