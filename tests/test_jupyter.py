@@ -450,3 +450,62 @@ def test_the_sync_manager_kills_and_restarts_a_frozen_kernel_its_client_sees_the
     with pytest.raises(ProcessLookupError):
         os.kill(seen["old"], 0)  # killed and reaped
     assert seen == {"old": seen["old"], "client_alive": False, "deaths": 1}
+
+
+FORKED_SYNC_MANAGER = textwrap.dedent(
+    """
+    import asyncio, json, os, signal, sys, time
+    from jupyter_client import KernelManager
+    from traitlets.config import Config
+    from heartbeat.jupyter import HeartbeatIOLoopKernelManager
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def sync_call_on_the_running_loop():
+        # jupyter_core runs it in a task-runner thread it keeps for this thread's name.
+        KernelManager().is_alive()
+
+    loop.run_until_complete(sync_call_on_the_running_loop())
+    read, write = os.pipe()
+    pid = os.fork()  # as multiprocessing's fork start method does
+    if pid == 0:
+        code = 1
+        try:
+            config = Config({"HeartbeatIOLoopKernelRestarter": {"time_to_dead": 0.1}})
+            km = HeartbeatIOLoopKernelManager(kernel_name="python3", config=config)
+            km.start_kernel()
+            os.write(write, b"%d\\n" % km.provisioner.pid)
+            try:
+                # What a blocking client's calls do: run this thread's loop, where the
+                # restarter polls every 0.1 s.
+                loop.run_until_complete(asyncio.sleep(1.0))
+                code = 0 if km.is_alive() else 2
+            finally:
+                km.shutdown_kernel(now=True)
+        finally:
+            os._exit(code)
+    os.close(write)
+    kernel = int(os.fdopen(read).readline() or 0)
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            print(json.dumps(os.waitstatus_to_exitcode(status)))
+            sys.exit(0)
+        time.sleep(0.05)
+    for leftover in (pid, kernel):
+        if leftover:
+            os.kill(leftover, signal.SIGKILL)
+    print(json.dumps("hung"))
+    """
+)
+
+
+def test_the_sync_manager_in_a_forked_child_polls_without_hanging() -> None:
+    # jupyter_client's test_start_sequence_process_kernels with the drop-ins: the child inherits
+    # jupyter_core's task runner for "MainThread" but not its thread, so a sync call made on the
+    # child's running loop (jupyter_client's sync restarter calls is_alive() so) waits forever.
+    result = run_python(FORKED_SYNC_MANAGER, timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == 0, result.stderr
