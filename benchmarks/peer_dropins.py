@@ -27,6 +27,10 @@ What is swapped, and why there:
   ``Type`` when jupyter_client was imported, so the trait's default is changed, not a name):
   our HBChannel.
 
+One exception: in a test module that names ``ServerKernelManager`` (ours), ``AsyncKernelManager``
+stays the stock class beneath it (test_events mocks that class's methods to see the events the
+server kernel manager emits around them).
+
 The modules that define the stock classes (``jupyter_client.ioloop.manager``) keep them: a test
 that names one there on purpose (jupyter_server's warning for a manager that is not a
 ``ServerKernelManager``) still gets it, and our managers subclass them.
@@ -49,6 +53,7 @@ DROPINS_ENV = "HEARTBEAT_PEER_DROPINS"
 
 used: Counter[str] = Counter()
 swapped: dict[str, str] = {}  # "module.Name" -> our class
+stock_classes: dict[str, type] = {}  # "module.Name" -> the class it named before
 _main_pid = os.getpid()
 
 
@@ -106,6 +111,7 @@ def _swap_dropins() -> None:
     for module, name, ours in places:
         stock = getattr(module, name)
         assert issubclass(ours, stock), f"{ours} is no drop-in for {module.__name__}.{name}"
+        stock_classes[f"{module.__name__}.{name}"] = stock
         setattr(module, name, ours)
         swapped[f"{module.__name__}.{name}"] = ours.__qualname__
 
@@ -143,6 +149,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     import jupyter_client.manager
 
+    stock_async = stock_classes["jupyter_client.manager.AsyncKernelManager"]
+    for item in session.items:
+        module = getattr(item, "module", None)
+        server = getattr(module, "ServerKernelManager", None)
+        # A test of ServerKernelManager (ours now) that also names AsyncKernelManager means
+        # the class beneath it (test_events mocks its methods, to see the server's events
+        # around them): the stock one, which ours builds on too.
+        ours = isinstance(server, type) and server.__module__.startswith("heartbeat.")
+        if ours and getattr(module, "AsyncKernelManager", None) is not None:
+            module.AsyncKernelManager = stock_async  # type: ignore[union-attr]
+
     # Every name a test module imported under a swapped name is ours.
     assert jupyter_client.manager.KernelManager.__module__ == "heartbeat.jupyter.manager"
     for item in session.items:
@@ -151,6 +168,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             continue
         for name in _SWAPPED_NAMES:
             value = vars(module).get(name)
+            if value is stock_async and hasattr(module, "ServerKernelManager"):
+                continue
             if isinstance(value, type) and not value.__module__.startswith("heartbeat."):
                 raise pytest.UsageError(f"{module.__name__}.{name} is still {value}")
 

@@ -248,6 +248,13 @@ def table(name: str, version: str, files: list[str], stock: Run, ours: Run) -> l
     ]
     lines.append("outcomes that differ:" + ("" if differ else " none"))
     lines.extend(differ)
+    both = [
+        f"  {nodeid}: {outcome}"
+        for nodeid, outcome in ours.outcomes.items()
+        if stock.outcomes.get(nodeid) == outcome and outcome not in ("passed", "skipped")
+    ]
+    lines.append("failing both ways (not ours):" + ("" if both else " none"))
+    lines.extend(both)
     used = ", ".join(f"{k} {v}" for k, v in sorted(ours.used.items())) or "NONE"
     lines.append(f"drop-ins used: {used}")
     return lines
@@ -258,7 +265,7 @@ def main() -> int:
     parser.add_argument("--suites", nargs="+", choices=list(SUITES), default=list(SUITES))
     parser.add_argument("--files", nargs="+", help="these test files instead (one suite only)")
     parser.add_argument("--timeout", type=int, default=60, help="seconds per test")
-    parser.add_argument("--budget", type=int, default=420, help="seconds per run, at most")
+    parser.add_argument("--budget", type=int, default=600, help="seconds per run, at most")
     parser.add_argument("--deps", type=Path, default=cache_dir() / "deps")
     parser.add_argument("--only", choices=("stock", "drop-ins"), help="one of the two runs")
     args = parser.parse_args()
