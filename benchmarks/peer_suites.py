@@ -6,7 +6,7 @@ Prints both counts side by side, the tests whose outcome differs, and how often 
 were used (the proof that the drop-ins ran). Exits 1 when a test that passes stock does not
 pass with the drop-ins, or a run did not finish.
 
-    python -m benchmarks.peer_suites                    # both suites, about 12 minutes
+    python -m benchmarks.peer_suites                    # both suites, about 16 minutes
     python -m benchmarks.peer_suites --suites jupyter_client --files tests/test_client.py
 
 Needs pip and the package registry: it downloads the sdists, and installs the suites' test
