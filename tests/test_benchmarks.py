@@ -3,6 +3,8 @@ these tests assert only behaviour: no false death, every real death reported."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +97,66 @@ def test_soak_chaos() -> None:
     assert counts["false deaths"] == "0"
     assert int(counts["deaths reported"]) >= 1  # chaos did happen, and was reported
     assert result.stdout.strip().endswith("0 violations")
+
+
+PEER_TEST = """
+import jupyter_client
+import jupyter_client.ioloop
+import jupyter_client.manager
+from jupyter_client import BlockingKernelClient, KernelManager
+from jupyter_client.ioloop import AsyncIOLoopKernelManager, IOLoopKernelManager
+from jupyter_client.restarter import KernelRestarter
+from jupyter_client.threaded import ThreadedKernelClient
+from jupyter_server.services.kernels.kernelmanager import MappingKernelManager
+
+from heartbeat.jupyter import HBChannel, HeartbeatIOLoopKernelManager, HeartbeatKernelManager
+
+
+def test_the_names_the_peers_use_are_ours():
+    assert KernelManager is HeartbeatIOLoopKernelManager
+    assert jupyter_client.manager.AsyncKernelManager is HeartbeatKernelManager
+    assert IOLoopKernelManager is HeartbeatIOLoopKernelManager
+    assert AsyncIOLoopKernelManager is HeartbeatKernelManager
+    assert BlockingKernelClient().hb_channel_class is HBChannel
+    assert ThreadedKernelClient().hb_channel_class is HBChannel
+    assert isinstance(MappingKernelManager().kernel_manager_factory(), HeartbeatIOLoopKernelManager)
+    # The restarters still take either manager.
+    KernelRestarter(kernel_manager=HeartbeatKernelManager())
+"""
+
+
+@pytest.mark.parametrize("dropins", ["0", "1"])
+def test_the_peer_suites_plugin_swaps_in_the_drop_ins_and_records_outcomes(
+    dropins: str, tmp_path: Path
+) -> None:
+    # python -m benchmarks.peer_suites runs the peers' own suites (minutes, and pip); here, the
+    # plugin it loads, on one test.
+    (tmp_path / "test_peer.py").write_text(PEER_TEST)
+    record = tmp_path / "record.jsonl"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HEARTBEAT_PEER_DROPINS": dropins,
+        "HEARTBEAT_PEER_RECORD": str(record),
+    }
+    plugins = ["-p", "no:cacheprovider", "-p", "benchmarks.peer_dropins"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", *plugins, "test_peer.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    outcomes = [line["outcome"] for line in lines if "test" in line]
+    if dropins == "1":
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert outcomes == ["passed"]
+        assert lines[0]["heartbeat"] == str(ROOT / "heartbeat" / "__init__.py")
+        used = lines[-1]["used"]
+        assert used["HeartbeatIOLoopKernelManager made"] >= 1, used
+        assert used["HeartbeatKernelManager made"] >= 1, used
+    else:
+        assert result.returncode == 1 and outcomes == ["failed"]  # stock: the names are theirs

@@ -12,29 +12,33 @@ import signal
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import zmq
-from jupyter_client import AsyncKernelManager, BlockingKernelClient, KernelManager
+from jupyter_client import (
+    AsyncKernelClient,
+    BlockingKernelClient,
+    KernelManager,
+)
 from jupyter_client.channelsabc import HBChannelABC
-from jupyter_client.provisioning.factory import KernelProvisionerFactory
-from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from jupyter_client.threaded import ThreadedKernelClient
-from traitlets import TraitError
+from traitlets import DottedObjectName, TraitError
 from traitlets.config.loader import KVArgParseConfigLoader
 
 from heartbeat import HeartbeatPool
 from heartbeat.jupyter import (
     HBChannel,
+    HeartbeatBlockingKernelClient,
+    HeartbeatIOLoopKernelManager,
+    HeartbeatKernelClient,
     HeartbeatKernelManager,
     HeartbeatKernelRestarter,
 )
 from heartbeat.jupyter.kernel import shared_pool
-from heartbeat.jupyter.provisioner import HeartbeatProvisioner
 from heartbeat.probe import ping
-from tests.conftest import process_state, run_python, stranger, wait_for
+from tests.conftest import run_python, wait_for
 from tests.test_monitor import SLACK
 
 HOLD_GIL = "import ctypes; ctypes.PyDLL(None).usleep({us})"
@@ -231,6 +235,36 @@ def test_time_to_dead_and_first_beat_are_configurable_like_any_jupyter_option() 
         HeartbeatKernelManager(time_to_dead=0)
     with pytest.raises(TraitError, match="first_beat"):
         HeartbeatKernelManager(first_beat=float("inf"))
+
+
+class ThreadedClientManager(HeartbeatIOLoopKernelManager):
+    """Sets only client_class, as qtconsole's QtKernelManager does."""
+
+    client_class = DottedObjectName("jupyter_client.threaded.ThreadedKernelClient")
+
+
+class PlainAsyncClientManager(HeartbeatKernelManager):
+    client_class = DottedObjectName("jupyter_client.asynchronous.AsyncKernelClient")
+
+
+def test_a_subclass_or_config_that_sets_only_client_class_gets_the_client_it_names() -> None:
+    # Ours by default.
+    assert type(HeartbeatKernelManager().client()) is HeartbeatKernelClient
+    assert type(HeartbeatIOLoopKernelManager().client()) is HeartbeatBlockingKernelClient
+    # client_factory follows client_class, as in jupyter_client.
+    assert type(ThreadedClientManager().client()) is ThreadedKernelClient
+    assert type(PlainAsyncClientManager().client()) is AsyncKernelClient
+    config = KVArgParseConfigLoader(
+        argv=[
+            "--HeartbeatIOLoopKernelManager.client_class="
+            "jupyter_client.blocking.BlockingKernelClient"
+        ]
+    ).load_config()
+    assert type(HeartbeatIOLoopKernelManager(config=config).client()) is BlockingKernelClient
+    # Set after construction too.
+    km = HeartbeatIOLoopKernelManager()
+    km.client_class = "jupyter_client.threaded.ThreadedKernelClient"
+    assert type(km.client()) is ThreadedKernelClient
 
 
 def test_a_frozen_kernel_is_restarted_and_a_busy_one_is_not() -> None:
@@ -448,6 +482,12 @@ SYNC_MANAGER = textwrap.dedent(
             while km.provisioner is None or km.provisioner.pid == old:
                 assert time.monotonic() < end, "not restarted"
                 await asyncio.sleep(0.05)
+            # The restarter restarts on the loop without blocking it: a shutdown asked from
+            # the loop before that restart is done would overlap it (jupyter_client's ready
+            # future is then set twice).
+            while not km.ready.done():
+                assert time.monotonic() < end, "restart not done"
+                await asyncio.sleep(0.05)
             return {"old": old, "client_alive": client.is_alive(), "deaths": km.deaths}
         finally:
             client.stop_channels()
@@ -467,195 +507,3 @@ def test_the_sync_manager_kills_and_restarts_a_frozen_kernel_its_client_sees_the
     with pytest.raises(ProcessLookupError):
         os.kill(seen["old"], 0)  # killed and reaped
     assert seen == {"old": seen["old"], "client_alive": False, "deaths": 1}
-
-
-# -- a provisioner's pid that is not our child ---------------------------------------------------
-
-
-class StrangersPid(LocalProvisioner):
-    """Launches the kernel here as a LocalProvisioner does, then reports as its ``pid`` another
-    local process's, as a remote provisioner reports the kernel's pid on another host."""
-
-    stranger = 0
-
-    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
-        info = await super().launch_kernel(cmd, **kwargs)
-        self.pid = self.stranger
-        return info
-
-
-class HeartbeatStrangersPid(HeartbeatProvisioner):
-    """The same, watching the heart itself (the ``python3-heartbeat`` kernel spec's way)."""
-
-    stranger = 0
-
-    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
-        info = await super().launch_kernel(cmd, **kwargs)
-        self.pid = self.stranger
-        return info
-
-
-def provisioned_by(
-    monkeypatch: pytest.MonkeyPatch, cls: type[LocalProvisioner], **settings: Any
-) -> None:
-    """Every kernel manager started from now on gets a ``cls`` provisioner."""
-
-    def create(kernel_id: str, kernel_spec: Any, parent: Any) -> LocalProvisioner:
-        return cls(kernel_id=kernel_id, kernel_spec=kernel_spec, parent=parent, **settings)
-
-    monkeypatch.setattr(KernelProvisionerFactory.instance(), "create_provisioner_instance", create)
-
-
-async def freeze_the_launched_kernel(km: Any, client: Any, beaten: Callable[[], bool]) -> int:
-    """Wait for the kernel's heart, then SIGSTOP the process the provisioner launched (our
-    child, whatever pid the provisioner reports)."""
-    client.start_channels()
-    await client.wait_for_ready(timeout=60)
-    end = time.monotonic() + 30
-    while not beaten():
-        assert time.monotonic() < end, "the heart never answered"
-        await asyncio.sleep(0.05)
-    pid = int(km.provisioner.process.pid)
-    os.kill(pid, signal.SIGSTOP)
-    return pid
-
-
-def test_a_heart_death_never_signals_a_pid_that_is_not_our_child_and_is_still_reported(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    async def scenario(stranger: int) -> tuple[str, bool, int, str | None]:
-        StrangersPid.stranger = stranger
-        provisioned_by(monkeypatch, StrangersPid)
-        km = HeartbeatKernelManager(
-            kernel_name="python3", time_to_dead=1.0, first_beat=1.0, autorestart=False
-        )
-        await km.start_kernel()
-        client = km.client()
-        try:
-            assert km.provisioner is not None and km.provisioner.pid == stranger
-            process = km.provisioner.process  # type: ignore[attr-defined]
-            await freeze_the_launched_kernel(km, client, lambda: km.heart_has_beaten)
-            await seen_dead(client)
-            # Killed through its provisioner: the process it launched, by its process group.
-            end = time.monotonic() + 30
-            while process.poll() is None:
-                assert time.monotonic() < end, "the frozen kernel was not killed"
-                await asyncio.sleep(0.05)
-            return km.kernel_id, await km.is_alive(), km.deaths, process_state(stranger)
-        finally:
-            client.stop_channels()
-            await km.shutdown_kernel(now=True)
-
-    with caplog.at_level(logging.INFO), stranger() as pid_of_stranger:
-        kernel_id, alive, deaths, state = asyncio.run(scenario(pid_of_stranger))
-        assert state in ("R", "S"), state  # the stranger survived
-    assert not alive and deaths == 1
-    [death] = [r for r in caplog.records if "is dead" in r.getMessage()]
-    text = death.getMessage()
-    assert text.startswith(f"Kernel {kernel_id}: heart at tcp://"), text
-    assert "killing it through its provisioner" in text and str(pid_of_stranger) not in text, text
-
-
-def test_the_provisioner_never_signals_a_pid_that_is_not_our_child(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    async def scenario(stranger: int) -> tuple[bool, str | None]:
-        HeartbeatStrangersPid.stranger = stranger
-        provisioned_by(monkeypatch, HeartbeatStrangersPid, time_to_dead=1.0, first_beat=1.0)
-        km = AsyncKernelManager(kernel_name="python3")
-        await km.start_kernel()
-        client = km.client()
-        try:
-            provisioner = km.provisioner
-            assert isinstance(provisioner, HeartbeatStrangersPid)
-            monitor = provisioner._monitor
-            assert monitor is not None
-            await freeze_the_launched_kernel(km, client, lambda: monitor.stats.count > 0)
-            end = time.monotonic() + 30
-            while await km.is_alive():  # found dead: killed through the provisioner
-                assert time.monotonic() < end, "the frozen kernel was not killed"
-                await asyncio.sleep(0.05)
-            return await km.is_alive(), process_state(stranger)
-        finally:
-            client.stop_channels()
-            await km.shutdown_kernel(now=True)
-
-    with caplog.at_level(logging.INFO), stranger() as pid_of_stranger:
-        alive, state = asyncio.run(scenario(pid_of_stranger))
-        assert state in ("R", "S"), state
-    assert not alive
-    [death] = [r for r in caplog.records if "is dead" in r.getMessage()]
-    assert "killing it through its provisioner" in death.getMessage(), death.getMessage()
-
-
-# -- the sync manager's _async_is_alive, which jupyter_client itself calls ----------------------
-
-SYNC_MANAGER_SLOW_KILL = textwrap.dedent(
-    """
-    import asyncio, json, os, signal, threading, time
-    from jupyter_client import BlockingKernelClient
-    from jupyter_client.provisioning.factory import KernelProvisionerFactory
-    from jupyter_client.provisioning.local_provisioner import LocalProvisioner
-    from heartbeat.jupyter import HeartbeatIOLoopKernelManager
-
-    class SlowRemote(LocalProvisioner):
-        # Launches here, but knows no local pid and kills slowly, like a remote provisioner
-        # deleting a pod: for a while the heart is dead and the process still there. A
-        # threading.Event: the sync manager's calls may run on a helper thread's loop.
-        released = threading.Event()
-
-        async def launch_kernel(self, cmd, **kwargs):
-            info = await super().launch_kernel(cmd, **kwargs)
-            self.pid = None
-            return info
-
-        async def kill(self, restart=False):
-            while not SlowRemote.released.is_set():
-                await asyncio.sleep(0.05)
-            await super().kill(restart)
-
-    KernelProvisionerFactory.instance().create_provisioner_instance = (
-        lambda kernel_id, kernel_spec, parent: SlowRemote(
-            kernel_id=kernel_id, kernel_spec=kernel_spec, parent=parent
-        )
-    )
-
-    async def until(condition, what):
-        end = time.monotonic() + 30
-        while not condition():
-            assert time.monotonic() < end, what
-            await asyncio.sleep(0.05)
-
-    async def main():
-        km = HeartbeatIOLoopKernelManager(
-            kernel_name="python3", time_to_dead=1.0, first_beat=1.0, autorestart=False
-        )
-        km.start_kernel()
-        # A stock client asks the manager's _async_is_alive(), not its is_alive().
-        client = BlockingKernelClient(parent=km)
-        process = km.provisioner.process
-        try:
-            await until(lambda: km.heart_has_beaten, "the heart never answered")
-            os.kill(process.pid, signal.SIGSTOP)
-            await until(lambda: km.deaths == 1, "no death")
-            return {
-                "process_there": process.poll() is None,
-                "is_alive": km.is_alive(),
-                "stock_client_is_alive": client.is_alive(),
-            }
-        finally:
-            SlowRemote.released.set()
-            await until(lambda: process.poll() is not None, "not killed by its provisioner")
-            km.shutdown_kernel(now=True)
-
-    print(json.dumps(asyncio.run(main())))
-    """
-)
-
-
-def test_a_dead_heart_is_dead_to_jupyter_clients_own_async_is_alive_in_the_sync_manager() -> None:
-    # In a process of its own, as the sync manager test above.
-    result = run_python(SYNC_MANAGER_SLOW_KILL, timeout=120)
-    assert result.returncode == 0, result.stderr
-    seen = json.loads(result.stdout.splitlines()[-1])
-    assert seen == {"process_there": True, "is_alive": False, "stock_client_is_alive": False}

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import inspect
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -28,7 +29,8 @@ from jupyter_client.ioloop.restarter import AsyncIOLoopKernelRestarter, IOLoopKe
 from jupyter_client.restarter import KernelRestarter
 from jupyter_core.utils import run_sync
 from tornado.ioloop import IOLoop
-from traitlets import Bool, DottedObjectName, Instance, Integer, Type
+from traitlets import Bool, DottedObjectName, Instance, Integer, Type, default
+from traitlets.utils.importstring import import_item
 
 from heartbeat.jupyter._one_at_a_time import OneAtATime
 from heartbeat.jupyter.kernel import (
@@ -102,19 +104,82 @@ class HeartbeatKernelRestarter(AsyncIOLoopKernelRestarter):
 
 
 class HeartbeatIOLoopKernelRestarter(IOLoopKernelRestarter):
-    """The sync restarter (its polls never overlap: they run on the loop without awaiting)."""
+    """The sync manager's restarter. Its poll is a coroutine on the manager's loop, awaiting the
+    manager's own coroutines, as the async restarter's does; it counts deaths for the
+    manager's clients and keeps the ports of a kernel that has beaten.
 
-    def poll(self) -> None:
-        """Poll the kernel; count a death for the manager's clients; keep beaten ports."""
+    jupyter_client's sync restarter calls the manager's sync methods (``is_alive()``,
+    ``restart_kernel()``) from its callback on the running loop, where jupyter_core runs each
+    in a task-runner thread it keeps per thread name, blocking the loop meanwhile. In a
+    process forked from one that had made such a runner (multiprocessing's fork start method)
+    the runner is inherited without its thread, and that first poll waits forever; and a
+    kernel restarted there would be watched from the runner's loop rather than this one.
+    """
+
+    _running = Bool(False)
+    _poll_lock = Instance(asyncio.Lock, allow_none=True)
+
+    def start(self) -> None:
+        """Start polling."""
+        super().start()
+        self._running = True
+
+    def stop(self) -> None:
+        """Stop polling; a poll still waiting for its turn then does nothing."""
+        super().stop()
+        self._running = False
+
+    async def poll(self) -> None:  # type: ignore[override]
+        """Poll the kernel, one poll at a time (a heart death asks for one at once)."""
+        if self._poll_lock is None:
+            self._poll_lock = asyncio.Lock()
+        async with self._poll_lock:
+            if not self._running:
+                return
+            with _ports_kept_once_beaten(self):
+                await self._poll_once()
+
+    async def _poll_once(self) -> None:
         manager = self.kernel_manager
-        if (
-            isinstance(manager, _HeartbeatMixin)
-            and not self.kernel_manager.shutting_down
-            and not self.kernel_manager.is_alive()
-        ):
+        if self.debug:
+            self.log.debug("Polling kernel...")
+        if manager.shutting_down:
+            self.log.debug("Kernel shutdown in progress...")
+            return
+        alive = bool(await manager._async_is_alive())
+        now = time.time()
+        if alive:
+            # Alive for stable_start_time on end: started, or restarted, for good.
+            stable = self.stable_start_time
+            if manager.provisioner is not None:
+                stable = manager.provisioner.get_stable_start_time(recommended=stable)
+            if now - self._last_dead >= stable:
+                if self._restarting:
+                    self.log.debug("KernelRestarter: restart apparently succeeded")
+                self._initial_startup = False
+                self._restarting = False
+            return
+        if isinstance(manager, _HeartbeatMixin):
             manager.note_death()
-        with _ports_kept_once_beaten(self):
-            super().poll()
+        self._last_dead = now
+        self._restart_count = self._restart_count + 1 if self._restarting else 1
+        if self._restart_count > self.restart_limit:
+            self.log.warning("KernelRestarter: restart failed")
+            self._fire_callbacks("dead")
+            self._restarting = False
+            self._restart_count = 0
+            self.stop()
+            return
+        newports = self.random_ports_until_alive and self._initial_startup
+        self.log.info(
+            "KernelRestarter: restarting kernel (%i/%i), %s random ports",
+            self._restart_count,
+            self.restart_limit,
+            "new" if newports else "keep",
+        )
+        self._fire_callbacks("restart")
+        await manager._async_restart_kernel(now=True, newports=newports)
+        self._restarting = True
 
 
 class _HeartbeatMixin(HeartbeatSettings):
@@ -138,6 +203,19 @@ class _HeartbeatMixin(HeartbeatSettings):
         """True once the current kernel's heart has answered a ping."""
         monitor = self._heart_monitor
         return monitor is not None and monitor.stats.count > 0
+
+    @default("client_factory")
+    def _client_factory_named_by_client_class(self) -> type:
+        # What client() makes is what client_class names, unless client_factory itself is set:
+        # a subclass or a config that sets only client_class (as qtconsole's QtKernelManager
+        # does) gets its own client, not ours. jupyter_client's sync manager does the same; its
+        # async manager gives client_factory a fixed default, which this replaces for ours.
+        # (jupyter_client's observer of client_class still follows a later change of it.)
+        name = str(self.client_class)  # type: ignore[attr-defined]
+        factory = import_item(name)
+        if not isinstance(factory, type):
+            raise TypeError(f"client_class {name!r} does not name a class")
+        return factory
 
     def lifecycle(self) -> AbstractAsyncContextManager[None]:
         """Held by each step of the kernel's lifecycle (start, restart, shutdown, clean-up and
@@ -311,9 +389,7 @@ class HeartbeatKernelManager(_HeartbeatMixin, _AsyncBase):
         klass=AsyncIOLoopKernelRestarter,
         config=True,
     )
-    # Both: jupyter_client's async manager gives client_factory a default of its own.
     client_class = DottedObjectName("heartbeat.jupyter.manager.HeartbeatKernelClient", config=True)
-    client_factory = Type(default_value=HeartbeatKernelClient, klass=AsyncKernelClient, config=True)
 
     _steps = Instance(OneAtATime, args=())
 
@@ -361,15 +437,14 @@ class HeartbeatIOLoopKernelManager(_HeartbeatMixin, IOLoopKernelManager):
     client_class = DottedObjectName(
         "heartbeat.jupyter.manager.HeartbeatBlockingKernelClient", config=True
     )
-    client_factory = Type(
-        default_value=HeartbeatBlockingKernelClient, klass=BlockingKernelClient, config=True
-    )
 
-    def is_alive(self) -> bool:
-        """False when the process has exited or the heart has been declared dead."""
+    async def _async_is_alive(self) -> bool:
         if self._heart_dead:
             return False
-        return bool(super().is_alive())
+        return bool(await super()._async_is_alive())
+
+    #: False when the process has exited or the heart has been declared dead.
+    is_alive = run_sync(_async_is_alive)
 
     cleanup_resources = run_sync(_HeartbeatMixin._async_cleanup_resources)
 
