@@ -25,6 +25,7 @@ from traitlets.config import LoggingConfigurable
 
 from heartbeat import _validate
 from heartbeat._judge import Dead
+from heartbeat.jupyter._proc import process_state
 from heartbeat.monitor import HeartMonitor, Log
 from heartbeat.pool import HeartbeatPool
 
@@ -121,25 +122,6 @@ def shared_pool(log: Log | None = None) -> HeartbeatPool:
     if pool is None:
         pool = _pools[loop] = HeartbeatPool(io_loop=loop, log=log)
     return pool
-
-
-def process_state(pid: int | None, exit_code: int | None) -> str | None:
-    """What a kernel process is doing, in words; None when that cannot be told here."""
-    if exit_code is not None:
-        return f"exited with code {exit_code}"
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            # The state follows the command name, which is in parentheses and may hold spaces.
-            state = stat.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return None  # not Linux, or gone
-    if state in ("T", "t"):
-        return "stopped"
-    if state in ("Z", "X"):
-        return "exited"
-    return "running"
 
 
 def local_child(provisioner: object) -> subprocess.Popen[Any] | None:
