@@ -249,3 +249,34 @@ def decide(
         # Our child, not exited, its heart silent: whatever it is doing, it is not answering.
         return Cause("frozen", silence=silence, likely=True)
     return Cause("unknown")
+
+
+@dataclass(frozen=True)
+class Death:
+    """One kernel death, as a kernel manager records it (``last_death``) and logs it (the
+    death line's ``extra["heartbeat_death"]``).
+
+    ``time`` is wall-clock seconds (``time.time()``), for people; ``pid`` the process that died
+    (None when it was not ours); ``restarting`` whether it is being restarted.
+    """
+
+    kernel_id: str | None
+    cause: Cause
+    time: float
+    pid: int | None = None
+    restarting: bool = False
+
+    @property
+    def exit_code(self) -> int | None:
+        """The process's exit code, when it exited."""
+        return self.cause.exit_code
+
+    @property
+    def signal(self) -> int | None:
+        """The signal that killed the process, when one did."""
+        return self.cause.signal
+
+    @property
+    def silence(self) -> float | None:
+        """Seconds the heart was silent; None for a death seen by the process's exit."""
+        return self.cause.silence
