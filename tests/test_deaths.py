@@ -8,13 +8,15 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 from traitlets.config import Config
 
 from heartbeat._cause import Death
-from heartbeat.jupyter import HeartbeatKernelManager, HeartbeatKernelRestarter
+from heartbeat.jupyter import HeartbeatKernelManager, HeartbeatKernelRestarter, _proc
 
 # The restarter's own poll, as jupyter_client has it: a death it alone saw would take up to this.
 RESTARTER_POLL = 3.0
@@ -212,3 +214,78 @@ def test_a_shutdown_is_no_death_and_leaves_no_watch(caplog: pytest.LogCaptureFix
         km, watch = asyncio.run(scenario())
     assert watch.closed and km._exit_watch is None
     assert km.last_death is None and km.deaths == 0 and death_lines(caplog) == []
+
+
+# -- an out-of-memory kill, in a memory cgroup of the test's own -------------------------------
+
+OOM_LIMIT = 256 << 20  # an ipykernel needs about a third of this; the cell asks for twice it
+
+
+@pytest.fixture
+def memory_cgroup() -> Iterator[Path]:
+    """A cgroup v1 memory cgroup with a small limit, under this process's own, removed after."""
+    mine = _proc.memory_cgroup_of(os.getpid())
+    if mine is None or mine.version != 1:
+        pytest.skip("no cgroup v1 memory controller for this process (this test writes v1 only)")
+    group = mine.path / f"heartbeat-test-{os.getpid()}"
+    try:
+        group.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot make a memory cgroup under {mine.path}: {exc}")
+    try:
+        try:
+            (group / "memory.limit_in_bytes").write_text(str(OOM_LIMIT))
+        except OSError as exc:
+            pytest.skip(f"cannot set a memory limit in {group}: {exc}")
+        yield group
+    finally:
+        # Empty once its kernel is reaped (the test shuts it down first).
+        end = time.monotonic() + 30
+        while True:
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                left = (group / "tasks").read_text()
+                assert time.monotonic() < end, f"{group} still holds {left}"
+                time.sleep(0.05)
+
+
+def test_an_out_of_memory_kill_is_named_with_its_cgroups_limit(
+    memory_cgroup: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    procs = memory_cgroup / "cgroup.procs"
+
+    def join_the_cgroup() -> None:
+        # In the kernel's process before it runs the kernel: in the cgroup from its start.
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    async def scenario() -> tuple[HeartbeatKernelManager, int]:
+        km = manager(autorestart=False)
+        await km.start_kernel(preexec_fn=join_the_cgroup)
+        client = km.client()
+        try:
+            client.start_channels()
+            await client.wait_for_ready(timeout=60)
+            pid = km.provisioner.pid  # type: ignore[union-attr]
+            assert str(pid) in procs.read_text().split()
+            client.execute(f"x = bytearray({2 * OOM_LIMIT})")
+            await until(lambda: km.last_death is not None, 60, "death not seen")
+            return km, pid
+        finally:
+            client.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    with caplog.at_level(logging.INFO):
+        km, pid = asyncio.run(scenario())
+    death = km.last_death
+    assert death is not None and death.signal == signal.SIGKILL, death
+    assert death.cause.kind == "oom" and not death.cause.likely, death
+    assert death.cause.memory_limit == OOM_LIMIT
+    [line] = death_lines(caplog)
+    assert line.getMessage() == (
+        f"Kernel {km.kernel_id}: process {pid} died: it was killed by SIGKILL (9): its memory "
+        "cgroup recorded an out-of-memory kill (limit 256.0 MiB); not restarting it "
+        "(autorestart is off)"
+    )
