@@ -92,17 +92,17 @@ class Cause:
             )
         if self.kind == "frozen":
             return (
-                f"likely frozen: its process ran while its heart was silent{silent} "
+                f"was likely frozen: its process ran while its heart was silent{silent} "
                 "(stuck below Python, swapped out or suspended)"
             )
         if self.kind == "remote-refused":
             return (
-                f"likely gone: its heart was silent{silent} and nothing listens at its port "
+                f"was likely gone: its heart was silent{silent} and nothing listens at its port "
                 "(connection refused)"
             )
         if self.kind == "remote-silent":
             return (
-                f"likely frozen, or its host stalled: its heart was silent{silent} though its "
+                f"was likely frozen, or its host stalled: its heart was silent{silent} though its "
                 "port accepts connections"
             )
         if self.kind == "remote-unreachable":

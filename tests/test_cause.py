@@ -203,7 +203,7 @@ def test_a_running_process_with_a_silent_heart_was_likely_frozen() -> None:
     cause = decide(returncode=None, state=stat_state(STAT_RUNNING), silence=3.1)
     assert cause == Cause("frozen", silence=3.1, likely=True)
     assert cause.describe() == (
-        "likely frozen: its process ran while its heart was silent for 3.1 s "
+        "was likely frozen: its process ran while its heart was silent for 3.1 s "
         "(stuck below Python, swapped out or suspended)"
     )
     # Not Linux (no /proc): not exited, heart silent, the same inference.
