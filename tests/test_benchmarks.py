@@ -94,3 +94,13 @@ def test_soak_chaos() -> None:
     assert counts["false deaths"] == "0"
     assert int(counts["deaths reported"]) >= 1  # chaos did happen, and was reported
     assert result.stdout.strip().endswith("0 violations")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_crash_benchmark_smoke() -> None:
+    result = run("benchmarks.crash", "--kills", "1", timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line}
+    ours, stock = rows["HeartbeatKernelManager"], rows["AsyncIOLoopKernelManager"]
+    assert len(ours) == 5 and len(stock) == 6, result.stdout  # four times each
