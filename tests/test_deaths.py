@@ -4,6 +4,7 @@ child, its cause in one log line and in ``last_death``."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from traitlets.config import Config
 
 from heartbeat._cause import Death
 from heartbeat.jupyter import HeartbeatKernelManager, HeartbeatKernelRestarter, _proc
+from tests.conftest import run_python
 
 # The restarter's own poll, as jupyter_client has it: a death it alone saw would take up to this.
 RESTARTER_POLL = 3.0
@@ -147,6 +149,8 @@ def test_a_cell_that_exits_is_an_exit_code_and_with_autorestart_off_is_not_resta
             client.execute("import os; os._exit(3)")
             asked = time.monotonic()
             seen = await until(lambda: km.last_death is not None, 30, "death not seen")
+            # Its heart is no longer watched: it would only report this death again, later.
+            assert km._heart_monitor is None
             return km, pid, seen - asked, await km.is_alive()
         finally:
             client.stop_channels()
@@ -289,3 +293,52 @@ def test_an_out_of_memory_kill_is_named_with_its_cgroups_limit(
         "cgroup recorded an out-of-memory kill (limit 256.0 MiB); not restarting it "
         "(autorestart is off)"
     )
+
+
+SYNC_MANAGER = """
+import asyncio, json, os, signal, time
+from traitlets.config import Config
+from heartbeat.jupyter import HeartbeatIOLoopKernelManager
+
+async def main():
+    km = HeartbeatIOLoopKernelManager(
+        kernel_name="python3", time_to_dead=3.0, first_beat=5.0,
+        config=Config({"KernelRestarter": {"time_to_dead": 3.0}}),  # its poll: every 3 s
+    )
+    km.start_kernel()
+    try:
+        client = km.client()
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        client.stop_channels()
+        process = km.provisioner.process  # the Popen: this process's own child
+        # Just after the restarter's periodic poll: only the exit watch can see it sooner.
+        restarter = km._restarter
+        polls = []
+        poll = restarter.poll
+        restarter._pcallback.callback = lambda: (polls.append(time.monotonic()), poll())
+        while not polls:
+            await asyncio.sleep(0.001)
+        os.kill(process.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        while km.last_death is None:
+            assert time.monotonic() < killed + 30, "death not seen"
+            await asyncio.sleep(0.005)
+        seen = time.monotonic() - killed
+        while km.provisioner is None or km.provisioner.pid == process.pid:
+            assert time.monotonic() < killed + 30, "not restarted"
+            await asyncio.sleep(0.005)
+        return {"seen": seen, "signal": km.last_death.signal, "deaths": km.deaths}
+    finally:
+        km.shutdown_kernel(now=True)
+
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+def test_the_sync_manager_sees_a_killed_kernel_at_once_too() -> None:
+    # In a process of its own, as tests/test_jupyter.py runs the sync manager.
+    result = run_python(SYNC_MANAGER, timeout=120)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert seen["seen"] <= SEEN_WITHIN and seen["signal"] == 9 and seen["deaths"] == 1, seen
