@@ -110,6 +110,8 @@ class Cause:
                 f"could not be reached: its heart was silent{silent} and no connection to its "
                 "host could be made (host or network unreachable)"
             )
+        if self.silence is None:
+            return "died of a cause not known here"
         return f"died of a cause not known here (its heart was silent{silent})"
 
 

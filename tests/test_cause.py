@@ -246,6 +246,9 @@ def test_a_remote_process_state_is_not_used() -> None:
 
 def test_nothing_known_is_unknown() -> None:
     assert decide(returncode=None) == Cause("unknown")
+    # A process that is not ours found dead by its provisioner: no silence to speak of.
+    cause = decide(returncode=None, local=False)
+    assert cause.describe() == "died of a cause not known here"
 
 
 @pytest.mark.parametrize(
