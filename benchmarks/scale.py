@@ -445,7 +445,7 @@ def setup_kernel_managers(urls: list[str], victim: str, state: dict[str, Any]) -
             url,
             curve_serverkey=None,
             context=None,
-            log=KernelLog(log, url, lambda: None),
+            log=KernelLog(log, url, lambda dead: (None, None)),
         )
         for url in urls
     ]

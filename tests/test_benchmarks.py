@@ -160,3 +160,13 @@ def test_the_peer_suites_plugin_swaps_in_the_drop_ins_and_records_outcomes(
         assert used["HeartbeatKernelManager made"] >= 1, used
     else:
         assert result.returncode == 1 and outcomes == ["failed"]  # stock: the names are theirs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_crash_benchmark_smoke() -> None:
+    result = run("benchmarks.crash", "--kills", "1", timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line}
+    ours, stock = rows["HeartbeatKernelManager"], rows["AsyncIOLoopKernelManager"]
+    assert len(ours) == 5 and len(stock) == 6, result.stdout  # four times each

@@ -3,9 +3,9 @@ kernel provisioner.
 
 What both share: the monitor made the same way (through one pool per event loop by default),
 log lines that name the kernel and go through the owner's (the application's) logger, the
-one line a death gets (the silence measured, and what the process was doing), and killing
-the process before anything else happens to it: by a signal only when it is provably our
-local child (:func:`local_child`), otherwise through its provisioner.
+one line a death gets (its cause, decided in ``heartbeat._cause``), and killing the process
+before anything else happens to it: by a signal only when it is provably our local child
+(:func:`local_child`), otherwise through its provisioner.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from traitlets import Bool, Float, Integer, TraitError, validate
 from traitlets.config import LoggingConfigurable
 
 from heartbeat import _validate
+from heartbeat._cause import Cause, Death
 from heartbeat._judge import Dead
 from heartbeat.monitor import HeartMonitor, Log
 from heartbeat.pool import HeartbeatPool
@@ -123,25 +124,6 @@ def shared_pool(log: Log | None = None) -> HeartbeatPool:
     return pool
 
 
-def process_state(pid: int | None, exit_code: int | None) -> str | None:
-    """What a kernel process is doing, in words; None when that cannot be told here."""
-    if exit_code is not None:
-        return f"exited with code {exit_code}"
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            # The state follows the command name, which is in parentheses and may hold spaces.
-            state = stat.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return None  # not Linux, or gone
-    if state in ("T", "t"):
-        return "stopped"
-    if state in ("Z", "X"):
-        return "exited"
-    return "running"
-
-
 def local_child(provisioner: object) -> subprocess.Popen[Any] | None:
     """The kernel's process, when it is provably a child of this process; else None.
 
@@ -172,14 +154,18 @@ def kill_local_child(process: subprocess.Popen[Any]) -> None:
 
 
 class KernelLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Every line names the kernel; the death line also says what its process was doing.
+    """Every line names the kernel; the death line also says its cause and what happens next.
 
-    ``describe()`` is asked at the moment of the death line: it returns the process's state
-    and what happens to it next, or None when that is unknown.
+    ``describe(dead)`` is asked at the moment of a heart's death line, with its ``Dead`` event:
+    it returns the line's ending (the cause, what happens to the process next), or None, and
+    the :class:`~heartbeat._cause.Death` to carry as ``extra["heartbeat_death"]``, or None.
     """
 
     def __init__(
-        self, logger: Log, kernel_id: str | None, describe: Callable[[], str | None]
+        self,
+        logger: Log,
+        kernel_id: str | None,
+        describe: Callable[[Dead], tuple[str | None, Death | None]],
     ) -> None:
         super().__init__(logger, {})
         self.kernel_id = kernel_id
@@ -190,30 +176,35 @@ class KernelLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         death line."""
         text = f"Kernel {self.kernel_id}: {msg}" if self.kernel_id else str(msg)
         extra = kwargs["extra"] = {**(kwargs.get("extra") or {}), "kernel_id": self.kernel_id}
-        if isinstance(extra.get("heartbeat_event"), Dead):
-            fate = self.describe()
-            if fate:
-                text = f"{text}; {fate}"
+        event = extra.get("heartbeat_event")
+        if isinstance(event, Dead):
+            ending, death = self.describe(event)
+            if ending:
+                text = f"{text}; {ending}"
+            if death is not None:
+                extra["heartbeat_death"] = death
         return text, kwargs
 
 
-def fate(process: subprocess.Popen[Any] | None, then: str, *, provisioned: bool) -> str:
-    """The death line's ending: what the process was doing, and ``then``, what happens next.
+def fate(
+    process: subprocess.Popen[Any] | None, cause: Cause, then: str, *, provisioned: bool
+) -> str:
+    """A death line's ending: the cause, what was done to the process, and ``then``, what
+    happens next.
 
-    ``process`` is the kernel's process when it is our local child (:func:`local_child`); it is
-    about to be killed, so this says "killed it". Otherwise ``provisioned`` says whether the
-    kernel's provisioner has a process to kill (a remote kernel, say), which it is asked to do.
+    ``process`` is the kernel's process when it is our local child (:func:`local_child`); one
+    still there is about to be killed, so this says "killed". Otherwise ``provisioned`` says
+    whether the kernel's provisioner has a process to kill (a remote kernel, say), which it is
+    asked to do.
     """
+    said = f"it {cause.describe()}"
     if process is None:
         if provisioned:
             return (
-                f"its process is no child of this one: killing it through its provisioner; {then}"
+                f"{said}; its process is no child of this one: killing it through its "
+                f"provisioner; {then}"
             )
-        return then
-    code = process.poll()
-    state = process_state(process.pid, code)
-    if state is None:
-        return f"killed its process {process.pid}; {then}"
-    if state.startswith("exited"):
-        return f"its process {process.pid} had {state}; {then}"
-    return f"its process {process.pid} was {state}: killed it; {then}"
+        return f"{said}; {then}"
+    if process.returncode is not None:
+        return f"{said} (process {process.pid}); {then}"
+    return f"{said}; killed its process {process.pid}; {then}"

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
@@ -28,19 +26,10 @@ from jupyter_client.ioloop.manager import AsyncIOLoopKernelManager, IOLoopKernel
 from jupyter_client.ioloop.restarter import AsyncIOLoopKernelRestarter, IOLoopKernelRestarter
 from jupyter_client.restarter import KernelRestarter
 from jupyter_core.utils import run_sync
-from tornado.ioloop import IOLoop
-from traitlets import Bool, DottedObjectName, Instance, Integer, Type, default
-from traitlets.utils.importstring import import_item
+from traitlets import Bool, DottedObjectName, Instance, Type
 
 from heartbeat.jupyter._one_at_a_time import OneAtATime
-from heartbeat.jupyter.kernel import (
-    HeartbeatSettings,
-    KernelLog,
-    fate,
-    kill_local_child,
-    local_child,
-)
-from heartbeat.monitor import HeartMonitor
+from heartbeat.jupyter._watched import _HeartbeatMixin
 
 try:
     # Under jupyter_server, kernel managers should be ServerKernelManagers (execution state,
@@ -50,9 +39,6 @@ try:
     )
 except ImportError:  # pragma: no cover - jupyter_server is optional
     _AsyncBase = AsyncIOLoopKernelManager  # type: ignore[assignment,misc]
-
-# How long a killed kernel process may take to be reaped.
-_REAP_TIMEOUT = 5.0
 
 
 @contextlib.contextmanager
@@ -182,166 +168,6 @@ class HeartbeatIOLoopKernelRestarter(IOLoopKernelRestarter):
         self._restarting = True
 
 
-class _HeartbeatMixin(HeartbeatSettings):
-    _heart_monitor = Instance(HeartMonitor, allow_none=True)
-    _heart_dead = Bool(False)
-    _deaths = Integer(0)
-    _death_noted = Bool(False)
-    _closed = Bool(False)  # cleaned up for good, until started again
-
-    @property
-    def deaths(self) -> int:
-        """How often this manager's kernel has died (heart or process) since it was made.
-
-        Restarts asked for are not deaths. A client made by this manager answers
-        ``is_alive()`` False once this grows past what it was when the client was made.
-        """
-        return int(self._deaths)
-
-    @property
-    def heart_has_beaten(self) -> bool:
-        """True once the current kernel's heart has answered a ping."""
-        monitor = self._heart_monitor
-        return monitor is not None and monitor.stats.count > 0
-
-    @default("client_factory")
-    def _client_factory_named_by_client_class(self) -> type:
-        # What client() makes is what client_class names, unless client_factory itself is set:
-        # a subclass or a config that sets only client_class (as qtconsole's QtKernelManager
-        # does) gets its own client, not ours. jupyter_client's sync manager does the same; its
-        # async manager gives client_factory a fixed default, which this replaces for ours.
-        # (jupyter_client's observer of client_class still follows a later change of it.)
-        name = str(self.client_class)  # type: ignore[attr-defined]
-        factory = import_item(name)
-        if not isinstance(factory, type):
-            raise TypeError(f"client_class {name!r} does not name a class")
-        return factory
-
-    def lifecycle(self) -> AbstractAsyncContextManager[None]:
-        """Held by each step of the kernel's lifecycle (start, restart, shutdown, clean-up and
-        the restarter's poll), so that they run one at a time. Nothing to hold here: the sync
-        manager's steps block its loop, so they cannot overlap."""
-        return contextlib.nullcontext()
-
-    async def _async_is_alive(self) -> bool:
-        # What jupyter_client itself asks, for the sync manager too (its clients' is_alive(),
-        # waiting for a shutdown): a dead heart is a dead kernel there as well.
-        if self._heart_dead:
-            return False
-        return bool(await super()._async_is_alive())  # type: ignore[misc]
-
-    def note_death(self) -> None:
-        """Count the current kernel's death once (the restarter and the heart both see it)."""
-        if not self._death_noted:
-            self._death_noted = True
-            self._deaths += 1
-
-    def _start_heart_monitor(self) -> None:
-        self._stop_heart_monitor()
-        self._death_noted = False
-        url = self._make_url("hb")  # type: ignore[attr-defined]
-        key = getattr(self, "curve_publickey", None)
-        monitor = self.watch(
-            url,
-            curve_serverkey=key or None,
-            context=self.context,  # type: ignore[attr-defined]
-            log=KernelLog(self.log, self.kernel_id, self._death_fate),  # type: ignore[attr-defined]
-        )
-        self._heart_monitor = monitor
-        monitor.start(self._on_heart_dead)
-
-    def _stop_heart_monitor(self) -> None:
-        if self._heart_monitor is not None:
-            self._heart_monitor.stop()
-        self._heart_monitor = None
-        self._heart_dead = False
-
-    def _provisioned(self) -> bool:
-        provisioner = self.provisioner  # type: ignore[attr-defined]
-        return provisioner is not None and bool(provisioner.has_process)
-
-    def _local_child(self) -> subprocess.Popen[Any] | None:
-        """The kernel's process if it is provably our child (see ``local_child``), else None."""
-        return local_child(self.provisioner) if self._provisioned() else None  # type: ignore[attr-defined]
-
-    def _death_fate(self) -> str:
-        restarts = self.autorestart and self._restarter is not None  # type: ignore[attr-defined]
-        then = "restarting it" if restarts else "not restarting it (autorestart is off)"
-        return fate(self._local_child(), then, provisioned=self._provisioned())
-
-    def _kill_now(self) -> None:
-        process = self._local_child()
-        if process is not None:
-            kill_local_child(process)
-
-    def _on_heart_dead(self) -> None:
-        # The death is recorded, and its handling (a kill through the provisioner, a restart)
-        # scheduled, before anything that could raise: the callback guard would swallow it.
-        self._heart_dead = True
-        self.note_death()
-        IOLoop.current().add_callback(self._finish_heart_death, self._heart_monitor)
-        self._kill_now()  # now, not next turn: a frozen process must never outlive its kernel
-
-    async def _finish_heart_death(self, monitor: HeartMonitor | None) -> None:
-        async with self.lifecycle():
-            if monitor is None or self._heart_monitor is not monitor:
-                return  # restarted or shut down meanwhile: that took care of the old process
-            await self._kill_and_reap()
-            restarter = self._restarter  # type: ignore[attr-defined]
-            if self.autorestart and restarter is not None:  # type: ignore[attr-defined]
-                # Ask now rather than wait up to a whole polling period.
-                polled = restarter.poll()
-                if inspect.isawaitable(polled):
-                    await polled
-
-    async def _kill_and_reap(self) -> None:
-        """Kill the kernel's process (and its process group) and reap it, if it is there."""
-        self._kill_now()
-        provisioner = self.provisioner  # type: ignore[attr-defined]
-        if provisioner is None or not provisioner.has_process:
-            return
-        try:
-            await provisioner.kill()  # its process group; for a remote kernel, the only way
-        except Exception:
-            # Logged, not raised: the death is recorded, and the restarter still acts on it.
-            self.log.exception("Kernel %s: its provisioner could not kill it", self.kernel_id)  # type: ignore[attr-defined]
-            return
-        # poll() reaps, and unlike wait() may run while jupyter_client's own shutdown waits.
-        end = asyncio.get_running_loop().time() + _REAP_TIMEOUT
-        while await provisioner.poll() is None:
-            if asyncio.get_running_loop().time() > end:
-                self.log.warning("Kernel %s was killed but has not exited", self.kernel_id)  # type: ignore[attr-defined]
-                return
-            await asyncio.sleep(0.05)
-
-    async def _async_cleanup_resources(self, restart: bool = False) -> None:
-        if not restart:
-            # For good (nbclient does this without a shutdown when it finds the kernel dead):
-            # nothing may restart the kernel afterwards, and no kernel is left running.
-            self._closed = True
-            self.stop_restarter()
-            await self._kill_and_reap()
-        await super()._async_cleanup_resources(restart=restart)  # type: ignore[misc]
-
-    def start_restarter(self) -> None:
-        """Start the restarter, and the heart monitor that informs it."""
-        if self._closed:
-            # A restart has just started a kernel after the manager was cleaned up for good,
-            # which nobody would ever shut down. The async manager's lifecycle() keeps this
-            # from happening; the sync manager's heart-death handling can still poll its
-            # restarter after a clean-up that ran while it awaited the kill.
-            IOLoop.current().add_callback(self._kill_and_reap)
-            return
-        super().start_restarter()  # type: ignore[misc]
-        if self.has_kernel:  # type: ignore[attr-defined]
-            self._start_heart_monitor()
-
-    def stop_restarter(self) -> None:
-        """Stop both; a shutting-down kernel is judged by its process alone."""
-        self._stop_heart_monitor()
-        super().stop_restarter()  # type: ignore[misc]
-
-
 class _DeathAwareClient(KernelClient):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -438,13 +264,8 @@ class HeartbeatIOLoopKernelManager(_HeartbeatMixin, IOLoopKernelManager):
         "heartbeat.jupyter.manager.HeartbeatBlockingKernelClient", config=True
     )
 
-    async def _async_is_alive(self) -> bool:
-        if self._heart_dead:
-            return False
-        return bool(await super()._async_is_alive())
-
     #: False when the process has exited or the heart has been declared dead.
-    is_alive = run_sync(_async_is_alive)
+    is_alive = run_sync(_HeartbeatMixin._async_is_alive)
 
     cleanup_resources = run_sync(_HeartbeatMixin._async_cleanup_resources)
 

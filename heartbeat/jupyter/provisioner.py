@@ -15,7 +15,10 @@ from typing import Any
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from tornado.ioloop import IOLoop
 
+from heartbeat._cause import Death
+from heartbeat._judge import Dead
 from heartbeat.connection import hb_url
+from heartbeat.jupyter._death import Witness
 from heartbeat.jupyter.kernel import (
     HeartbeatSettings,
     KernelLog,
@@ -34,10 +37,12 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
     """
 
     _monitor: HeartMonitor | None = None
+    _witness: Witness | None = None
 
     async def post_launch(self, **kwargs: Any) -> None:
         """Start watching the heart of the kernel just launched."""
         await super().post_launch(**kwargs)
+        self._witness = Witness(local_child(self))  # its memory cgroup, counted at its start
         heart = hb_url(dict(self.connection_info), f"kernel {self.kernel_id}")
         self._monitor = self.watch(
             heart.url,
@@ -54,9 +59,14 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
             monitor.stop()
         await super().cleanup(restart=restart)
 
-    def _death_fate(self) -> str:
+    def _death_fate(self, dead: Dead) -> tuple[str, Death | None]:
         then = "its kernel manager will find it dead"
-        return fate(local_child(self), then, provisioned=self.has_process)
+        process = local_child(self)
+        witness = self._witness if self._witness is not None else Witness(None)
+        if witness.process is not process:
+            witness = Witness(process)
+        cause = witness.cause(dead.silent_for)
+        return fate(process, cause, then, provisioned=self.has_process), None
 
     def _on_heart_dead(self) -> None:
         process = local_child(self)  # a subclass may report a pid that is not our child

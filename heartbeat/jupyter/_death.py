@@ -1,0 +1,87 @@
+"""Seeing a kernel's death and its cause, for the kernel managers: the exit of a local child
+watched on the loop (a pidfd), and what its cause is decided from, gathered at its start and
+at its death."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+from tornado.ioloop import IOLoop
+
+from heartbeat import _cause
+from heartbeat.jupyter._proc import memory_cgroup_of, read_state
+
+
+class ExitWatch:
+    """Calls ``callback()`` once on the loop when process ``pid`` exits, through a pidfd
+    (Linux 5.3+), readable once the process has exited, reaped or not.
+
+    Made by :func:`watch_exit`, which returns None where no pidfd can be had; the caller then
+    keeps jupyter_client's restarter poll (every ``restarter.time_to_dead``, 3 s by default).
+    Nothing is ever signalled here: the pidfd is only read for readiness.
+    """
+
+    def __init__(self, fd: int, callback: Callable[[], None]) -> None:
+        self._fd: int | None = fd
+        self._callback = callback
+        self._loop = IOLoop.current()
+        self._loop.add_handler(fd, self._ready, IOLoop.READ)
+
+    @property
+    def closed(self) -> bool:
+        """True once it has fired or been closed."""
+        return self._fd is None
+
+    def _ready(self, fd: Any, events: int) -> None:
+        callback = self._callback
+        self.close()  # once: a pidfd stays readable
+        callback()
+
+    def close(self) -> None:
+        """Remove the handler and close the pidfd; nothing fires afterwards. Idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            self._loop.remove_handler(fd)
+            os.close(fd)
+
+
+def watch_exit(pid: int, callback: Callable[[], None]) -> ExitWatch | None:
+    """An :class:`ExitWatch` of ``pid`` (our unreaped child: its pid is no one else's), or None
+    where pidfds are unavailable (not Linux, Linux before 5.3, or the process already reaped)."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        fd = pidfd_open(pid)
+    except OSError:  # ENOSYS (old kernel), ESRCH (reaped already), EMFILE...
+        return None
+    return ExitWatch(fd, callback)
+
+
+class Witness:
+    """What the cause of one kernel process's death is decided from: its memory cgroup, found
+    and counted at its start (an exited process has left its cgroup), then counted again at
+    its death."""
+
+    def __init__(self, process: subprocess.Popen[Any] | None) -> None:
+        self.process = process
+        self.group = None if process is None else memory_cgroup_of(process.pid)
+        self.memory_at_start = None if self.group is None else self.group.read()
+
+    def cause(self, silence: float | None) -> _cause.Cause:
+        """The cause now: the process's exit status (``poll()``: it reaps an exited child),
+        else its state; ``silence``: how long its heart was silent, for a heart death."""
+        process = self.process
+        if process is None:
+            return _cause.decide(returncode=None, local=False, silence=silence)
+        code = process.poll()
+        return _cause.decide(
+            returncode=code,
+            state=read_state(process.pid) if code is None else None,
+            silence=silence,
+            memory_at_start=self.memory_at_start,
+            memory_now=None if self.group is None else self.group.read(),
+        )

@@ -1,0 +1,276 @@
+"""The kernel managers' common part: a kernel dead when its process *or its heart* is, its
+death seen at once (the exit of a local child is watched, not polled), explained (its cause)
+and counted; and the lifecycle steps that must not overlap."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import subprocess
+import time
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from tornado.ioloop import IOLoop
+from traitlets import Bool, Instance, Integer, default
+from traitlets.utils.importstring import import_item
+
+from heartbeat._cause import Death
+from heartbeat._judge import Dead
+from heartbeat.jupyter._death import ExitWatch, Witness, watch_exit
+from heartbeat.jupyter.kernel import (
+    HeartbeatSettings,
+    KernelLog,
+    fate,
+    kill_local_child,
+    local_child,
+)
+from heartbeat.monitor import HeartMonitor
+
+# How long a killed kernel process may take to be reaped.
+_REAP_TIMEOUT = 5.0
+
+
+class _HeartbeatMixin(HeartbeatSettings):
+    _heart_monitor = Instance(HeartMonitor, allow_none=True)
+    _heart_dead = Bool(False)
+    _deaths = Integer(0)
+    _death_noted = Bool(False)
+    _closed = Bool(False)  # cleaned up for good, until started again
+    _exit_watch: ExitWatch | None = None
+    _witness: Witness | None = None
+    _last_death: Death | None = None
+
+    @property
+    def deaths(self) -> int:
+        """How often this manager's kernel has died (heart or process) since it was made.
+
+        Restarts asked for are not deaths. A client made by this manager answers
+        ``is_alive()`` False once this grows past what it was when the client was made.
+        """
+        return int(self._deaths)
+
+    @property
+    def last_death(self) -> Death | None:
+        """The last death of this manager's kernel (heart or process): its cause, exit code or
+        signal, the silence measured (None for a death seen by the process's exit), when, and
+        whether it is being restarted; None before any."""
+        return self._last_death
+
+    @property
+    def heart_has_beaten(self) -> bool:
+        """True once the current kernel's heart has answered a ping."""
+        monitor = self._heart_monitor
+        return monitor is not None and monitor.stats.count > 0
+
+    @default("client_factory")
+    def _client_factory_named_by_client_class(self) -> type:
+        # What client() makes is what client_class names, unless client_factory itself is set:
+        # a subclass or a config that sets only client_class (as qtconsole's QtKernelManager
+        # does) gets its own client, not ours. jupyter_client's sync manager does the same; its
+        # async manager gives client_factory a fixed default, which this replaces for ours.
+        # (jupyter_client's observer of client_class still follows a later change of it.)
+        name = str(self.client_class)  # type: ignore[attr-defined]
+        factory = import_item(name)
+        if not isinstance(factory, type):
+            raise TypeError(f"client_class {name!r} does not name a class")
+        return factory
+
+    def lifecycle(self) -> AbstractAsyncContextManager[None]:
+        """Held by each step of the kernel's lifecycle (start, restart, shutdown, clean-up and
+        the restarter's poll), so that they run one at a time. Nothing to hold here: the sync
+        manager's steps block its loop, so they cannot overlap."""
+        return contextlib.nullcontext()
+
+    async def _async_is_alive(self) -> bool:
+        # What jupyter_client itself asks, for the sync manager too (its clients' is_alive(),
+        # waiting for a shutdown): a dead heart is a dead kernel there as well.
+        if self._heart_dead:
+            return False
+        return bool(await super()._async_is_alive())  # type: ignore[misc]
+
+    def note_death(self) -> None:
+        """Count the current kernel's death once (the restarter, the process's exit and the
+        heart may all see it); a death its heart did not report gets its death line here."""
+        if self._death_noted:
+            return
+        self._death_noted = True
+        self._deaths += 1
+        if self._heart_dead:
+            return  # the heart's death line was written (with its cause) as it was declared
+        # Its process died first: the heart would only say later what is known now.
+        self._stop_exit_watch()
+        self._stop_heart_monitor()
+        death = self._record_death(None)
+        then = self._what_next()
+        log = KernelLog(self.log, self.kernel_id, lambda dead: (None, None))  # type: ignore[attr-defined]
+        process = f"process {death.pid}" if death.pid is not None else "its process"
+        log.warning(
+            "%s died: it %s; %s",
+            process,
+            death.cause.describe(),
+            then,
+            extra={"heartbeat_death": death},
+        )
+
+    def _record_death(self, silence: float | None) -> Death:
+        witness = self._witness
+        process = self._local_child()
+        if witness is None or witness.process is not process:
+            witness = Witness(process)
+        death = Death(
+            kernel_id=self.kernel_id,  # type: ignore[attr-defined]
+            cause=witness.cause(silence),
+            time=time.time(),
+            pid=None if process is None else process.pid,
+            restarting=self._restarts(),
+        )
+        self._last_death = death
+        return death
+
+    def _start_exit_watch(self) -> None:
+        self._stop_exit_watch()
+        process = self._local_child()
+        self._witness = witness = Witness(process)  # its memory cgroup, counted at its start
+        if process is not None and process.poll() is None:
+            self._exit_watch = watch_exit(
+                process.pid,
+                lambda: IOLoop.current().add_callback(self._finish_process_death, witness),
+            )
+
+    def _stop_exit_watch(self) -> None:
+        watch, self._exit_watch = self._exit_watch, None
+        if watch is not None:
+            watch.close()
+
+    async def _finish_process_death(self, witness: Witness) -> None:
+        # The kernel's process has exited: the restarter is asked at once, not at its next
+        # poll (up to 3 s away); without a restarter (autorestart off), the death is noted.
+        async with self.lifecycle():
+            if self._witness is not witness or self.shutting_down:  # type: ignore[attr-defined]
+                return  # restarted or shut down meanwhile: that was not this kernel's death
+            restarter = self._restarter  # type: ignore[attr-defined]
+            if self.autorestart and restarter is not None:  # type: ignore[attr-defined]
+                polled = restarter.poll()
+                if inspect.isawaitable(polled):
+                    await polled
+            elif not await self._async_is_alive():
+                self.note_death()
+
+    def _start_heart_monitor(self) -> None:
+        self._stop_heart_monitor()
+        self._death_noted = False
+        url = self._make_url("hb")  # type: ignore[attr-defined]
+        key = getattr(self, "curve_publickey", None)
+        monitor = self.watch(
+            url,
+            curve_serverkey=key or None,
+            context=self.context,  # type: ignore[attr-defined]
+            log=KernelLog(self.log, self.kernel_id, self._death_fate),  # type: ignore[attr-defined]
+        )
+        self._heart_monitor = monitor
+        monitor.start(self._on_heart_dead)
+
+    def _stop_heart_monitor(self) -> None:
+        if self._heart_monitor is not None:
+            self._heart_monitor.stop()
+        self._heart_monitor = None
+        self._heart_dead = False
+
+    def _provisioned(self) -> bool:
+        provisioner = self.provisioner  # type: ignore[attr-defined]
+        return provisioner is not None and bool(provisioner.has_process)
+
+    def _local_child(self) -> subprocess.Popen[Any] | None:
+        """The kernel's process if it is provably our child (see ``local_child``), else None."""
+        return local_child(self.provisioner) if self._provisioned() else None  # type: ignore[attr-defined]
+
+    def _restarts(self) -> bool:
+        return bool(self.autorestart and self._restarter is not None)  # type: ignore[attr-defined]
+
+    def _what_next(self) -> str:
+        return "restarting it" if self._restarts() else "not restarting it (autorestart is off)"
+
+    def _death_fate(self, dead: Dead) -> tuple[str, Death]:
+        death = self._record_death(dead.silent_for)
+        ending = fate(
+            self._local_child(), death.cause, self._what_next(), provisioned=self._provisioned()
+        )
+        return ending, death
+
+    def _kill_now(self) -> None:
+        process = self._local_child()
+        if process is not None:
+            kill_local_child(process)
+
+    def _on_heart_dead(self) -> None:
+        # The death is recorded, and its handling (a kill through the provisioner, a restart)
+        # scheduled, before anything that could raise: the callback guard would swallow it.
+        self._heart_dead = True
+        self._stop_exit_watch()  # its exit is this death's, already reported
+        self.note_death()
+        IOLoop.current().add_callback(self._finish_heart_death, self._heart_monitor)
+        self._kill_now()  # now, not next turn: a frozen process must never outlive its kernel
+
+    async def _finish_heart_death(self, monitor: HeartMonitor | None) -> None:
+        async with self.lifecycle():
+            if monitor is None or self._heart_monitor is not monitor:
+                return  # restarted or shut down meanwhile: that took care of the old process
+            await self._kill_and_reap()
+            restarter = self._restarter  # type: ignore[attr-defined]
+            if self.autorestart and restarter is not None:  # type: ignore[attr-defined]
+                # Ask now rather than wait up to a whole polling period.
+                polled = restarter.poll()
+                if inspect.isawaitable(polled):
+                    await polled
+
+    async def _kill_and_reap(self) -> None:
+        """Kill the kernel's process (and its process group) and reap it, if it is there."""
+        self._kill_now()
+        provisioner = self.provisioner  # type: ignore[attr-defined]
+        if provisioner is None or not provisioner.has_process:
+            return
+        try:
+            await provisioner.kill()  # its process group; for a remote kernel, the only way
+        except Exception:
+            # Logged, not raised: the death is recorded, and the restarter still acts on it.
+            self.log.exception("Kernel %s: its provisioner could not kill it", self.kernel_id)  # type: ignore[attr-defined]
+            return
+        # poll() reaps, and unlike wait() may run while jupyter_client's own shutdown waits.
+        end = asyncio.get_running_loop().time() + _REAP_TIMEOUT
+        while await provisioner.poll() is None:
+            if asyncio.get_running_loop().time() > end:
+                self.log.warning("Kernel %s was killed but has not exited", self.kernel_id)  # type: ignore[attr-defined]
+                return
+            await asyncio.sleep(0.05)
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        if not restart:
+            # For good (nbclient does this without a shutdown when it finds the kernel dead):
+            # nothing may restart the kernel afterwards, and no kernel is left running.
+            self._closed = True
+            self.stop_restarter()
+            await self._kill_and_reap()
+        await super()._async_cleanup_resources(restart=restart)  # type: ignore[misc]
+
+    def start_restarter(self) -> None:
+        """Start the restarter, the heart monitor that informs it, and the watch of a local
+        child's exit (which asks the restarter to poll at once)."""
+        if self._closed:
+            # A restart has just started a kernel after the manager was cleaned up for good,
+            # which nobody would ever shut down. The async manager's lifecycle() keeps this
+            # from happening; the sync manager's heart-death handling can still poll its
+            # restarter after a clean-up that ran while it awaited the kill.
+            IOLoop.current().add_callback(self._kill_and_reap)
+            return
+        super().start_restarter()  # type: ignore[misc]
+        if self.has_kernel:  # type: ignore[attr-defined]
+            self._start_heart_monitor()
+            self._start_exit_watch()
+
+    def stop_restarter(self) -> None:
+        """Stop all three; a shutting-down kernel is judged by its process alone."""
+        self._stop_exit_watch()
+        self._stop_heart_monitor()
+        super().stop_restarter()  # type: ignore[misc]
