@@ -205,7 +205,9 @@ def print_table(result: dict[str, Any], kinds: list[str]) -> None:
         cells = []
         for kind in kinds:
             mine = [r for r in rows if (r["loss"], r["ttd"], r["kind"]) == (loss, ttd, kind)]
-            cells.append(str(sum(r["false_deaths"] for r in mine)))
+            count = sum(r["false_deaths"] for r in mine)
+            per_hour = sum(r["per_hour"] for r in mine)
+            cells.append(f"{count} ({per_hour:.0f}/h)" if count else "0")
         print(f"| {loss}% | {ttd:g} s | " + " | ".join(cells) + " |")
     print()
     print("Seconds from SIGKILL to the death (the slowest copy) / from its last reply")
