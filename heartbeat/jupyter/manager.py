@@ -59,10 +59,9 @@ def _ports_kept_once_beaten(restarter: KernelRestarter) -> Iterator[None]:
         restarter.random_ports_until_alive = configured
 
 
-class HeartbeatKernelRestarter(AsyncIOLoopKernelRestarter):
-    """The async restarter: polls as one step of the manager's lifecycle (a heart death asks
-    for a poll at once), counts deaths for the manager's clients, and keeps the ports of a
-    kernel that has beaten."""
+class _Running(KernelRestarter):
+    """A restarter that knows whether it is started: a poll still waiting for its turn when
+    the restarter stops (a shutdown) then does nothing."""
 
     _running = Bool(False)
 
@@ -75,6 +74,12 @@ class HeartbeatKernelRestarter(AsyncIOLoopKernelRestarter):
         """Stop polling; a poll still waiting for its turn then does nothing."""
         super().stop()
         self._running = False
+
+
+class HeartbeatKernelRestarter(_Running, AsyncIOLoopKernelRestarter):
+    """The async restarter: polls as one step of the manager's lifecycle (a heart death asks
+    for a poll at once), counts deaths for the manager's clients, and keeps the ports of a
+    kernel that has beaten."""
 
     async def poll(self) -> None:  # type: ignore[override]
         """Poll the kernel, never during another start, restart, shutdown or poll."""
@@ -89,7 +94,7 @@ class HeartbeatKernelRestarter(AsyncIOLoopKernelRestarter):
                 await super().poll()
 
 
-class HeartbeatIOLoopKernelRestarter(IOLoopKernelRestarter):
+class HeartbeatIOLoopKernelRestarter(_Running, IOLoopKernelRestarter):
     """The sync manager's restarter. Its poll is a coroutine on the manager's loop, awaiting the
     manager's own coroutines, as the async restarter's does; it counts deaths for the
     manager's clients and keeps the ports of a kernel that has beaten.
@@ -102,18 +107,7 @@ class HeartbeatIOLoopKernelRestarter(IOLoopKernelRestarter):
     kernel restarted there would be watched from the runner's loop rather than this one.
     """
 
-    _running = Bool(False)
     _poll_lock = Instance(asyncio.Lock, allow_none=True)
-
-    def start(self) -> None:
-        """Start polling."""
-        super().start()
-        self._running = True
-
-    def stop(self) -> None:
-        """Stop polling; a poll still waiting for its turn then does nothing."""
-        super().stop()
-        self._running = False
 
     async def poll(self) -> None:  # type: ignore[override]
         """Poll the kernel, one poll at a time (a heart death asks for one at once)."""
