@@ -150,6 +150,10 @@ class _HeartbeatMixin(HeartbeatSettings):
         async with self.lifecycle():
             if self._witness is not witness or self.shutting_down:  # type: ignore[attr-defined]
                 return  # restarted or shut down meanwhile: that was not this kernel's death
+            if not self.heart_has_beaten:
+                # Died while starting (an interrupt before its handler was set, say): as
+                # stock, left to the restarter's own poll, which moves it to new ports.
+                return
             restarter = self._restarter  # type: ignore[attr-defined]
             if self.autorestart and restarter is not None:  # type: ignore[attr-defined]
                 polled = restarter.poll()
