@@ -294,8 +294,6 @@ def test_this_process_is_read_where_proc_exists() -> None:
     if not Path("/proc/self/stat").exists():
         pytest.skip("no /proc here")
     assert _proc.read_state(os.getpid()) == "R"  # it is reading it
-    assert _proc.process_state(os.getpid(), None) == "running"
-    assert _proc.process_state(None, 3) == "exited with code 3"
 
 
 def test_a_probe_of_a_closed_port_is_refused_and_of_a_listening_one_silent() -> None:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import pytest
 from traitlets.config import Config
 
+from benchmarks.crash import answers
 from heartbeat._cause import Death
 from heartbeat.jupyter import HeartbeatKernelManager, HeartbeatKernelRestarter, _proc
 from tests.conftest import run_python
@@ -60,12 +61,7 @@ async def until(condition: Any, timeout: float, what: str, step: float = 0.005) 
 
 
 async def ready(km: HeartbeatKernelManager) -> None:
-    client = km.client()
-    client.start_channels()
-    try:
-        await client.wait_for_ready(timeout=60)
-    finally:
-        client.stop_channels()
+    await answers(km)  # the crash benchmark's: a fresh client sees the kernel answer
 
 
 async def kill_after_a_poll(km: HeartbeatKernelManager, signum: int) -> tuple[int, float]:

@@ -66,22 +66,6 @@ def memory_cgroup_of(pid: int, root: Path = CGROUP_ROOT) -> MemoryCgroup | None:
     return None
 
 
-def process_state(pid: int | None, exit_code: int | None) -> str | None:
-    """What a kernel process is doing, in words; None when that cannot be told here."""
-    if exit_code is not None:
-        return f"exited with code {exit_code}"
-    if pid is None:
-        return None
-    state = read_state(pid)
-    if state is None:
-        return None
-    if state in ("T", "t"):
-        return "stopped"
-    if state in ("Z", "X"):
-        return "exited"
-    return "running"
-
-
 def probe_heart(host: str, port: int, timeout: float = 1.0) -> cause.Connection:
     """What a plain TCP connect to a heart's port says: refused, connected (its heart is
     silent), or unreachable (no route, or no answer within ``timeout`` seconds). Blocks for up
