@@ -282,3 +282,9 @@ class Death:
     def silence(self) -> float | None:
         """Seconds the heart was silent; None for a death seen by the process's exit."""
         return self.cause.silence
+
+    def notice(self) -> str:
+        """The death in one sentence for the person whose cell was running: "The kernel was
+        killed by SIGKILL (9). Restarting it." """
+        then = "Restarting it." if self.restarting else "It is not restarted (autorestart is off)."
+        return f"The kernel {self.cause.describe()}. {then}"

@@ -117,6 +117,7 @@ class HeartMonitor:
         "_transport",
         "_url",
         "last_rtt",
+        "verdict",
     )
 
     def __init__(
@@ -173,6 +174,8 @@ class HeartMonitor:
         self._run = 0
         #: Round-trip time of the last beat, in seconds (None before any).
         self.last_rtt: float | None = None
+        #: The ``Dead`` event of the current (or last) run, if it ended in death; else None.
+        self.verdict: Dead | None = None
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -272,6 +275,7 @@ class HeartMonitor:
         self._nonce = os.urandom(_NONCE_BYTES)
         self._rtts.clear()
         self.last_rtt = None
+        self.verdict = None
         now = time.monotonic()
         self._started_at = now
         self._dispatch(self._judge.start(now, phase=transport.phase))
@@ -364,6 +368,7 @@ class HeartMonitor:
 
     def _die(self, event: Dead) -> None:
         callback, self._callback = self._callback, None
+        self.verdict = event
         self._shutdown()
         self._log.warning(
             "heart at %s is dead: no reply for %.3f s (time_to_dead %g s)",

@@ -9,6 +9,7 @@ import contextlib
 import inspect
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -41,6 +42,8 @@ class _HeartbeatMixin(HeartbeatSettings):
     _exit_watch: ExitWatch | None = None
     _witness: Witness | None = None
     _last_death: Death | None = None
+    _death_of_heart: Death | None = None  # recorded by the heart's death line, if it was written
+    _death_callbacks: list[Callable[[Death], object]] | None = None
 
     @property
     def deaths(self) -> int:
@@ -90,6 +93,30 @@ class _HeartbeatMixin(HeartbeatSettings):
             return False
         return bool(await super()._async_is_alive())  # type: ignore[misc]
 
+    def add_death_callback(self, callback: Callable[[Death], object]) -> None:
+        """Call ``callback(death)`` on the loop at each death of this manager's kernel (heart
+        or process), once, as soon as it is seen: before the restarter's "restart" (or "dead")
+        callbacks, so that whoever shows the death can say why before the restart is shown."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        if self._death_callbacks is None:
+            self._death_callbacks = []
+        self._death_callbacks.append(callback)
+
+    def remove_death_callback(self, callback: Callable[[Death], object]) -> None:
+        """Stop calling ``callback``; one never added is ignored."""
+        with contextlib.suppress(ValueError):
+            (self._death_callbacks or []).remove(callback)
+
+    def _announce(self, death: Death) -> None:
+        # Every death once, to everyone told of deaths; one who raises is logged, not the others'
+        # problem (nor the restarter's, which acts next).
+        for callback in list(self._death_callbacks or []):
+            try:
+                callback(death)
+            except Exception:
+                self.log.exception("Kernel %s: death callback %r failed", self.kernel_id, callback)  # type: ignore[attr-defined]
+
     def note_death(self) -> None:
         """Count the current kernel's death once (the restarter, the process's exit and the
         heart may all see it); a death its heart did not report gets its death line here."""
@@ -98,7 +125,15 @@ class _HeartbeatMixin(HeartbeatSettings):
         self._death_noted = True
         self._deaths += 1
         if self._heart_dead:
-            return  # the heart's death line was written (with its cause) as it was declared
+            # The heart's death line recorded it (with its cause), unless that line's level is
+            # not logged: then it is recorded here, from the monitor's verdict.
+            death = self._death_of_heart
+            if death is None:
+                monitor = self._heart_monitor
+                verdict = None if monitor is None else monitor.verdict
+                death = self._record_death(None if verdict is None else verdict.silent_for)
+            self._announce(death)
+            return
         # Its process died first: the heart would only say later what is known now.
         self._stop_exit_watch()
         self._stop_heart_monitor()
@@ -113,6 +148,7 @@ class _HeartbeatMixin(HeartbeatSettings):
             then,
             extra={"heartbeat_death": death},
         )
+        self._announce(death)
 
     def _record_death(self, silence: float | None) -> Death:
         witness = self._witness
@@ -165,6 +201,7 @@ class _HeartbeatMixin(HeartbeatSettings):
     def _start_heart_monitor(self) -> None:
         self._stop_heart_monitor()
         self._death_noted = False
+        self._death_of_heart = None
         url = self._make_url("hb")  # type: ignore[attr-defined]
         key = getattr(self, "curve_publickey", None)
         monitor = self.watch(
@@ -197,7 +234,7 @@ class _HeartbeatMixin(HeartbeatSettings):
         return "restarting it" if self._restarts() else "not restarting it (autorestart is off)"
 
     def _death_fate(self, dead: Dead) -> tuple[str, Death]:
-        death = self._record_death(dead.silent_for)
+        death = self._death_of_heart = self._record_death(dead.silent_for)
         ending = fate(
             self._local_child(), death.cause, self._what_next(), provisioned=self._provisioned()
         )
