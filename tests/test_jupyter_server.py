@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,14 +50,28 @@ class Server:
         return json.loads(body) if body else None
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+@contextlib.contextmanager
+def serve(
+    tmp_path: Path,
+    *args: str,
+    extension: bool = False,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[Server]:
+    """A real ``jupyter server`` on a free port with these arguments, stopped after. With
+    ``extension``, its config enables ours as ``jupyter server extension enable heartbeat.jupyter``
+    does (the same file, in its config dir)."""
     port = free_port()
     token = secrets.token_hex(16)
+    config = tmp_path / "config"
+    if extension:
+        (config / "jupyter_server_config.d").mkdir(parents=True)
+        (config / "jupyter_server_config.d" / "heartbeat.jupyter.json").write_text(
+            json.dumps({"ServerApp": {"jpserver_extensions": {"heartbeat.jupyter": True}}})
+        )
     env = {
         **os.environ,
         "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_CONFIG_DIR": str(config),
         "JUPYTER_DATA_DIR": str(tmp_path / "data"),
     }
     log = (tmp_path / "server.log").open("wb")
@@ -73,13 +87,12 @@ def server(tmp_path: Path) -> Iterator[Server]:
             "--ServerApp.open_browser=False",
             "--ServerApp.allow_root=True",  # CI runs as root
             f"--ServerApp.root_dir={tmp_path}",
-            CONFIG_LINE,
-            "--HeartbeatKernelManager.time_to_dead=1",
-            "--HeartbeatKernelManager.first_beat=10",
+            *args,
         ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=preexec_fn,
     )
     srv = Server(proc, f"http://127.0.0.1:{port}", token, tmp_path / "server.log")
     try:
@@ -101,6 +114,17 @@ def server(tmp_path: Path) -> Iterator[Server]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    with serve(
+        tmp_path,
+        CONFIG_LINE,
+        "--HeartbeatKernelManager.time_to_dead=1",
+        "--HeartbeatKernelManager.first_beat=10",
+    ) as srv:
+        yield srv
 
 
 def kernel_pid(kernel_id: str) -> int | None:

@@ -9,6 +9,7 @@
   spec (``heartbeat kernelspec``), for ``jupyter execute`` and papermill.
 """
 
+from heartbeat import __version__
 from heartbeat.jupyter.channel import HBChannel
 from heartbeat.jupyter.kernel import shared_pool
 from heartbeat.jupyter.manager import (
@@ -30,5 +31,12 @@ __all__ = [
     "HeartbeatKernelManager",
     "HeartbeatKernelRestarter",
     "HeartbeatProvisioner",
+    "__version__",
     "shared_pool",
 ]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """jupyter_server's extension entry point: ``jupyter server extension enable
+    heartbeat.jupyter`` (see :mod:`heartbeat.jupyter.extension`)."""
+    return [{"module": "heartbeat.jupyter.extension"}]

@@ -19,6 +19,7 @@ from traitlets.utils.importstring import import_item
 
 from heartbeat._cause import Death
 from heartbeat._judge import Dead
+from heartbeat.jupyter import events
 from heartbeat.jupyter._death import ExitWatch, Witness, watch_exit
 from heartbeat.jupyter.kernel import (
     HeartbeatSettings,
@@ -109,9 +110,11 @@ class _HeartbeatMixin(HeartbeatSettings):
             (self._death_callbacks or []).remove(callback)
 
     def _announce(self, death: Death) -> None:
-        # Every death once, to everyone told of deaths; one who raises is logged, not the others'
-        # problem (nor the restarter's, which acts next).
-        for callback in list(self._death_callbacks or []):
+        # Every death once, to everyone told of deaths and to jupyter_server's event bus; one
+        # who raises is logged, not the others' problem (nor the restarter's, which acts next).
+        tell: list[Callable[[Death], object]] = [*(self._death_callbacks or [])]
+        tell.append(lambda death: events.emit_death(self, death))
+        for callback in tell:
             try:
                 callback(death)
             except Exception:
@@ -202,6 +205,7 @@ class _HeartbeatMixin(HeartbeatSettings):
         self._stop_heart_monitor()
         self._death_noted = False
         self._death_of_heart = None
+        events.prepare(self)
         url = self._make_url("hb")  # type: ignore[attr-defined]
         key = getattr(self, "curve_publickey", None)
         monitor = self.watch(

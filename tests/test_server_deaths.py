@@ -1,0 +1,153 @@
+"""Every death of a real ipykernel under a real ``jupyter server`` with our extension enabled,
+explained where each kind of user looks: the running cell (the kernel websocket), the server
+log, the event bus (``/api/events/subscribe``). Each kernel dies by its own hand (a cell):
+nothing here signals the server's child."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from heartbeat.jupyter.events import SCHEMA_ID
+from tests.test_jupyter_server import Server, execute_request, serve
+
+# time_to_dead 1 s; first_beat 1 s: a kernel is up well after that (its websocket opens once it
+# answers kernel_info), and the freezing cell waits past it anyway.
+SETTINGS = ("--HeartbeatKernelManager.time_to_dead=1", "--HeartbeatKernelManager.first_beat=1")
+
+# (cell, cause kind, the cell's notice, the server log line's ending)
+DEATHS = [
+    (
+        "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+        "signal",
+        "The kernel was killed by SIGKILL (9). Restarting it.",
+        r"process \d+ died: it was killed by SIGKILL \(9\); restarting it",
+    ),
+    (
+        "import ctypes; ctypes.string_at(0)",
+        "signal",
+        "The kernel was killed by SIGSEGV (11). Restarting it.",
+        r"process \d+ died: it was killed by SIGSEGV \(11\); restarting it",
+    ),
+    (
+        "import os; os._exit(3)",
+        "exited",
+        "The kernel exited with code 3. Restarting it.",
+        r"process \d+ died: it exited with code 3; restarting it",
+    ),
+    (
+        "import os, signal, time; time.sleep(1.5); os.kill(os.getpid(), signal.SIGSTOP)",
+        "stopped",
+        "The kernel was frozen: its process was stopped (SIGSTOP, or a debugger) while its "
+        "heart was silent for ",
+        r"heart at tcp://\S+ is dead: no reply for [\d.]+ s \(time_to_dead 1 s\); it was "
+        r"frozen: its process was stopped \(SIGSTOP, or a debugger\) while its heart was silent "
+        r"for [\d.]+ s; killed its process \d+; restarting it",
+    ),
+]
+
+
+async def connect(server: Server, path: str) -> WebSocketClientConnection:
+    url = server.base.replace("http", "ws") + path
+    headers = {"Authorization": f"token {server.token}"}
+    return await websocket_connect(HTTPRequest(url, headers=headers, connect_timeout=30))
+
+
+async def close(conn: WebSocketClientConnection) -> None:
+    conn.close()
+    # The close handshake, so that the socket is closed before the loop ends.
+    with contextlib.suppress(asyncio.TimeoutError):
+        while await asyncio.wait_for(conn.read_message(), timeout=10) is not None:
+            pass
+
+
+async def run_until_restart(server: Server, kid: str, code: str) -> tuple[str, list[Any]]:
+    """Run a cell that kills its kernel; the request's msg_id and every message the websocket
+    carried up to the kernel's "restarting" status."""
+    conn = await connect(server, f"/api/kernels/{kid}/channels")  # open: the kernel answers
+    try:
+        request = execute_request(code)
+        await conn.write_message(request)
+        seen: list[Any] = []
+        while True:
+            raw = await asyncio.wait_for(conn.read_message(), timeout=30)
+            assert raw is not None, "websocket closed"
+            msg = json.loads(raw)
+            seen.append(msg)
+            if msg.get("msg_type") == "status" and msg["content"]["execution_state"] in (
+                "restarting",
+                "dead",
+            ):
+                return json.loads(request)["header"]["msg_id"], seen
+    finally:
+        await close(conn)
+
+
+def notices(seen: list[Any], msg_id: str) -> list[str]:
+    """The error outputs the cell of ``msg_id`` was given, as JupyterLab shows them."""
+    return [
+        "\n".join(m["content"]["traceback"])
+        for m in seen
+        if m.get("msg_type") == "error" and m["parent_header"].get("msg_id") == msg_id
+    ]
+
+
+async def collect(events: WebSocketClientConnection, into: list[Any]) -> None:
+    while (raw := await events.read_message()) is not None:
+        into.append(json.loads(raw))
+
+
+def test_each_death_is_explained_in_its_cell_the_server_log_and_the_event_bus(
+    tmp_path: Path,
+) -> None:
+    with serve(tmp_path, *SETTINGS, extension=True) as server:
+        kid = server.api("POST", "/api/kernels")["id"]
+
+        async def scenario() -> tuple[list[tuple[str, list[Any]]], list[Any]]:
+            events = await connect(server, "/api/events/subscribe")
+            received: list[Any] = []
+            reader = asyncio.ensure_future(collect(events, received))
+            try:
+                runs = [await run_until_restart(server, kid, code) for code, *_ in DEATHS]
+                # The last restart's new kernel answers (its websocket opens) before it is shut.
+                await close(await connect(server, f"/api/kernels/{kid}/channels"))
+                return runs, received
+            finally:
+                await close(events)
+                await asyncio.wait_for(reader, 10)
+
+        runs, received = asyncio.run(scenario())
+    lines = server.log.read_text(errors="replace").splitlines()
+    everything = "\n".join(lines)
+    # One step set it up: the extension says what it turned on.
+    assert "kernel-heartbeat: kernels' hearts watched by heartbeat.jupyter.manager." in everything
+    for (msg_id, seen), (_, _, notice, _) in zip(runs, DEATHS, strict=True):
+        # The running cell was told why, once, before the restart dialog's status.
+        told_all = notices(seen, msg_id)
+        assert len(told_all) == 1, (notice, seen)
+        [told] = told_all
+        assert told.startswith(f"KernelDied: {notice}"), (told, seen)
+        error_at = next(i for i, m in enumerate(seen) if m.get("msg_type") == "error")
+        assert seen[-1]["content"]["execution_state"] == "restarting"
+        assert error_at < len(seen) - 1
+    # The server log: one line a death, in the server's format, naming kernel and cause.
+    ours = [line for line in lines if f"Kernel {kid}: " in line]
+    assert len(ours) == len(DEATHS), everything
+    for line, (*_, ending) in zip(ours, DEATHS, strict=True):
+        assert re.match(r"\[W \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ServerApp\] ", line), line
+        assert re.search(rf"Kernel {kid}: {ending}$", line), line
+    # The event bus: one event a death, with our schema, its cause as data.
+    deaths = [e for e in received if e.get("schema_id") == SCHEMA_ID]
+    assert [e["cause"] for e in deaths] == [kind for _, kind, *_ in DEATHS], received
+    assert [e["signal_name"] for e in deaths[:2]] == ["SIGKILL", "SIGSEGV"]
+    assert deaths[2]["exit_code"] == 3 and deaths[3]["silence"] >= 1.0
+    assert all(e["kernel_id"] == kid and e["restarting"] for e in deaths), deaths
+    for event, (_, _, notice, _) in zip(deaths, DEATHS, strict=True):
+        assert event["msg"].startswith(notice), event
