@@ -60,7 +60,8 @@ def test_what_the_user_configured_is_kept() -> None:
 def test_a_gateways_kernels_are_left_alone() -> None:
     app = linked({"GatewayClient": {"url": "http://127.0.0.1:9"}})
     assert "kernel_manager_class" not in app.config.AsyncMappingKernelManager
-    assert app.kernel_websocket_connection_class is not DeathNoticeConnection
+    # Not set: its default (the gateway's connection) is the server's to make.
+    assert not app.trait_has_value("kernel_websocket_connection_class")
 
 
 def test_the_running_request_is_the_one_iopub_says_the_kernel_is_busy_with() -> None:
