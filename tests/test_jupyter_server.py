@@ -56,10 +56,12 @@ def serve(
     *args: str,
     extension: bool = False,
     preexec_fn: Callable[[], None] | None = None,
+    app: str = "jupyter_server",
 ) -> Iterator[Server]:
     """A real ``jupyter server`` on a free port with these arguments, stopped after. With
     ``extension``, its config enables ours as ``jupyter server extension enable heartbeat.jupyter``
-    does (the same file, in its config dir)."""
+    does (the same file, in its config dir). ``app``: the module run (``jupyterlab``: JupyterLab
+    on a server the same flags configure)."""
     port = free_port()
     token = secrets.token_hex(16)
     config = tmp_path / "config"
@@ -79,7 +81,7 @@ def serve(
         [
             sys.executable,
             "-m",
-            "jupyter_server",
+            app,
             "--ServerApp.ip=127.0.0.1",
             f"--ServerApp.port={port}",
             "--ServerApp.port_retries=0",
