@@ -4,12 +4,13 @@ child, its cause in one log line and in ``last_death``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -221,9 +222,10 @@ def test_a_shutdown_is_no_death_and_leaves_no_watch(caplog: pytest.LogCaptureFix
 OOM_LIMIT = 256 << 20  # an ipykernel needs about a third of this; the cell asks for twice it
 
 
-@pytest.fixture
-def memory_cgroup() -> Iterator[Path]:
-    """A cgroup v1 memory cgroup with a small limit, under this process's own, removed after."""
+@contextlib.contextmanager
+def a_memory_cgroup(limit: int) -> Iterator[Path]:
+    """A cgroup v1 memory cgroup limited to ``limit`` bytes, under this process's own, removed
+    after (once what joined it has exited); skips, saying why, where none can be made."""
     mine = _proc.memory_cgroup_of(os.getpid())
     if mine is None or mine.version != 1:
         pytest.skip("no cgroup v1 memory controller for this process (this test writes v1 only)")
@@ -234,7 +236,7 @@ def memory_cgroup() -> Iterator[Path]:
         pytest.skip(f"cannot make a memory cgroup under {mine.path}: {exc}")
     try:
         try:
-            (group / "memory.limit_in_bytes").write_text(str(OOM_LIMIT))
+            (group / "memory.limit_in_bytes").write_text(str(limit))
         except OSError as exc:
             pytest.skip(f"cannot set a memory limit in {group}: {exc}")
         yield group
@@ -251,15 +253,30 @@ def memory_cgroup() -> Iterator[Path]:
                 time.sleep(0.05)
 
 
+def joiner(group: Path) -> Callable[[], None]:
+    """A ``preexec_fn`` by which a new process joins ``group`` before it runs anything."""
+    procs = group / "cgroup.procs"
+
+    def join() -> None:
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    return join
+
+
+@pytest.fixture
+def memory_cgroup() -> Iterator[Path]:
+    """A memory cgroup limited to OOM_LIMIT."""
+    with a_memory_cgroup(OOM_LIMIT) as group:
+        yield group
+
+
 def test_an_out_of_memory_kill_is_named_with_its_cgroups_limit(
     memory_cgroup: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     procs = memory_cgroup / "cgroup.procs"
-
-    def join_the_cgroup() -> None:
-        # In the kernel's process before it runs the kernel: in the cgroup from its start.
-        with open(procs, "w") as f:
-            f.write(str(os.getpid()))
+    # In the kernel's process before it runs the kernel: in the cgroup from its start.
+    join_the_cgroup = joiner(memory_cgroup)
 
     async def scenario() -> tuple[HeartbeatKernelManager, int]:
         km = manager(autorestart=False)

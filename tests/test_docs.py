@@ -15,6 +15,7 @@ from traitlets.config.loader import PyFileConfigLoader
 
 from heartbeat import Heart
 from tests.test_cli import EXE, write_connection_file
+from tests.test_extension import ENABLE
 from tests.test_jupyter_server import CONFIG_LINE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,7 +116,8 @@ def test_the_pythons_the_readme_says_are_tested_are_the_claimed_ones_and_ci_runs
 
 def test_every_shell_example_is_one_the_suite_or_ci_runs() -> None:
     readme = [code.strip() for name, code in blocks("bash") if name.startswith("README")]
-    tested = {*readme, f"jupyter server {CONFIG_LINE}"}
+    # The extension's enable command: tests/test_extension.py runs it.
+    tested = {*readme, f"jupyter server {CONFIG_LINE}", ENABLE}
     for name, code in blocks("bash"):
         assert code.strip() in tested, name
 

@@ -4,6 +4,12 @@ step (pure: headers in, the running request out)."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from jupyter_server.gateway.gateway_client import GatewayClient
@@ -122,3 +128,36 @@ def test_the_cells_error_output_is_the_deaths_notice() -> None:
         "evalue": notice,
         "traceback": [f"KernelDied: {notice}"],
     }
+
+
+ENABLE = "jupyter server extension enable heartbeat.jupyter"
+
+
+def test_the_enable_command_turns_the_extension_on_where_jupyter_server_looks(
+    tmp_path: Path,
+) -> None:
+    # The real command writes to this environment's etc/jupyter (where the install put the
+    # extension's entry, disabled): it is put back as it was, whatever happens.
+    entry = Path(sys.prefix) / "etc/jupyter/jupyter_server_config.d/heartbeat.jupyter.json"
+    assert entry.exists(), f"the install did not put the extension's entry at {entry}"
+    before = entry.read_bytes()
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
+    bindir = Path(sys.executable).parent
+
+    def jupyter(*args: str) -> str:
+        argv = [str(bindir / "jupyter"), *args]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    try:
+        assert not json.loads(before)["ServerApp"]["jpserver_extensions"]["heartbeat.jupyter"]
+        said = jupyter(*ENABLE.split()[1:])
+        assert "heartbeat.jupyter" in said and "OK" in said, said
+        assert json.loads(entry.read_text())["ServerApp"]["jpserver_extensions"] == {
+            "heartbeat.jupyter": True
+        }
+        listed = jupyter("server", "extension", "list")
+        assert re.search(r"heartbeat\.jupyter\s+\S*enabled", listed), listed
+    finally:
+        entry.write_bytes(before)

@@ -16,6 +16,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from heartbeat.jupyter.events import SCHEMA_ID
+from tests.test_deaths import a_memory_cgroup, joiner
 from tests.test_jupyter_server import Server, execute_request, serve
 
 # time_to_dead 1 s; first_beat 1 s: a kernel is up well after that (its websocket opens once it
@@ -151,3 +152,35 @@ def test_each_death_is_explained_in_its_cell_the_server_log_and_the_event_bus(
     assert all(e["kernel_id"] == kid and e["restarting"] for e in deaths), deaths
     for event, (_, _, notice, _) in zip(deaths, DEATHS, strict=True):
         assert event["msg"].startswith(notice), event
+
+
+# The server and its kernels share the cgroup: the server needs about a third of this, an idle
+# kernel less; the cell asks for twice it, and the kernel, the largest, is the one killed.
+SERVER_OOM_LIMIT = 512 << 20
+
+
+def test_an_out_of_memory_kill_is_explained_with_its_cgroups_limit(tmp_path: Path) -> None:
+    with (
+        a_memory_cgroup(SERVER_OOM_LIMIT) as group,
+        serve(tmp_path, *SETTINGS, extension=True, preexec_fn=joiner(group)) as server,
+    ):
+        kid = server.api("POST", "/api/kernels")["id"]
+
+        async def scenario() -> tuple[str, list[Any]]:
+            found = await run_until_restart(server, kid, f"x = bytearray({2 * SERVER_OOM_LIMIT})")
+            await close(await connect(server, f"/api/kernels/{kid}/channels"))
+            return found
+
+        msg_id, seen = asyncio.run(scenario())
+        server.api("DELETE", f"/api/kernels/{kid}")
+    notice = (
+        "The kernel was killed by SIGKILL (9): its memory cgroup recorded an out-of-memory kill "
+        "(limit 512.0 MiB). Restarting it."
+    )
+    assert notices(seen, msg_id) == [f"KernelDied: {notice}"], seen
+    lines = server.log.read_text(errors="replace").splitlines()
+    [line] = [line for line in lines if f"Kernel {kid}: " in line]
+    assert line.endswith(
+        "died: it was killed by SIGKILL (9): its memory cgroup recorded an out-of-memory kill "
+        "(limit 512.0 MiB); restarting it"
+    ), line
