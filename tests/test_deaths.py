@@ -200,6 +200,36 @@ def test_a_stopped_kernel_is_frozen_its_heart_says_so_in_one_line(
     ) in text, text
 
 
+def test_death_callbacks_hear_of_a_death_before_the_restart_even_with_its_line_unlogged() -> None:
+    heard: list[Any] = []
+
+    async def scenario() -> HeartbeatKernelManager:
+        km = manager(time_to_dead=1.0, first_beat=1.0)
+        # The heart's death line is a WARNING: with it not logged, its death is still recorded
+        # (from the monitor's verdict), with the silence measured.
+        quiet = logging.getLogger("heartbeat-test-quiet")
+        quiet.setLevel(logging.ERROR)
+        km.log = quiet
+        km.add_death_callback(lambda death: heard.append(("death", death)))
+        await km.start_kernel()
+        km.add_restart_callback(lambda: heard.append(("restart", None)))
+        try:
+            await ready(km)
+            await until(lambda: km.heart_has_beaten, 30, "the heart never answered")
+            os.kill(km.provisioner.pid, signal.SIGSTOP)  # type: ignore[union-attr]  # our child
+            await until(lambda: len(heard) >= 2, 30, "not heard")
+            await asyncio.wait_for(km.ready, 60)
+            return km
+        finally:
+            await km.shutdown_kernel(now=True)
+
+    km = asyncio.run(scenario())
+    assert [what for what, _ in heard] == ["death", "restart"], heard
+    death = heard[0][1]
+    assert death is km.last_death and death.cause.kind == "stopped", death
+    assert death.silence is not None and death.silence >= 1.0, death
+
+
 def test_a_shutdown_is_no_death_and_leaves_no_watch(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> tuple[HeartbeatKernelManager, Any]:
         km = manager()
