@@ -27,6 +27,7 @@ from heartbeat.jupyter.kernel import (
     kill_local_child,
     local_child,
 )
+from heartbeat.jupyter.metrics import count_death
 from heartbeat.monitor import HeartMonitor
 
 # How long a killed kernel process may take to be reaped.
@@ -111,6 +112,8 @@ class _HeartbeatMixin(HeartbeatSettings):
     def _announce(self, death: Death) -> None:
         # Every death once, to everyone told of deaths; one who raises is logged, not the others'
         # problem (nor the restarter's, which acts next).
+        if self.metrics:
+            count_death(death)
         for callback in list(self._death_callbacks or []):
             try:
                 callback(death)
