@@ -90,7 +90,9 @@ def stop_hearts(procs: list[subprocess.Popen[str]]) -> None:
             proc.stdout.close()
 
 
-def run_one(kind: str, start: str, urls: list[str], duration: float) -> dict[str, Any]:
+def run_one(
+    kind: str, start: str, urls: list[str], duration: float, scrape_every: float = SCRAPE_EVERY
+) -> dict[str, Any]:
     victim = subprocess.Popen(
         [sys.executable, "-m", "heartbeat._standin"],
         stdin=subprocess.PIPE,
@@ -105,6 +107,7 @@ def run_one(kind: str, start: str, urls: list[str], duration: float) -> dict[str
         "urls": urls,
         "victim": victim_url,
         "duration": duration,
+        "scrape_every": scrape_every,
     }
     worker = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.scale", "--worker"],
@@ -271,6 +274,12 @@ def main() -> int:
         help="measure every configuration this many times, in turn (the machine's speed "
         "drifts over minutes); the table shows medians and the CPU range",
     )
+    parser.add_argument(
+        "--scrape-every",
+        type=float,
+        default=SCRAPE_EVERY,
+        help="seconds between scrapes of pool+metrics' collector (default: Prometheus' 15)",
+    )
     parser.add_argument("--plot", type=Path, help="write a PNG here (needs matplotlib)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
@@ -302,7 +311,7 @@ def main() -> int:
         try:
             for _ in range(args.rounds):
                 for kind, start in configs:
-                    row = run_one(kind, start, urls, args.duration)
+                    row = run_one(kind, start, urls, args.duration, args.scrape_every)
                     runs[kind, start].append(row)
                     print(table([row]).splitlines()[-1], flush=True)
         finally:
@@ -325,7 +334,14 @@ def main() -> int:
 def worker() -> int:
     args = json.loads(sys.stdin.readline())
     result = asyncio.run(
-        measure(args["kind"], args["start"], args["urls"], args["victim"], args["duration"])
+        measure(
+            args["kind"],
+            args["start"],
+            args["urls"],
+            args["victim"],
+            args["duration"],
+            scrape_every=args["scrape_every"],
+        )
     )
     print(json.dumps(result), flush=True)
     return 0
@@ -344,10 +360,17 @@ def rss_mib() -> float:
 
 
 async def measure(
-    kind: str, start: str, urls: list[str], victim: str, duration: float
+    kind: str,
+    start: str,
+    urls: list[str],
+    victim: str,
+    duration: float,
+    *,
+    scrape_every: float = SCRAPE_EVERY,
 ) -> dict[str, Any]:
     zmq.Context.instance().set(zmq.MAX_SOCKETS, 100_000)
     state: dict[str, Any] = {"beats": 0, "deaths": set(), "victim_dead": None}
+    state["scrape_every"] = scrape_every
     base, _, paths = kind.partition("/")
     state["paths"] = int(paths or 1)
     setup = {
@@ -467,7 +490,7 @@ def setup_pool_with_metrics(urls: list[str], victim: str, state: dict[str, Any])
         state["scrapes"] += 1
 
     starts, close = setup_pool(urls, victim, state, tally)
-    scraper = PeriodicCallback(scrape, 1000 * SCRAPE_EVERY)
+    scraper = PeriodicCallback(scrape, 1000 * state["scrape_every"])
     scraper.start()
     # What the tally says at the end (the victim dead, every other heart watched), as a check.
     state["report"] = lambda: {
