@@ -3,6 +3,8 @@
 Side by side, each in a fresh process, every heart pinged once a second:
 
 - ``pool``: HeartbeatPool (one ROUTER socket, one timer, full judgement), time_to_dead 2 s;
+- ``pool+metrics``: the same pool with metrics on: one ``Tally`` given to every monitor, and
+  its Prometheus collector scraped every 15 s as Prometheus would (``generate_latest``);
 - ``kernelmanager``: monitors made exactly as ``heartbeat.jupyter``'s kernel managers make
   them (their settings' ``watch()``, the shared pool of the loop, a kernel-naming logger);
 - ``bare``: one ROUTER socket that only sends pings and reads replies (no judgement at all):
@@ -22,6 +24,8 @@ process) is killed mid-run to measure detection latency. Usage::
     python -m benchmarks.scale --sizes 10000 --duration 300 --kinds pool    # the soak
     python -m benchmarks.scale --sizes 1000 --kinds pool bare hbchannel --rounds 5  # goals
     python -m benchmarks.scale --sizes 1000 --kinds pool --paths 1 2 4 --start staggered
+    python -m benchmarks.scale --sizes 10000 --kinds pool pool+metrics --start staggered \
+        --duration 60 --rounds 3                  # what metrics cost, against the pool's own
 
 ``--paths``: the pool measured with each number of connections a heart (``pool/N``, at the
 default interval for N paths, ttd / (2 N): each connection pinged every second, the heart N
@@ -49,9 +53,11 @@ from typing import Any
 import zmq
 
 HOSTS = 8  # processes the hearts are spread over
-KINDS = ("pool", "kernelmanager", "bare", "monitor", "hbchannel")
+KINDS = ("pool", "pool+metrics", "kernelmanager", "bare", "monitor", "hbchannel")
 STARTS = ("together", "staggered")
 STAGGER = 1.0  # seconds over which "staggered" starts the watchers: one ping interval
+SCRAPE_EVERY = 15.0  # seconds: Prometheus' default scrape_interval
+METRICS_BOUND = 0.10  # the issue's: metrics may cost at most 10 % of the pool's own CPU
 LIMITS = {"monitor": 1000, "hbchannel": 1000}  # per-kernel sockets/threads: 1023 a context
 
 
@@ -84,7 +90,9 @@ def stop_hearts(procs: list[subprocess.Popen[str]]) -> None:
             proc.stdout.close()
 
 
-def run_one(kind: str, start: str, urls: list[str], duration: float) -> dict[str, Any]:
+def run_one(
+    kind: str, start: str, urls: list[str], duration: float, scrape_every: float = SCRAPE_EVERY
+) -> dict[str, Any]:
     victim = subprocess.Popen(
         [sys.executable, "-m", "heartbeat._standin"],
         stdin=subprocess.PIPE,
@@ -99,6 +107,7 @@ def run_one(kind: str, start: str, urls: list[str], duration: float) -> dict[str
         "urls": urls,
         "victim": victim_url,
         "duration": duration,
+        "scrape_every": scrape_every,
     }
     worker = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.scale", "--worker"],
@@ -176,6 +185,12 @@ def ratios(rows: list[dict[str, Any]]) -> list[str]:
             parts.append(f"{hbchannel / pool:.2f} x below HBChannel")
         if (managed := cpu.get((n, "kernelmanager", start))) is not None:
             parts.append(f"kernel managers at {managed / pool:.2f} x the pool")
+        if (metrics := cpu.get((n, "pool+metrics", start))) is not None:
+            parts.append(
+                f"metrics on at {metrics / pool:.2f} x the pool ({metrics - pool:+.1f} points, "
+                f"{100 * (metrics - pool) / pool:+.0f} % of the pool's own CPU; the bound: "
+                f"+{100 * METRICS_BOUND:.0f} %)"
+            )
         if parts:
             lines.append(f"{n} hearts, pool {start}: " + ", ".join(parts))
     if lines:
@@ -184,6 +199,17 @@ def ratios(rows: list[dict[str, Any]]) -> list[str]:
             "kernel managers within 1.2 x the pool)"
         )
     return lines
+
+
+def tallies(rows: list[dict[str, Any]]) -> list[str]:
+    """What each metrics run's tally said at its end: a check that every monitor counted."""
+    return [
+        f"{r['n']} hearts, pool+metrics {r['start']}: {r['scrapes']} scrapes; at the end the "
+        f"tally had {r['watched']} watched (the killed heart not among them), {r['late']} "
+        f"late, {r['timed']} round trips timed"
+        for r in rows
+        if r["kind"] == "pool+metrics"
+    ]
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> bool:
@@ -197,6 +223,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
     fig, (cpu_ax, det_ax) = plt.subplots(1, 2, figsize=(10, 4))
     colours = {
         "pool": "C0",
+        "pool+metrics": "C5",
         "kernelmanager": "C4",
         "bare": "C2",
         "monitor": "C3",
@@ -247,6 +274,12 @@ def main() -> int:
         help="measure every configuration this many times, in turn (the machine's speed "
         "drifts over minutes); the table shows medians and the CPU range",
     )
+    parser.add_argument(
+        "--scrape-every",
+        type=float,
+        default=SCRAPE_EVERY,
+        help="seconds between scrapes of pool+metrics' collector (default: Prometheus' 15)",
+    )
     parser.add_argument("--plot", type=Path, help="write a PNG here (needs matplotlib)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
@@ -278,7 +311,7 @@ def main() -> int:
         try:
             for _ in range(args.rounds):
                 for kind, start in configs:
-                    row = run_one(kind, start, urls, args.duration)
+                    row = run_one(kind, start, urls, args.duration, args.scrape_every)
                     runs[kind, start].append(row)
                     print(table([row]).splitlines()[-1], flush=True)
         finally:
@@ -286,7 +319,7 @@ def main() -> int:
         rows += [combine(runs[config]) for config in configs]
     print()
     print(table(rows))
-    for line in ratios(rows):
+    for line in ratios(rows) + tallies(rows):
         print(line)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
@@ -301,7 +334,14 @@ def main() -> int:
 def worker() -> int:
     args = json.loads(sys.stdin.readline())
     result = asyncio.run(
-        measure(args["kind"], args["start"], args["urls"], args["victim"], args["duration"])
+        measure(
+            args["kind"],
+            args["start"],
+            args["urls"],
+            args["victim"],
+            args["duration"],
+            scrape_every=args["scrape_every"],
+        )
     )
     print(json.dumps(result), flush=True)
     return 0
@@ -320,14 +360,22 @@ def rss_mib() -> float:
 
 
 async def measure(
-    kind: str, start: str, urls: list[str], victim: str, duration: float
+    kind: str,
+    start: str,
+    urls: list[str],
+    victim: str,
+    duration: float,
+    *,
+    scrape_every: float = SCRAPE_EVERY,
 ) -> dict[str, Any]:
     zmq.Context.instance().set(zmq.MAX_SOCKETS, 100_000)
     state: dict[str, Any] = {"beats": 0, "deaths": set(), "victim_dead": None}
+    state["scrape_every"] = scrape_every
     base, _, paths = kind.partition("/")
     state["paths"] = int(paths or 1)
     setup = {
         "pool": setup_pool,
+        "pool+metrics": setup_pool_with_metrics,
         "kernelmanager": setup_kernel_managers,
         "bare": setup_bare,
         "monitor": setup_monitors,
@@ -358,8 +406,10 @@ async def measure(
     false_deaths = len(state["deaths"] - {victim})
     rss = rss_mib()
     fds = len(os.listdir("/proc/self/fd"))
+    report = state.get("report", dict)()
     stop()
     return {
+        **report,
         "n": len(urls),
         "kind": kind,
         "start": start,
@@ -400,7 +450,7 @@ def _on_dead(state: dict[str, Any], url: str, victim: str) -> Any:
     return dead
 
 
-def setup_pool(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
+def setup_pool(urls: list[str], victim: str, state: dict[str, Any], tally: Any = None) -> Any:
     from heartbeat import HeartbeatPool
 
     pool = HeartbeatPool()
@@ -413,12 +463,48 @@ def setup_pool(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
             interval=1.0 / paths,  # the default for that many paths: ttd / (2 * paths)
             paths=paths,
             on_event=_victim_events(state, url, victim),
+            tally=tally,
         )
         for url in urls
     ]
     # The monitors count their own beats: no per-event callback weighs on the measurement.
     state["count"] = lambda: sum(m.stats.count for m in monitors)
     return _starts(monitors, urls, state, victim), pool.close
+
+
+def setup_pool_with_metrics(urls: list[str], victim: str, state: dict[str, Any]) -> Any:
+    """The pool, every monitor counting into one tally, scraped as Prometheus would."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from tornado.ioloop import PeriodicCallback
+
+    from heartbeat import Tally
+    from heartbeat.jupyter.metrics import TallyCollector
+
+    tally = Tally()
+    registry = CollectorRegistry()  # ours alone: jupyter_server's own metrics are not measured
+    registry.register(TallyCollector(tally))
+    state["scrapes"] = 0
+
+    def scrape() -> None:
+        generate_latest(registry)
+        state["scrapes"] += 1
+
+    starts, close = setup_pool(urls, victim, state, tally)
+    scraper = PeriodicCallback(scrape, 1000 * state["scrape_every"])
+    scraper.start()
+    # What the tally says at the end (the victim dead, every other heart watched), as a check.
+    state["report"] = lambda: {
+        "scrapes": state["scrapes"],
+        "watched": tally.watched,
+        "late": tally.late,
+        "timed": tally.rtt_count,
+    }
+
+    def stop() -> None:
+        scraper.stop()
+        close()
+
+    return starts, stop
 
 
 def setup_kernel_managers(urls: list[str], victim: str, state: dict[str, Any]) -> Any:

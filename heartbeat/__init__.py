@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from heartbeat._judge import Beat, Dead, Event, Judge, Ping, Stall, State, StateChanged
 from heartbeat._stats import RttStats
+from heartbeat._tally import Tally
 
 if TYPE_CHECKING:
     from heartbeat.heart import Heart
@@ -36,6 +37,7 @@ __all__ = [
     "Stall",
     "State",
     "StateChanged",
+    "Tally",
 ]
 __version__ = "0.1.0"
 

@@ -14,12 +14,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from heartbeat import _validate
-from heartbeat._judge import Beat, Dead, Event, Judge, Ping, State
+from heartbeat._judge import Beat, Dead, Event, Judge, Ping, Stall, State, StateChanged
 
 # The default transport is named here, where it is used; the monitor reaches any other only
 # through the interfaces of heartbeat.transport.
 from heartbeat._own_socket import own_socket
 from heartbeat._stats import RttStats, RttWindow
+from heartbeat._tally import Tally
 from heartbeat.transport import HeartSpec, Transport, TransportFactory
 
 if TYPE_CHECKING:
@@ -96,6 +97,10 @@ class HeartMonitor:
         ``logging.Logger``, or a ``LoggerAdapter`` that adds context such as a kernel id.
         Default: the ``heartbeat`` logger. The death line carries its ``Dead`` event as
         ``heartbeat_event`` in the record's ``extra``, for adapters and structured handlers.
+    tally:
+        A :class:`~heartbeat.Tally` that this monitor adds its beats' round trips, its stalls
+        and whether it is watching (and late) to, for metrics; many monitors may share one.
+        Default None: nothing is counted, at no cost.
     """
 
     # __slots__: a pool may hold 10,000 monitors, each touched every beat.
@@ -114,6 +119,8 @@ class HeartMonitor:
         "_rtts",
         "_run",
         "_started_at",
+        "_tallied",
+        "_tally",
         "_transport",
         "_url",
         "last_rtt",
@@ -135,6 +142,7 @@ class HeartMonitor:
         log: Log | None = None,
         transport: TransportFactory | None = None,
         paths: int | None = None,
+        tally: Tally | None = None,
     ) -> None:
         self._endpoint = _validate.endpoint(url, bind=False)
         _validate.paths(paths, self._endpoint)
@@ -158,6 +166,12 @@ class HeartMonitor:
             raise TypeError(f"on_event must be callable or None, got {on_event!r}")
         if log is not None and not isinstance(log, logging.Logger | logging.LoggerAdapter):
             raise TypeError(f"log must be a logging.Logger or LoggerAdapter or None, got {log!r}")
+        if tally is not None and not isinstance(tally, Tally):
+            raise TypeError(f"tally must be a heartbeat.Tally or None, got {tally!r}")
+        self._tally = tally
+        # The state the tally counts this monitor in: its gauges move from it, not from an
+        # event's ``old``, so they stay exact when a callback's stop() leaves events undispatched.
+        self._tallied = State.IDLE
         self._log: Log = default_log if log is None else log
         self._url = url
         # Not "pool or ...": an empty pool has len() 0.
@@ -351,6 +365,7 @@ class HeartMonitor:
 
     def _dispatch(self, events: list[Event]) -> None:
         run = self._run
+        tally = self._tally
         for event in events:
             if self._run != run:
                 return  # a callback stopped (or restarted) the monitor: that run is over
@@ -361,6 +376,14 @@ class HeartMonitor:
                 self._rtts.add(event.rtt, late=event.rtt is not None and event.rtt > self.interval)
                 if event.rtt is not None:
                     self.last_rtt = event.rtt
+                    if tally is not None:
+                        tally.observe_rtt(event.rtt)
+            elif tally is not None:
+                if isinstance(event, StateChanged):
+                    tally.moved(self._tallied, event.new)
+                    self._tallied = event.new
+                elif isinstance(event, Stall):
+                    tally.stalled()
             if self._on_event is not None:
                 _call_safely(self._log, "on_event callback", self._on_event, event)
             if isinstance(event, Dead) and self._run == run:

@@ -65,6 +65,27 @@ def test_scale_benchmark_smoke() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+def test_scale_benchmark_compares_the_pool_with_metrics_on_in_one_run() -> None:
+    sizes, duration = ("1000", "30") if SLOW else ("200", "3")
+    result = run(
+        "benchmarks.scale",
+        *("--sizes", sizes, "--duration", duration, "--kinds", "pool", "pool+metrics"),
+        *("--start", "staggered", "--scrape-every", "1"),
+        timeout=500,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr  # exit 1: a false death
+    out = result.stdout
+    assert f"{sizes} hearts, pool staggered: metrics on at " in out, out
+    # Every monitor counted into the tally (the killed heart had left it), and it was scraped.
+    [line] = [line for line in out.splitlines() if "pool+metrics staggered: " in line]
+    scrapes = int(line.split(": ")[1].split()[0])
+    assert scrapes >= int(duration), line
+    assert f"the tally had {sizes} watched" in line, line
+    assert int(line.split(" late, ")[1].split()[0]) >= int(sizes) * int(duration), line
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_memory_benchmark_smoke() -> None:
     hearts, beats = ("2000", "450") if SLOW else ("100", "50")
     result = run("benchmarks.memory", "--hearts", hearts, "--beats", beats, timeout=500)

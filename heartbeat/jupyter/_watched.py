@@ -28,6 +28,7 @@ from heartbeat.jupyter.kernel import (
     kill_local_child,
     local_child,
 )
+from heartbeat.jupyter.metrics import count_death
 from heartbeat.monitor import HeartMonitor
 
 # How long a killed kernel process may take to be reaped.
@@ -110,8 +111,11 @@ class _HeartbeatMixin(HeartbeatSettings):
             (self._death_callbacks or []).remove(callback)
 
     def _announce(self, death: Death) -> None:
-        # Every death once, to everyone told of deaths and to jupyter_server's event bus; one
-        # who raises is logged, not the others' problem (nor the restarter's, which acts next).
+        # Every death once: counted, to everyone told of deaths and to jupyter_server's event
+        # bus; one who raises is logged, not the others' problem (nor the restarter's, which
+        # acts next).
+        if self.metrics:
+            count_death(death)
         tell: list[Callable[[Death], object]] = [*(self._death_callbacks or [])]
         tell.append(lambda death: events.emit_death(self, death))
         for callback in tell:

@@ -26,6 +26,7 @@ from traitlets.config import LoggingConfigurable
 from heartbeat import _validate
 from heartbeat._cause import Cause, Death
 from heartbeat._judge import Dead
+from heartbeat.jupyter.metrics import process_tally
 from heartbeat.monitor import HeartMonitor, Log
 from heartbeat.pool import HeartbeatPool
 
@@ -68,6 +69,13 @@ class HeartbeatSettings(LoggingConfigurable):
         help="Watch the heart through one HeartbeatPool (one socket, one timer) shared by every "
         "kernel watched from this event loop; False: a socket and timer for this kernel.",
     )
+    metrics = Bool(
+        True,
+        config=True,
+        help="Count this kernel's heartbeats (round-trip times), the monitor's stalls forgiven, "
+        "whether it is watched and late, and its deaths by cause, in prometheus_client's "
+        "default registry (jupyter_server's /metrics), with no per-kernel label.",
+    )
 
     @validate("time_to_dead", "first_beat", "interval")
     def _check_timing(self, proposal: Any) -> float | None:
@@ -108,6 +116,7 @@ class HeartbeatSettings(LoggingConfigurable):
             curve_serverkey=curve_serverkey,
             pool=pool,
             log=log,
+            tally=process_tally() if self.metrics else None,
         )
 
 

@@ -201,7 +201,8 @@ class HeartbeatKernelManager(_HeartbeatMixin, _AsyncBase):
     installed, of its ``ServerKernelManager`` (itself an ``AsyncIOLoopKernelManager``), as
     jupyter_server expects of a ``kernel_manager_class``. Its heart is watched through a
     pool shared by every such manager on the loop (``shared_pool``); a dead heart's process is
-    killed before it is restarted or reported dead.
+    killed before it is restarted or reported dead. Its beats, stalls and deaths are counted on
+    jupyter_server's ``/metrics`` (``metrics``; see ``heartbeat.jupyter.metrics``).
     """
 
     restarter_class = Type(
