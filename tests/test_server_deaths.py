@@ -1,7 +1,7 @@
 """Every death of a real ipykernel under a real ``jupyter server`` with our extension enabled,
 explained where each kind of user looks: the running cell (the kernel websocket), the server
-log, the event bus (``/api/events/subscribe``). Each kernel dies by its own hand (a cell):
-nothing here signals the server's child."""
+log, the event bus (``/api/events/subscribe``) and ``/metrics``. Each kernel dies by its own
+hand (a cell): nothing here signals the server's child."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 from heartbeat.jupyter.events import SCHEMA_ID
 from tests.test_deaths import a_memory_cgroup, joiner
 from tests.test_jupyter_server import Server, execute_request, serve
+from tests.test_metrics import metrics_of, scrape
 
 # time_to_dead 1 s; first_beat 1 s: a kernel is up well after that (its websocket opens once it
 # answers kernel_info), and the freezing cell waits past it anyway.
@@ -53,6 +54,15 @@ DEATHS = [
         r"for [\d.]+ s; killed its process \d+; restarting it",
     ),
 ]
+
+
+def deaths_by_cause(values: dict[Any, float]) -> dict[str, int]:
+    """The non-zero death counts of a scrape (tests/test_metrics.py's ``scrape``), by cause."""
+    return {
+        dict(labels)["cause"]: int(value)
+        for (sample, labels), value in values.items()
+        if sample == "heartbeat_kernel_deaths_total" and value
+    }
 
 
 async def connect(server: Server, path: str) -> WebSocketClientConnection:
@@ -125,6 +135,7 @@ def test_each_death_is_explained_in_its_cell_the_server_log_and_the_event_bus(
                 await asyncio.wait_for(reader, 10)
 
         runs, received = asyncio.run(scenario())
+        metrics = scrape(metrics_of(server))["values"]
     lines = server.log.read_text(errors="replace").splitlines()
     everything = "\n".join(lines)
     # One step set it up: the extension says what it turned on.
@@ -152,6 +163,8 @@ def test_each_death_is_explained_in_its_cell_the_server_log_and_the_event_bus(
     assert all(e["kernel_id"] == kid and e["restarting"] for e in deaths), deaths
     for event, (_, _, notice, _) in zip(deaths, DEATHS, strict=True):
         assert event["msg"].startswith(notice), event
+    # /metrics: counted by cause, with no kernel named.
+    assert deaths_by_cause(metrics) == {"signal": 2, "exited": 1, "stopped": 1}, metrics
 
 
 # The server and its kernels share the cgroup: the server needs about a third of this, an idle
@@ -172,7 +185,9 @@ def test_an_out_of_memory_kill_is_explained_with_its_cgroups_limit(tmp_path: Pat
             return found
 
         msg_id, seen = asyncio.run(scenario())
+        metrics = scrape(metrics_of(server))["values"]
         server.api("DELETE", f"/api/kernels/{kid}")
+    assert deaths_by_cause(metrics) == {"oom": 1}, metrics
     notice = (
         "The kernel was killed by SIGKILL (9): its memory cgroup recorded an out-of-memory kill "
         "(limit 512.0 MiB). Restarting it."

@@ -19,8 +19,8 @@ from traitlets.utils.importstring import import_item
 
 from heartbeat._cause import Death
 from heartbeat._judge import Dead
-from heartbeat.jupyter import events
 from heartbeat.jupyter._death import ExitWatch, Witness, watch_exit
+from heartbeat.jupyter.events import emit_death, prepare
 from heartbeat.jupyter.kernel import (
     HeartbeatSettings,
     KernelLog,
@@ -117,7 +117,7 @@ class _HeartbeatMixin(HeartbeatSettings):
         if self.metrics:
             count_death(death)
         tell: list[Callable[[Death], object]] = [*(self._death_callbacks or [])]
-        tell.append(lambda death: events.emit_death(self, death))
+        tell.append(lambda death: emit_death(self, death))
         for callback in tell:
             try:
                 callback(death)
@@ -209,7 +209,7 @@ class _HeartbeatMixin(HeartbeatSettings):
         self._stop_heart_monitor()
         self._death_noted = False
         self._death_of_heart = None
-        events.prepare(self)
+        prepare(self)
         url = self._make_url("hb")  # type: ignore[attr-defined]
         key = getattr(self, "curve_publickey", None)
         monitor = self.watch(

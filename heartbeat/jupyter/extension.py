@@ -20,7 +20,7 @@ from typing import Any
 from jupyter_server.gateway.gateway_client import GatewayClient
 from traitlets.config import Config
 
-from heartbeat.jupyter import events
+from heartbeat.jupyter.events import register
 
 MANAGER = "heartbeat.jupyter.manager.HeartbeatKernelManager"
 CONNECTION = "heartbeat.jupyter.websocket.DeathNoticeConnection"
@@ -73,7 +73,7 @@ def _link_jupyter_server_extension(serverapp: Any) -> None:
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     # Registered now, so that the event bus lists it before the first death.
-    events.register(serverapp.event_logger)
+    register(serverapp.event_logger)
     serverapp.log.info(
         "kernel-heartbeat: kernels' hearts watched by %s; a dying kernel's running cell is "
         "told why (%s)",
