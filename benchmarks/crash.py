@@ -96,6 +96,7 @@ def main() -> int:
         "--crashes", type=int, help="--server: crashes of each cause on each server (3)"
     )
     parser.add_argument("--json", type=Path, help="--server: also write the trials here")
+    parser.add_argument("--logs", type=Path, help="--server: keep the servers' logs here")
     parser.add_argument("--kills", type=int, help="kills per manager, at most 5 (5)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
@@ -104,9 +105,9 @@ def main() -> int:
             parser.error("--kills is for the managers' mode; --server takes --crashes")
         if args.crashes is not None and args.crashes < 1:
             parser.error("--crashes must be at least 1")
-        return crash_server.main(args.crashes or 3, args.seed, args.json)
-    if args.crashes is not None or args.json:
-        parser.error("--crashes and --json go with --server")
+        return crash_server.main(args.crashes or 3, args.seed, args.json, args.logs)
+    if args.crashes is not None or args.json or args.logs:
+        parser.error("--crashes, --json and --logs go with --server")
     args.kills = 5 if args.kills is None else args.kills
     if not 1 <= args.kills <= 5:
         parser.error("--kills must be from 1 to 5 (jupyter_client's restart_limit)")

@@ -20,6 +20,7 @@ import os
 import random
 import re
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -121,7 +122,10 @@ async def serving(server: Server) -> None:
         try:
             await server.api("GET", "/api/status")
             break
-        except OSError:
+        except (OSError, HTTPClientError) as exc:
+            # Refused, or closed unanswered (599) while the server starts; any answer is one.
+            if isinstance(exc, HTTPClientError) and exc.code != 599:
+                raise
             if server.proc.poll() is not None or time.monotonic() > end:
                 raise RuntimeError(f"{server.name} server did not come up") from None
             await asyncio.sleep(0.2)
@@ -283,10 +287,9 @@ MEASURES = {"restarting": '"restarting"', "answers": "kernel answers"}
 
 
 def print_server_table(crashes: int, summary: dict[str, Any]) -> None:
-    print(
-        f"Crash to new kernel, jupyter_server {jupyter_server.__version__}: {crashes} crashes "
-        "of each cause on each server, in turn (seconds from the kernel's death)"
-    )
+    each = f"{crashes} crash{'es' * (crashes > 1)} of each cause on each server, in turn"
+    server = f"jupyter_server {jupyter_server.__version__}"
+    print(f"Crash to new kernel, {server}: {each} (seconds from the kernel's death)")
     print(f"{'':<24} {'stock jupyter_server':<26} {'HeartbeatKernelManager':<26}")
     columns = f"{'median':>8} {'p90':>8} {'max':>8}"
     print(f"{'cause':<8} {'until':<15} {columns}  {columns}")
@@ -299,7 +302,7 @@ def print_server_table(crashes: int, summary: dict[str, Any]) -> None:
             print(f"{cause:<8} {words:<15} {'  '.join(cells)}")
 
 
-def main(crashes: int, seed: int, json_path: Path | None) -> int:
+def main(crashes: int, seed: int, json_path: Path | None, logs: Path | None) -> int:
     with tempfile.TemporaryDirectory(prefix="crash-bench-") as tmp:
         servers = {name: launch(name, flags, Path(tmp)) for name, flags in SERVERS.items()}
         try:
@@ -309,14 +312,24 @@ def main(crashes: int, seed: int, json_path: Path | None) -> int:
                 text = server.log.read_text(errors="replace")[-4000:]
                 print(f"-- the end of the {name} server's log:\n{text}", file=sys.stderr)
             raise
-        # The death lines say which manager each server ran: ours writes one for each death,
-        # stock none (so no config of the installation's slipped in).
+        finally:
+            if logs is not None:
+                logs.mkdir(parents=True, exist_ok=True)
+                for server in servers.values():
+                    shutil.copy(server.log, logs)
         lines = {name: server.log.read_text(errors="replace") for name, server in servers.items()}
+    # The death lines say which manager each server ran: ours writes one for each death, stock
+    # none (so no config of the installation's slipped in). A restart keeps the kernel's ports,
+    # which something else on the machine may hold by then: a kernel that cannot bind one dies
+    # (one death more, restarted on new ports) or lives without its heart. Both are counted,
+    # so that a run's odd times can be told from the managers'.
     death = re.compile(r"Kernel \S+: process \d+ died: ")
     death_lines = {name: len(death.findall(text)) for name, text in lines.items()}
+    clashes = {name: text.count("Address already in use") for name, text in lines.items()}
     summary = summarize(trials)
     print_server_table(crashes, summary)
     print(f"death lines in the servers' logs: {death_lines}")
+    print(f"ports a kernel could not bind (Address already in use): {clashes}")
     if json_path:
         result = {
             "jupyter_server": jupyter_server.__version__,
@@ -326,6 +339,7 @@ def main(crashes: int, seed: int, json_path: Path | None) -> int:
             'killing it) to the websocket\'s "restarting" status (restarting) and to an answer '
             "to a kernel_info_request on the websocket (answers)",
             "death_lines": death_lines,
+            "port_clashes": clashes,
             "trials": trials,
             "summary": summary,
         }

@@ -185,8 +185,10 @@ def test_crash_benchmark_against_jupyter_server_smoke(tmp_path: Path) -> None:
     trials = [(t["server"], t["cause"]) for t in data["trials"]]
     assert sorted(trials) == sorted((s, c) for s in ("stock", "heartbeat") for c in causes)
     assert all(0 < t["restarting"] <= t["answers"] for t in data["trials"]), data["trials"]
-    # Each server ran the manager it was meant to: only ours writes a line for each death.
-    assert data["death_lines"] == {"stock": 0, "heartbeat": 3}
+    # Each server ran the manager it was meant to: only ours writes a line for each death (and
+    # one more for a restarted kernel that could not bind its kept ports, held by another).
+    assert data["death_lines"]["stock"] == 0 and data["death_lines"]["heartbeat"] >= 3
+    assert set(data["port_clashes"]) == {"stock", "heartbeat"}
     for server in ("stock", "heartbeat"):
         for cause in [*causes, "all"]:
             for measure in ("restarting", "answers"):
