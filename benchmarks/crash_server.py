@@ -7,7 +7,9 @@ moment of the stock restarter's 3 s polling period, the two servers' trials take
 is timed from the kernel's death (the clock its cell writes just before it dies) to the
 websocket's ``restarting`` status and to the new kernel answering a ``kernel_info_request``
 sent on that websocket. Prints median, p90 and max by cause and server; ``--json PATH`` also
-writes every trial and the summary. A kernel is replaced (untimed) after restart_limit deaths.
+writes every trial and the summary. Each kernel is in use (up past the restarter's
+stable_start_time, so that its restarts keep its ports) before it first dies, and is replaced,
+untimed, after restart_limit deaths.
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ CAUSES = {
 # Deaths in a row a kernel survives: the restarter gives up after restart_limit restarts that
 # come within stable_start_time (10 s) of each other, so a kernel is replaced after as many.
 RESTARTS = int(KernelRestarter.restart_limit.default_value)
+# A kernel that dies before it has been up stable_start_time is restarted on new ports (as one
+# that fails while it starts: random_ports_until_alive); one that dies in use keeps its ports.
+# These are kernels in use: each first runs until a restarter poll sees it up that long, which
+# counts from the first poll (the restarter's _last_dead defaults to when it is first read).
+SETTLE = 0.5 + (
+    KernelRestarter.stable_start_time.default_value + 2 * KernelRestarter.time_to_dead.default_value
+)
 
 
 def clock() -> float:
@@ -149,7 +158,7 @@ class Kernel:
     """One kernel of a server, and its websocket."""
 
     def __init__(self, server: Server, kernel_id: str, conn: WebSocketClientConnection) -> None:
-        self.server, self.id, self.conn, self.deaths = server, kernel_id, conn, 0
+        self.server, self.id, self.conn = server, kernel_id, conn
 
     @classmethod
     async def start(cls, server: Server) -> Kernel:
@@ -206,7 +215,6 @@ class Kernel:
                 if state == "dead":
                     raise RuntimeError(f"{self.server.name}: the kernel was not restarted")
         answered = await self.answers()
-        self.deaths += 1
         died = float(stamp.read_text())  # written and closed before the kernel died
         return restarting - died, answered - died
 
@@ -237,14 +245,16 @@ async def server_crashes(
         await asyncio.gather(*(serving(s) for s in servers.values()))
         order = list(servers)
         for n, cause in enumerate(c for _ in range(crashes) for c in CAUSES):
+            if n % RESTARTS == 0:  # untimed: new kernels, in use past SETTLE
+                for kernel in kernels.values():
+                    await kernel.shut_down()
+                started = await asyncio.gather(*(Kernel.start(s) for s in servers.values()))
+                kernels = dict(zip(servers, started, strict=True))
+                await asyncio.sleep(SETTLE)
             # In turn, and each first every other time, so that the machine's load (shared,
             # here) falls on both alike.
             for name in order if n % 2 == 0 else order[::-1]:
-                kernel = kernels.get(name)
-                if kernel is None or kernel.deaths == RESTARTS:
-                    if kernel is not None:
-                        await kernel.shut_down()
-                    kernels[name] = kernel = await Kernel.start(servers[name])
+                kernel = kernels[name]
                 # At a random moment of the stock restarter's 3 s polling period.
                 await asyncio.sleep(rng.uniform(0.0, 3.0))
                 restarting, answers = await kernel.crash(cause, tmp / f"died-{n}-{name}")
@@ -326,9 +336,12 @@ def main(crashes: int, seed: int, json_path: Path | None, logs: Path | None) -> 
     death = re.compile(r"Kernel \S+: process \d+ died: ")
     death_lines = {name: len(death.findall(text)) for name, text in lines.items()}
     clashes = {name: text.count("Address already in use") for name, text in lines.items()}
+    # Which restarts kept their kernel's ports, as kernels in use do (see SETTLE).
+    kept = {name: text.count("), keep random ports") for name, text in lines.items()}
     summary = summarize(trials)
     print_server_table(crashes, summary)
     print(f"death lines in the servers' logs: {death_lines}")
+    print(f"restarts that kept the kernel's ports: {kept}")
     print(f"ports a kernel could not bind (Address already in use): {clashes}")
     if json_path:
         result = {
@@ -339,6 +352,7 @@ def main(crashes: int, seed: int, json_path: Path | None, logs: Path | None) -> 
             'killing it) to the websocket\'s "restarting" status (restarting) and to an answer '
             "to a kernel_info_request on the websocket (answers)",
             "death_lines": death_lines,
+            "ports_kept": kept,
             "port_clashes": clashes,
             "trials": trials,
             "summary": summary,

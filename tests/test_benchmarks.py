@@ -189,6 +189,8 @@ def test_crash_benchmark_against_jupyter_server_smoke(tmp_path: Path) -> None:
     # one more for a restarted kernel that could not bind its kept ports, held by another).
     assert data["death_lines"]["stock"] == 0 and data["death_lines"]["heartbeat"] >= 3
     assert set(data["port_clashes"]) == {"stock", "heartbeat"}
+    # Of kernels in use, whose restarts keep their ports (not of kernels failing as they start).
+    assert data["ports_kept"]["stock"] >= 3 and data["ports_kept"]["heartbeat"] >= 3
     for server in ("stock", "heartbeat"):
         for cause in [*causes, "all"]:
             for measure in ("restarting", "answers"):
