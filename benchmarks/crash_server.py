@@ -329,10 +329,11 @@ def main(crashes: int, seed: int, json_path: Path | None, logs: Path | None) -> 
                     shutil.copy(server.log, logs)
         lines = {name: server.log.read_text(errors="replace") for name, server in servers.items()}
     # The death lines say which manager each server ran: ours writes one for each death, stock
-    # none (so no config of the installation's slipped in). A restart keeps the kernel's ports,
-    # which something else on the machine may hold by then: a kernel that cannot bind one dies
-    # (one death more, restarted on new ports) or lives without its heart. Both are counted,
-    # so that a run's odd times can be told from the managers'.
+    # none (so no config of the installation's slipped in). A kernel's ports are chosen free
+    # and bound later by the kernel (again at a restart that keeps them): something else on the
+    # machine may take one in between, and the kernel then dies (one death more) or lives
+    # without its heart. That is counted, so that a run's odd times can be told from the
+    # managers'.
     death = re.compile(r"Kernel \S+: process \d+ died: ")
     death_lines = {name: len(death.findall(text)) for name, text in lines.items()}
     clashes = {name: text.count("Address already in use") for name, text in lines.items()}

@@ -186,7 +186,7 @@ def test_crash_benchmark_against_jupyter_server_smoke(tmp_path: Path) -> None:
     assert sorted(trials) == sorted((s, c) for s in ("stock", "heartbeat") for c in causes)
     assert all(0 < t["restarting"] <= t["answers"] for t in data["trials"]), data["trials"]
     # Each server ran the manager it was meant to: only ours writes a line for each death (and
-    # one more for a restarted kernel that could not bind its kept ports, held by another).
+    # one more for a restarted kernel that could not bind a port, taken meanwhile by another).
     assert data["death_lines"]["stock"] == 0 and data["death_lines"]["heartbeat"] >= 3
     assert set(data["port_clashes"]) == {"stock", "heartbeat"}
     # Of kernels in use, whose restarts keep their ports (not of kernels failing as they start).
