@@ -1,13 +1,20 @@
-"""Crash to new kernel: how long after a kernel's process is SIGKILLed a new kernel answers,
-under HeartbeatKernelManager (its exit watched through a pidfd) and under jupyter_client's
-stock AsyncIOLoopKernelManager (its restarter polls every 3 s), side by side in one run.
+"""Crash to new kernel, ours against stock, side by side in one run; two modes.
 
-Each kill signals the process the manager's LocalProvisioner launched (its ``Popen``: this
-process's own child), at a random moment of the restarter's polling period. Prints, for each
-manager, the times from the kill to the new process and to the new kernel's answer to
-``kernel_info``: median and max. Usage::
+``--server`` (what a user sees): two real ``jupyter server`` processes, stock and with
+HeartbeatKernelManager, each crash a cell that kills its own kernel (SIGKILL, SIGSEGV,
+``os._exit(3)``), timed from the kernel's death to the websocket's ``restarting`` status and to
+the new kernel answering on it; see benchmarks/crash_server.py.
 
-    python -m benchmarks.crash               # 5 kills each
+Without ``--server``: the kernel managers themselves, in this process, under
+HeartbeatKernelManager (its kernel's exit watched through a pidfd) and under jupyter_client's
+stock AsyncIOLoopKernelManager (its restarter polls every 3 s). Each kill signals the process
+the manager's LocalProvisioner launched (its ``Popen``: this process's own child), at a random
+moment of the restarter's polling period. Prints, for each manager, the times from the kill to
+the new process and to the new kernel's answer to ``kernel_info``: median and max. Usage::
+
+    python -m benchmarks.crash --server      # 3 crashes of each cause on each server
+    python -m benchmarks.crash --server --crashes 10 --json crash.json
+    python -m benchmarks.crash               # the managers: 5 kills each
     python -m benchmarks.crash --kills 3
 """
 
@@ -20,10 +27,12 @@ import random
 import signal
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 from jupyter_client.ioloop.manager import AsyncIOLoopKernelManager
 
+from benchmarks import crash_server
 from heartbeat.jupyter import HeartbeatKernelManager
 
 
@@ -80,9 +89,26 @@ def row(name: str, times: list[tuple[float, float]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.crash")
-    parser.add_argument("--kills", type=int, default=5, help="kills per manager (at most 5)")
+    parser.add_argument(
+        "--server", action="store_true", help="stock jupyter_server against ours, two real servers"
+    )
+    parser.add_argument(
+        "--crashes", type=int, help="--server: crashes of each cause on each server (3)"
+    )
+    parser.add_argument("--json", type=Path, help="--server: also write the trials here")
+    parser.add_argument("--logs", type=Path, help="--server: keep the servers' logs here")
+    parser.add_argument("--kills", type=int, help="kills per manager, at most 5 (5)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
+    if args.server:
+        if args.kills is not None:
+            parser.error("--kills is for the managers' mode; --server takes --crashes")
+        if args.crashes is not None and args.crashes < 1:
+            parser.error("--crashes must be at least 1")
+        return crash_server.main(args.crashes or 3, args.seed, args.json, args.logs)
+    if args.crashes is not None or args.json or args.logs:
+        parser.error("--crashes, --json and --logs go with --server")
+    args.kills = 5 if args.kills is None else args.kills
     if not 1 <= args.kills <= 5:
         parser.error("--kills must be from 1 to 5 (jupyter_client's restart_limit)")
     rng = random.Random(args.seed)

@@ -191,3 +191,33 @@ def test_crash_benchmark_smoke() -> None:
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line}
     ours, stock = rows["HeartbeatKernelManager"], rows["AsyncIOLoopKernelManager"]
     assert len(ours) == 5 and len(stock) == 6, result.stdout  # four times each
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_crash_benchmark_against_jupyter_server_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "crash.json"
+    result = run("benchmarks.crash", "--server", "--crashes", "1", "--json", str(out), timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    causes = ["SIGKILL", "SIGSEGV", "exit 3"]
+    # Every cause, on both servers in turn, was restarted: its "restarting" status came after
+    # the kernel's death, and the new kernel answered after it.
+    trials = [(t["server"], t["cause"]) for t in data["trials"]]
+    assert sorted(trials) == sorted((s, c) for s in ("stock", "heartbeat") for c in causes)
+    assert all(0 < t["restarting"] <= t["answers"] for t in data["trials"]), data["trials"]
+    # Each server ran the manager it was meant to: only ours writes a line for each death (and
+    # one more for a restarted kernel that could not bind a port, taken meanwhile by another).
+    assert data["death_lines"]["stock"] == 0 and data["death_lines"]["heartbeat"] >= 3
+    assert set(data["port_clashes"]) == {"stock", "heartbeat"}
+    # Of kernels in use, whose restarts keep their ports (not of kernels failing as they start).
+    assert data["ports_kept"]["stock"] >= 3 and data["ports_kept"]["heartbeat"] >= 3
+    for server in ("stock", "heartbeat"):
+        for cause in [*causes, "all"]:
+            for measure in ("restarting", "answers"):
+                assert set(data["summary"][server][cause][measure]) == {"median", "p90", "max"}
+    # The table: two rows (to "restarting", to the answer) a cause and for all, each ending in
+    # the median, p90 and max of both servers (float() raises on anything but a number).
+    rows = [line for line in result.stdout.splitlines() if line.startswith((*causes, "all "))]
+    assert len(rows) == 8 and all(len(row.split()) >= 8 for row in rows), result.stdout
+    assert all([float(x) for x in row.split()[-6:]] for row in rows)
