@@ -203,7 +203,7 @@ def test_a_shutdown_is_no_death_and_leaves_no_watch(caplog: pytest.LogCaptureFix
     async def scenario() -> tuple[HeartbeatKernelManager, Any]:
         km = manager()
         await km.start_kernel()
-        watch = km._exit_watch
+        watch = km._death_watch.exit_watch
         assert watch is not None and not watch.closed
         await ready(km)
         await km.shutdown_kernel(now=False)  # the kernel exits: asked to
@@ -212,7 +212,7 @@ def test_a_shutdown_is_no_death_and_leaves_no_watch(caplog: pytest.LogCaptureFix
 
     with caplog.at_level(logging.INFO):
         km, watch = asyncio.run(scenario())
-    assert watch.closed and km._exit_watch is None
+    assert watch.closed and km._death_watch.exit_watch is None
     assert km.last_death is None and km.deaths == 0 and death_lines(caplog) == []
 
 
