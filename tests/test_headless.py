@@ -121,6 +121,61 @@ def test_papermill_with_the_kernelspec_ends_at_a_freeze(
     assert_ended_by_the_freeze(code, lines, tmp_path)
 
 
+# How a cell kills its kernel's process, and the words its death line says it in.
+DEATHS = {
+    "SIGKILL": ("os.kill(os.getpid(), 9)", "was killed by SIGKILL (9)"),
+    "SIGSEGV": ("import ctypes; ctypes.string_at(0)", "was killed by SIGSEGV (11)"),
+    "exit": ("os._exit(3)", "exited with code 3"),
+}
+
+
+def assert_ended_by_the_death(code: int, lines: list[Any], marks: Path, words: str) -> None:
+    text = "".join(line for _, line in lines)
+    assert code != 0 and "DeadKernelError" in text, text
+    died, pid = float((marks / "died").read_text()), int((marks / "pid").read_text())
+    # One line for the death, through the app's logging, with its cause and what happens next.
+    [(ours, at, death)] = [
+        (n, t, line) for n, (t, line) in enumerate(lines) if re.search(r"Kernel \S+: ", line)
+    ]
+    assert re.search(
+        rf"Kernel [0-9a-f-]{{36}}: process {pid} died: it {re.escape(words)}; "
+        "its kernel manager will find it dead$",
+        death.rstrip(),
+    ), death
+    # Written at once (the exit watch), before nbclient's look once a second finds it dead.
+    [(theirs, said)] = [
+        (n, t) for n, (t, line) in enumerate(lines) if "Kernel died while waiting" in line
+    ]
+    assert ours < theirs, text
+    assert at - died <= 1.0 and said - died <= 3.0, (at - died, said - died)
+
+
+def death_notebook(marks: Path, how: str) -> Path:
+    kill, _ = DEATHS[how]
+    dies = f"import os, time; open({str(marks / 'died')!r}, 'w').write(repr(time.monotonic()))"
+    return notebook(marks / "nb.ipynb", pid_cell(marks), f"{dies}\n{kill}")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", list(DEATHS))
+def test_jupyter_execute_with_the_kernelspec_says_why_the_process_died_before_kernel_died(
+    kernelspec: dict[str, str], tmp_path: Path, how: str
+) -> None:
+    argv = ["jupyter", "execute", "--kernel_name=python3-heartbeat"]
+    code, lines = run_timed([*argv, str(death_notebook(tmp_path, how))], kernelspec, 100)
+    assert_ended_by_the_death(code, lines, tmp_path, DEATHS[how][1])
+
+
+@pytest.mark.timeout(120)
+def test_papermill_with_the_kernelspec_says_why_the_process_died_before_kernel_died(
+    kernelspec: dict[str, str], tmp_path: Path
+) -> None:
+    nb = death_notebook(tmp_path, "SIGKILL")
+    argv = ["papermill", "-k", "python3-heartbeat", str(nb), str(tmp_path / "out.ipynb")]
+    code, lines = run_timed(argv, kernelspec, 100)
+    assert_ended_by_the_death(code, lines, tmp_path, DEATHS["SIGKILL"][1])
+
+
 # -- nbclient with HeartbeatKernelManager, every mode ------------------------------------------
 
 
