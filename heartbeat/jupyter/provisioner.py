@@ -88,21 +88,11 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
         self._monitor.start(self._on_heart_dead)
 
     async def shutdown_requested(self, restart: bool = False) -> None:
-        """The kernel is asked to end (a shutdown or a restart): from now on it is judged by
-        its process alone, as stock, and its exit is no death."""
+        """The kernel is asked to end (a graceful shutdown or restart): from now on it is
+        judged by its process alone, as stock (a kernel frozen meanwhile is its manager's to
+        end), and its exit is no death."""
         self._stop_watching()
         await super().shutdown_requested(restart=restart)
-
-    async def terminate(self, restart: bool = False) -> None:
-        """End the kernel, as asked: its exit is no death."""
-        self._stop_watching()
-        await super().terminate(restart=restart)
-
-    async def kill(self, restart: bool = False) -> None:
-        """Kill the kernel, as asked (or after its heart's death, already reported): its exit
-        is no death of its own."""
-        self._stop_watching()
-        await super().kill(restart=restart)
 
     async def cleanup(self, restart: bool = False) -> None:
         """Stop watching (the exit watch's pidfd is closed), then clean up as a local
@@ -129,7 +119,9 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
         # Called by the exit watch in the loop's turn that saw the exit, not a turn later:
         # whoever polls the process (nbclient, each second) must find the line written.
         if getattr(self.parent, "shutting_down", False):
-            return  # asked to end (the interrupt a shutdown begins with, say): no death
+            # Asked to end: killed by a shutdown or restart ``now``, or by the interrupt a
+            # graceful one begins with. No death.
+            return
         self._stop_watching()  # its heart would only report this death again, later
         death = self._death_watch.record(self.kernel_id, witness.process, None, restarting=False)
         log_process_death(self.log, death, _THEN)
