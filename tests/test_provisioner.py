@@ -106,9 +106,11 @@ def test_a_process_death_is_one_line_at_once_and_its_heart_says_nothing_more(
     )
 
 
+@pytest.mark.parametrize("level", [logging.INFO, logging.ERROR])
 def test_a_heart_death_and_the_exit_of_its_killed_process_are_one_line(
-    kernelspec: dict[str, str], caplog: pytest.LogCaptureFixture
+    kernelspec: dict[str, str], caplog: pytest.LogCaptureFixture, level: int
 ) -> None:
+    # At ERROR the heart's WARNING line is not written: the death is recorded all the same.
     async def scenario() -> tuple[HeartbeatProvisioner, int]:
         km = AsyncKernelManager(kernel_name="python3-heartbeat")
         provisioner = await beating(km)
@@ -122,10 +124,14 @@ def test_a_heart_death_and_the_exit_of_its_killed_process_are_one_line(
         finally:
             await km.shutdown_kernel(now=True)
 
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(level):
         provisioner, pid = asyncio.run(scenario())
     death = provisioner.last_death
     assert death is not None and death.cause.kind == "stopped" and death.pid == pid
+    assert death.silence is not None and TTD <= death.silence <= TTD + 1.5, death
+    if level > logging.WARNING:
+        assert death_lines(caplog) == []
+        return
     [line] = death_lines(caplog)  # the heart's, not a second one for the killed process
     assert line.__dict__["heartbeat_death"] is death
     text = line.getMessage()

@@ -112,8 +112,8 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
         )
 
     def _announce(self, death: Death) -> None:
-        """Every death this provisioner sees passes here once, after its line: the one place
-        where others are to be told of it (none is yet)."""
+        """Every death this provisioner sees passes here once, after its line (if its level is
+        logged): the one place where others are to be told of it. Nobody is, yet."""
 
     def _on_exit(self, witness: Witness) -> None:
         # Called by the exit watch in the loop's turn that saw the exit, not a turn later:
