@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -234,7 +235,7 @@ def test_a_shutdown_is_no_death_and_leaves_no_watch(caplog: pytest.LogCaptureFix
     async def scenario() -> tuple[HeartbeatKernelManager, Any]:
         km = manager()
         await km.start_kernel()
-        watch = km._exit_watch
+        watch = km._death_watch.exit_watch
         assert watch is not None and not watch.closed
         await ready(km)
         await km.shutdown_kernel(now=False)  # the kernel exits: asked to
@@ -243,8 +244,55 @@ def test_a_shutdown_is_no_death_and_leaves_no_watch(caplog: pytest.LogCaptureFix
 
     with caplog.at_level(logging.INFO):
         km, watch = asyncio.run(scenario())
-    assert watch.closed and km._exit_watch is None
+    assert watch.closed and km._death_watch.exit_watch is None
     assert km.last_death is None and km.deaths == 0 and death_lines(caplog) == []
+
+
+def test_a_kernel_that_dies_before_its_heart_answered_is_left_to_the_restarters_own_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Stock behaviour, kept: restarting it at once raced jupyter_server's teardown (commit
+    # 28b9142). A "kernel" that binds no port and exits after 0.5 s, noting when.
+    marks = tmp_path / "exits"
+    code = (
+        f"import time; time.sleep(0.5); open({str(marks)!r}, 'a').write(f'{{time.monotonic()}}\\n')"
+    )
+    spec = tmp_path / "data" / "kernels" / "dies-young"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-c", code, "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "dies young"}))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+    poll = 6.0  # the restarter's period: long after the exit, on any machine
+
+    async def scenario() -> tuple[float, float, dict[str, Any], dict[str, Any], str | None]:
+        km = manager(
+            kernel_name="dies-young",
+            first_beat=60.0,  # its silent heart is no death meanwhile
+            cache_ports=False,  # new ports are new
+            config=Config({"KernelRestarter": {"time_to_dead": poll}}),
+        )
+        await km.start_kernel()
+        started = time.monotonic()
+        before = km.get_connection_info()
+        restarts: list[float] = []
+        km.add_restart_callback(lambda: restarts.append(time.monotonic()))
+        try:
+            await until(lambda: bool(restarts), 3 * poll, "never restarted")
+            await asyncio.wait_for(km.ready, 60)  # the restart has brought up the next one
+            exited = float(marks.read_text().split()[0])
+            after = km.get_connection_info()
+            return restarts[0] - started, restarts[0] - exited, before, after, km.kernel_id
+        finally:
+            await km.shutdown_kernel(now=True)
+
+    with caplog.at_level(logging.INFO):
+        polled, waited, before, after, kernel_id = asyncio.run(scenario())
+    # By the first periodic poll (one period after the restarter's start), long after the exit.
+    assert polled >= poll - 1.0 and waited >= 1.0, (polled, waited)
+    assert after["hb_port"] != before["hb_port"]  # moved to new ports, as stock
+    [line] = death_lines(caplog)  # seen by that poll, and said once
+    assert line.getMessage().startswith(f"Kernel {kernel_id}: process "), line.getMessage()
+    assert line.getMessage().endswith(" died: it exited with code 0; restarting it")
 
 
 # -- an out-of-memory kill, in a memory cgroup of the test's own -------------------------------

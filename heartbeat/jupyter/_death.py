@@ -1,17 +1,19 @@
-"""Seeing a kernel's death and its cause, for the kernel managers: the exit of a local child
-watched on the loop (a pidfd), and what its cause is decided from, gathered at its start and
-at its death."""
+"""Seeing a kernel's death and its cause, for whoever owns the kernel (the kernel managers, the
+provisioner): the exit of a local child watched on the loop (a pidfd), what its cause is
+decided from, gathered at its start and at its death, and the death recorded."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
 
 from tornado.ioloop import IOLoop
 
 from heartbeat import _cause
+from heartbeat._cause import Death
 from heartbeat.jupyter._proc import memory_cgroup_of, read_state
 
 
@@ -85,3 +87,54 @@ class Witness:
             memory_at_start=self.memory_at_start,
             memory_now=None if self.group is None else self.group.read(),
         )
+
+
+class DeathWatch:
+    """One kernel's deaths, as its owner (a kernel manager, the provisioner) sees them: its
+    process of the moment watched from its start (its :class:`Witness`, and its exit through
+    :func:`watch_exit` when it is a local child), and each death recorded (``last``)."""
+
+    def __init__(self) -> None:
+        self.witness: Witness | None = None
+        self.exit_watch: ExitWatch | None = None
+        self.last: Death | None = None
+
+    def watch(
+        self, process: subprocess.Popen[Any] | None, on_exit: Callable[[Witness], None]
+    ) -> None:
+        """Watch ``process`` from now on (None: it is not ours, and only its witness is kept):
+        ``on_exit(witness)`` is called on the loop, once, when it exits, unless stopped first."""
+        self.stop()
+        self.witness = witness = Witness(process)  # its memory cgroup, counted at its start
+        if process is not None and process.poll() is None:
+            self.exit_watch = watch_exit(process.pid, lambda: on_exit(witness))
+
+    def stop(self) -> None:
+        """Stop watching the exit: what ends the process now is no death of this watch's
+        (asked for, or already reported). The witness stays, for a death still recorded."""
+        watch, self.exit_watch = self.exit_watch, None
+        if watch is not None:
+            watch.close()
+
+    def record(
+        self,
+        kernel_id: str | None,
+        process: subprocess.Popen[Any] | None,
+        silence: float | None,
+        *,
+        restarting: bool,
+    ) -> Death:
+        """The death of ``process`` (the kernel's local child, or None), decided now and kept
+        as ``last``; ``silence``: how long its heart was silent, for a heart death."""
+        witness = self.witness
+        if witness is None or witness.process is not process:
+            witness = Witness(process)  # a process it was not watching: counted only now
+        death = Death(
+            kernel_id=kernel_id,
+            cause=witness.cause(silence),
+            time=time.time(),
+            pid=None if process is None else process.pid,
+            restarting=restarting,
+        )
+        self.last = death
+        return death

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import inspect
 import subprocess
-import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -19,7 +18,7 @@ from traitlets.utils.importstring import import_item
 
 from heartbeat._cause import Death
 from heartbeat._judge import Dead
-from heartbeat.jupyter._death import ExitWatch, Witness, watch_exit
+from heartbeat.jupyter._death import DeathWatch, Witness
 from heartbeat.jupyter.events import emit_death, prepare
 from heartbeat.jupyter.kernel import (
     HeartbeatSettings,
@@ -27,6 +26,7 @@ from heartbeat.jupyter.kernel import (
     fate,
     kill_local_child,
     local_child,
+    log_process_death,
 )
 from heartbeat.jupyter.metrics import count_death
 from heartbeat.monitor import HeartMonitor
@@ -41,9 +41,7 @@ class _HeartbeatMixin(HeartbeatSettings):
     _deaths = Integer(0)
     _death_noted = Bool(False)
     _closed = Bool(False)  # cleaned up for good, until started again
-    _exit_watch: ExitWatch | None = None
-    _witness: Witness | None = None
-    _last_death: Death | None = None
+    _death_watch = Instance(DeathWatch, args=())
     _death_of_heart: Death | None = None  # recorded by the heart's death line, if it was written
     _death_callbacks: list[Callable[[Death], object]] | None = None
 
@@ -61,7 +59,7 @@ class _HeartbeatMixin(HeartbeatSettings):
         """The last death of this manager's kernel (heart or process): its cause, exit code or
         signal, the silence measured (None for a death seen by the process's exit), when, and
         whether it is being restarted; None before any."""
-        return self._last_death
+        return self._death_watch.last
 
     @property
     def heart_has_beaten(self) -> bool:
@@ -145,53 +143,29 @@ class _HeartbeatMixin(HeartbeatSettings):
         self._stop_exit_watch()
         self._stop_heart_monitor()
         death = self._record_death(None)
-        then = self._what_next()
-        log = KernelLog(self.log, self.kernel_id, lambda dead: (None, None))  # type: ignore[attr-defined]
-        process = f"process {death.pid}" if death.pid is not None else "its process"
-        log.warning(
-            "%s died: it %s; %s",
-            process,
-            death.cause.describe(),
-            then,
-            extra={"heartbeat_death": death},
-        )
+        log_process_death(self.log, death, self._what_next())
         self._announce(death)
 
     def _record_death(self, silence: float | None) -> Death:
-        witness = self._witness
+        kernel_id = self.kernel_id  # type: ignore[attr-defined]
         process = self._local_child()
-        if witness is None or witness.process is not process:
-            witness = Witness(process)
-        death = Death(
-            kernel_id=self.kernel_id,  # type: ignore[attr-defined]
-            cause=witness.cause(silence),
-            time=time.time(),
-            pid=None if process is None else process.pid,
-            restarting=self._restarts(),
-        )
-        self._last_death = death
-        return death
+        return self._death_watch.record(kernel_id, process, silence, restarting=self._restarts())
 
     def _start_exit_watch(self) -> None:
-        self._stop_exit_watch()
-        process = self._local_child()
-        self._witness = witness = Witness(process)  # its memory cgroup, counted at its start
-        if process is not None and process.poll() is None:
-            self._exit_watch = watch_exit(
-                process.pid,
-                lambda: IOLoop.current().add_callback(self._finish_process_death, witness),
-            )
+        # Its handling waits for the lifecycle lock: a coroutine, on the next turn of the loop.
+        self._death_watch.watch(
+            self._local_child(),
+            lambda witness: IOLoop.current().add_callback(self._finish_process_death, witness),
+        )
 
     def _stop_exit_watch(self) -> None:
-        watch, self._exit_watch = self._exit_watch, None
-        if watch is not None:
-            watch.close()
+        self._death_watch.stop()
 
     async def _finish_process_death(self, witness: Witness) -> None:
         # The kernel's process has exited: the restarter is asked at once, not at its next
         # poll (up to 3 s away); without a restarter (autorestart off), the death is noted.
         async with self.lifecycle():
-            if self._witness is not witness or self.shutting_down:  # type: ignore[attr-defined]
+            if self._death_watch.witness is not witness or self.shutting_down:  # type: ignore[attr-defined]
                 return  # restarted or shut down meanwhile: that was not this kernel's death
             if not self.heart_has_beaten:
                 # Died while starting (an interrupt before its handler was set, say): as

@@ -217,3 +217,18 @@ def fate(
     if process.returncode is not None:
         return f"{said} (process {process.pid}); {then}"
     return f"{said}; killed its process {process.pid}; {then}"
+
+
+def log_process_death(logger: Log, death: Death, then: str) -> None:
+    """Write the one line of a death seen by its process's exit (a heart's death has the
+    monitor's line): the kernel, its process, the cause in words and ``then``, what happens
+    next, at WARNING, with the death as ``extra["heartbeat_death"]``."""
+    log = KernelLog(logger, death.kernel_id, lambda dead: (None, None))
+    process = f"process {death.pid}" if death.pid is not None else "its process"
+    log.warning(
+        "%s died: it %s; %s",
+        process,
+        death.cause.describe(),
+        then,
+        extra={"heartbeat_death": death},
+    )

@@ -1,11 +1,14 @@
-"""``HeartbeatProvisioner``: a kernel's heart watched by the provisioner that launched it.
+"""``HeartbeatProvisioner``: a kernel watched by the provisioner that launched it, by its heart
+and by its process's exit.
 
 A kernel provisioner is chosen by the kernel spec, not by the kernel manager, so this works
 wherever a kernel name can be given and no kernel manager class can: ``jupyter execute
 --kernel_name=...``, ``papermill -k ...``, nbclient, and any stock kernel manager. When the heart
 is declared dead, the process is killed, so the manager's next look at it (``is_alive()``, a
-restarter's poll, nbclient's check every second) finds the kernel dead. ``heartbeat kernelspec``
-installs a kernel spec that selects it.
+restarter's poll, nbclient's check every second) finds the kernel dead. When the process dies
+of itself (a SIGKILL from the out-of-memory killer, a crash, an exit), its exit is seen at once
+and gets one line with its cause, before that next look says only "Kernel died". ``heartbeat
+kernelspec`` installs a kernel spec that selects it.
 """
 
 from __future__ import annotations
@@ -14,35 +17,68 @@ from typing import Any
 
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from tornado.ioloop import IOLoop
+from traitlets import Instance
 
 from heartbeat._cause import Death
 from heartbeat._judge import Dead
 from heartbeat.connection import hb_url
-from heartbeat.jupyter._death import Witness
+from heartbeat.jupyter._death import DeathWatch, Witness
+from heartbeat.jupyter._watched import _HeartbeatMixin
 from heartbeat.jupyter.kernel import (
     HeartbeatSettings,
     KernelLog,
     fate,
     kill_local_child,
     local_child,
+    log_process_death,
 )
+from heartbeat.jupyter.metrics import count_death
 from heartbeat.monitor import HeartMonitor
+
+# What happens next, as far as a provisioner knows: whether the kernel is restarted is its
+# kernel manager's decision, taken when it next looks.
+_THEN = "its kernel manager will find it dead"
 
 
 class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore[metaclass]
-    """A local kernel provisioner that kills its kernel once the kernel's heart is dead.
+    """A local kernel provisioner that kills its kernel once the kernel's heart is dead, and
+    tells why its kernel died, heart or process, in one line through the app's logger.
 
     Its settings (``time_to_dead``, ``first_beat``, ``interval``, ``shared_pool``) come from
-    the kernel spec: ``metadata.kernel_provisioner.config``.
+    the kernel spec: ``metadata.kernel_provisioner.config``. Under one of this package's kernel
+    managers (``HeartbeatKernelManager``), which watches the kernel itself, it leaves the watch
+    to that manager: one watch, and one line, a death.
     """
 
     _monitor: HeartMonitor | None = None
-    _witness: Witness | None = None
+    _death_watch = Instance(DeathWatch, args=())
+    _death_of_heart: Death | None = None  # recorded by the heart's death line, if it was written
+
+    @property
+    def last_death(self) -> Death | None:
+        """The last death of this provisioner's kernel (heart or process), as a kernel
+        manager's ``last_death``; None before any. Its ``restarting`` is False: whether the
+        kernel is restarted is its manager's to decide. Under a manager that watches the
+        kernel itself, that manager's ``last_death``."""
+        manager = self._watching_manager()
+        return self._death_watch.last if manager is None else manager.last_death
+
+    def _watching_manager(self) -> _HeartbeatMixin | None:
+        parent = self.parent
+        return parent if isinstance(parent, _HeartbeatMixin) else None
 
     async def post_launch(self, **kwargs: Any) -> None:
-        """Start watching the heart of the kernel just launched."""
+        """Start watching the kernel just launched: its heart, and its process's exit."""
         await super().post_launch(**kwargs)
-        self._witness = Witness(local_child(self))  # its memory cgroup, counted at its start
+        self._stop_watching()
+        self._death_of_heart = None
+        if self._watching_manager() is not None:
+            # Watched twice, each death would get two lines, and whichever watch saw the
+            # death first would decide what the other reports (a heart's kill, read back as
+            # a SIGKILL). The manager also knows what happens next.
+            self.log.debug("Kernel %s is watched by its kernel manager", self.kernel_id)
+            return
+        self._death_watch.watch(local_child(self), self._on_exit)
         heart = hb_url(dict(self.connection_info), f"kernel {self.kernel_id}")
         self._monitor = self.watch(
             heart.url,
@@ -52,28 +88,65 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
         )
         self._monitor.start(self._on_heart_dead)
 
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        """The kernel is asked to end (a graceful shutdown or restart): from now on it is
+        judged by its process alone, as stock (a kernel frozen meanwhile is its manager's to
+        end), and its exit is no death."""
+        self._stop_watching()
+        await super().shutdown_requested(restart=restart)
+
     async def cleanup(self, restart: bool = False) -> None:
-        """Stop watching, then clean up as a local provisioner does."""
+        """Stop watching (the exit watch's pidfd is closed), then clean up as a local
+        provisioner does."""
+        self._stop_watching()
+        await super().cleanup(restart=restart)
+
+    def _stop_watching(self) -> None:
         monitor, self._monitor = self._monitor, None
         if monitor is not None:
             monitor.stop()
-        await super().cleanup(restart=restart)
+        self._death_watch.stop()
 
-    def _death_fate(self, dead: Dead) -> tuple[str, Death | None]:
-        then = "its kernel manager will find it dead"
+    def _record(self, silence: float | None) -> Death:
+        return self._death_watch.record(
+            self.kernel_id, local_child(self), silence, restarting=False
+        )
+
+    def _announce(self, death: Death) -> None:
+        """Every death this provisioner sees passes here once, after its line (if its level is
+        logged): the one place where others are told of it (the process's metrics)."""
+        if self.metrics:
+            count_death(death)
+
+    def _on_exit(self, witness: Witness) -> None:
+        # Called by the exit watch in the loop's turn that saw the exit, not a turn later:
+        # whoever polls the process (nbclient, each second) must find the line written.
+        if getattr(self.parent, "shutting_down", False):
+            # Asked to end: killed by a shutdown or restart ``now``, or by the interrupt a
+            # graceful one begins with. No death.
+            return
+        self._stop_watching()  # its heart would only report this death again, later
+        death = self._death_watch.record(self.kernel_id, witness.process, None, restarting=False)
+        log_process_death(self.log, death, _THEN)
+        self._announce(death)
+
+    def _death_fate(self, dead: Dead) -> tuple[str, Death]:
         process = local_child(self)
-        witness = self._witness if self._witness is not None else Witness(None)
-        if witness.process is not process:
-            witness = Witness(process)
-        cause = witness.cause(dead.silent_for)
-        return fate(process, cause, then, provisioned=self.has_process), None
+        death = self._death_of_heart = self._record(dead.silent_for)
+        return fate(process, death.cause, _THEN, provisioned=self.has_process), death
 
     def _on_heart_dead(self) -> None:
+        self._death_watch.stop()  # its exit, now or after the kill, is this death's
+        death = self._death_of_heart
+        if death is None:
+            # The heart's line was not written (its level is not logged): recorded here.
+            verdict = None if self._monitor is None else self._monitor.verdict
+            death = self._record(None if verdict is None else verdict.silent_for)
         process = local_child(self)  # a subclass may report a pid that is not our child
-        if not self.has_process or (process is not None and process.poll() is not None):
-            return  # exited already: its kernel manager will find it dead
-        # kill(): the process group, or whatever killing means to a subclass; scheduled first,
-        # so that nothing the direct kill raises can leave the kernel alive.
-        IOLoop.current().add_callback(self.kill)
-        if process is not None:
-            kill_local_child(process)  # now: a frozen process must never outlive its kernel
+        if self.has_process and (process is None or process.poll() is None):
+            # kill(): the process group, or whatever killing means to a subclass; scheduled
+            # first, so that nothing the direct kill raises can leave the kernel alive.
+            IOLoop.current().add_callback(self.kill)
+            if process is not None:
+                kill_local_child(process)  # now: a frozen process must never outlive its kernel
+        self._announce(death)
