@@ -286,5 +286,5 @@ class Death:
     def notice(self) -> str:
         """The death in one sentence for the person whose cell was running: "The kernel was
         killed by SIGKILL (9). Restarting it." """
-        then = "Restarting it." if self.restarting else "It is not restarted (autorestart is off)."
+        then = "Restarting it." if self.restarting else "It is not restarted."
         return f"The kernel {self.cause.describe()}. {then}"

@@ -231,6 +231,34 @@ def test_death_callbacks_hear_of_a_death_before_the_restart_even_with_its_line_u
     assert death.silence is not None and death.silence >= 1.0, death
 
 
+def test_a_death_past_the_restart_limit_is_said_to_be_not_restarted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> tuple[HeartbeatKernelManager, int]:
+        km = manager(config=Config({"KernelRestarter": {"restart_limit": 0}}))
+        await km.start_kernel()
+        try:
+            await ready(km)
+            await until(lambda: km.heart_has_beaten, 30, "the heart never answered")
+            pid = km.provisioner.pid  # type: ignore[union-attr]
+            os.kill(pid, signal.SIGKILL)  # the provisioner's Popen: our own child
+            await until(lambda: km.last_death is not None, 30, "death not seen")
+            return km, pid
+        finally:
+            await km.shutdown_kernel(now=True)
+
+    with caplog.at_level(logging.INFO):
+        km, pid = asyncio.run(scenario())
+    death = km.last_death
+    assert death is not None and not death.restarting, death
+    assert death.notice() == "The kernel was killed by SIGKILL (9). It is not restarted."
+    [line] = death_lines(caplog)
+    assert line.getMessage().endswith(
+        f"process {pid} died: it was killed by SIGKILL (9); not restarting it (past "
+        "restart_limit 0: it died once)"
+    ), line.getMessage()
+
+
 def test_a_shutdown_is_no_death_and_leaves_no_watch(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> tuple[HeartbeatKernelManager, Any]:
         km = manager()

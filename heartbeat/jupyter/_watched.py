@@ -210,10 +210,23 @@ class _HeartbeatMixin(HeartbeatSettings):
         return local_child(self.provisioner) if self._provisioned() else None  # type: ignore[attr-defined]
 
     def _restarts(self) -> bool:
-        return bool(self.autorestart and self._restarter is not None)  # type: ignore[attr-defined]
+        return self._why_not_restarted() is None
+
+    def _why_not_restarted(self) -> str | None:
+        restarter = self._restarter  # type: ignore[attr-defined]
+        if not self.autorestart or restarter is None:  # type: ignore[attr-defined]
+            return "autorestart is off"
+        # jupyter_client's restarter gives up after restart_limit restarts in a row (each within
+        # stable_start_time of the last): this death is then "dead", not restarted.
+        tries = restarter._restart_count + 1 if restarter._restarting else 1
+        if tries > restarter.restart_limit:
+            times = "once" if tries == 1 else f"{tries} times in a row"
+            return f"past restart_limit {restarter.restart_limit}: it died {times}"
+        return None
 
     def _what_next(self) -> str:
-        return "restarting it" if self._restarts() else "not restarting it (autorestart is off)"
+        why = self._why_not_restarted()
+        return "restarting it" if why is None else f"not restarting it ({why})"
 
     def _death_fate(self, dead: Dead) -> tuple[str, Death]:
         death = self._death_of_heart = self._record_death(dead.silent_for)
