@@ -71,12 +71,17 @@ class Witness:
         self.group = None if process is None else memory_cgroup_of(process.pid)
         self.memory_at_start = None if self.group is None else self.group.read()
 
-    def cause(self, silence: float | None) -> _cause.Cause:
+    def cause(
+        self, silence: float | None, connection: _cause.Connection | None = None
+    ) -> _cause.Cause:
         """The cause now: the process's exit status (``poll()``: it reaps an exited child),
-        else its state; ``silence``: how long its heart was silent, for a heart death."""
+        else its state; ``silence``: how long its heart was silent, for a heart death. For a
+        process that is not ours (None), ``connection``: what its heart's port said."""
         process = self.process
         if process is None:
-            return _cause.decide(returncode=None, local=False, silence=silence)
+            return _cause.decide(
+                returncode=None, local=False, silence=silence, connection=connection
+            )
         code = process.poll()
         return _cause.decide(
             returncode=code,
