@@ -71,8 +71,7 @@ def test_a_port_that_accepted_then_was_reset_before_the_loop_saw_it_is_silent() 
     assert asyncio.run(scenario()) is Connection.SILENT
 
 
-def test_a_host_name_is_resolved_and_each_of_its_addresses_tried() -> None:
-    # localhost may name ::1 first: nothing listens there, 127.0.0.1 is then tried.
+def test_a_host_name_is_resolved_then_probed() -> None:
     with listening() as (_, port):
         assert probe(f"tcp://localhost:{port}") is Connection.SILENT
     assert probe(f"tcp://localhost:{closed_port()}") is Connection.REFUSED
