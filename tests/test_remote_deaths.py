@@ -11,10 +11,13 @@ import asyncio
 import json
 import logging
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +34,8 @@ from heartbeat.connection import hb_url
 from heartbeat.jupyter import HeartbeatKernelManager
 from heartbeat.jupyter._proc import PROBE_TIMEOUT
 from heartbeat.probe import ping
+from tests.conftest import free_port, wait_for
+from tests.test_jupyter_server import CONFIG_LINE, Server
 
 TTD = 1.0
 FIRST_BEAT = 1.0
@@ -235,6 +240,79 @@ def test_a_kernel_apart_shut_down_by_its_manager_is_left_running_and_no_longer_w
         # Its watch ended, the kernel did not: its heart answers, its process runs.
         assert proc.poll() is None
         assert ping(hb_url(json.loads((tmp_path / "kernel-apart.json").read_text()), "").url)
+
+
+@contextmanager
+def server_of_external_kernels(tmp_path: Path, external: Path) -> Iterator[Server]:
+    """A real ``jupyter server`` with the heartbeat kernel manager and external kernels on,
+    their connection files in ``external``."""
+    port, token = free_port(), secrets.token_hex(16)
+    env = {**os.environ, **{f"JUPYTER_{d.upper()}_DIR": str(tmp_path / d) for d in DIRS}}
+    argv = [sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1"]
+    argv += [f"--ServerApp.port={port}", "--ServerApp.port_retries=0"]
+    argv += [f"--IdentityProvider.token={token}", "--ServerApp.open_browser=False"]
+    argv += ["--ServerApp.allow_root=True", f"--ServerApp.root_dir={tmp_path}", CONFIG_LINE]
+    argv += [f"--HeartbeatKernelManager.time_to_dead={TTD}"]
+    argv += [f"--HeartbeatKernelManager.first_beat={FIRST_BEAT}"]
+    argv += ["--ServerApp.allow_external_kernels=True"]
+    argv += [f"--ServerApp.external_connection_dir={external}"]
+    with (tmp_path / "server.log").open("wb") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(proc, f"http://127.0.0.1:{port}", token, tmp_path / "server.log")
+    try:
+        end = time.monotonic() + 60
+        while True:
+            try:
+                server.api("GET", "/api/status")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None, server.log.read_text()
+                assert time.monotonic() < end, "jupyter server did not come up"
+                time.sleep(0.2)
+        yield server
+    finally:
+        proc.send_signal(signal.SIGTERM)  # the server the test started: its own child
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+DIRS = ("runtime", "config", "data")
+
+
+def test_under_jupyter_server_an_external_kernel_that_was_killed_is_refused_in_its_log(
+    tmp_path: Path,
+) -> None:
+    external = tmp_path / "external"
+    external.mkdir()
+    with kernel_apart(external) as proc:
+        info = json.loads((external / "kernel-apart.json").read_text())
+        assert wait_for(lambda: ping(hb_url(info, "").url, 1.0) is not None, 60), "no heart"
+        with server_of_external_kernels(tmp_path, external) as server:
+            [kernel] = server.api("GET", "/api/kernels")  # it lists, and so watches, the file
+            # Killed at once: the monitor the listing started never hears it, and declares it
+            # dead after first_beat and time_to_dead.
+            proc.kill()
+            proc.wait(30)
+
+            def death_line() -> str | None:
+                lines = server.log.read_text().splitlines()
+                return next((line for line in lines if "is dead" in line), None)
+
+            assert wait_for(death_line, 3 * (FIRST_BEAT + TTD) + PROBE_TIMEOUT + SLACK), (
+                server.log.read_text()
+            )
+            line = death_line()
+    print(line)
+    assert line is not None and line.startswith("[W "), line
+    assert f"Kernel {kernel['id']}: heart at tcp://127.0.0.1:{info['hb_port']} is dead" in line
+    assert line.endswith(
+        "it was likely gone: its heart was silent for "
+        f"{float(re.findall(r'no reply for ([0-9.]+) s', line)[0]):.1f} s and nothing listens at "
+        f"its port (connection refused); {NEXT}"
+    ), line
 
 
 def _state(pid: int) -> str:
