@@ -78,9 +78,9 @@ class Deaths(logging.Handler):
 
 
 @contextmanager
-def death_lines(name: str) -> Iterator[Deaths]:
+def death_lines(name: str, level: int = logging.INFO) -> Iterator[Deaths]:
     logger = logging.getLogger(name)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(level)
     lines = Deaths()
     logger.addHandler(lines)
     try:
@@ -143,10 +143,15 @@ async def watched(
     return km, done
 
 
-async def death_of(how: str, where: Path, harm: Callable[[HeartbeatKernelManager], None]) -> Any:
+async def death_of(
+    how: str,
+    where: Path,
+    harm: Callable[[HeartbeatKernelManager], None],
+    level: int = logging.INFO,
+) -> Any:
     """Watch the kernel apart until its heart has answered, ``harm`` it, and return what the
-    manager made of its death, as plain data."""
-    with death_lines(f"tests.remote.{how}") as lines:
+    manager made of its death, as plain data; its log at ``level``."""
+    with death_lines(f"tests.remote.{how}", level) as lines:
         km, done = await watched(how, where, logging.getLogger(f"tests.remote.{how}"))
         told: list[Death] = []
         km.add_death_callback(told.append)
@@ -205,6 +210,15 @@ def test_a_kernel_apart_that_was_killed_is_refused(tmp_path: Path) -> None:
         "was likely gone: its heart was silent for {s:.1f} s and nothing listens at its port "
         "(connection refused)",
     )
+
+
+def test_a_death_whose_line_is_not_logged_is_still_told_with_its_port_probed(
+    tmp_path: Path,
+) -> None:
+    with kernel_apart(tmp_path) as proc:
+        seen = asyncio.run(death_of("quiet", tmp_path, lambda km: proc.kill(), logging.ERROR))
+    assert seen["lines"] == [] and seen["kind"] == "remote-refused", seen
+    assert seen["told"] == 1 and seen["is_last_death"] and seen["deaths"] == 1, seen
 
 
 def test_a_kernel_apart_that_was_stopped_is_silent_and_left_alone(tmp_path: Path) -> None:
