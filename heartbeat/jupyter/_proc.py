@@ -124,10 +124,10 @@ class _Connect:
     def __init__(self, family: int, address: Any) -> None:
         self.unix = family == socket.AF_UNIX
         self.sock: socket.socket | None = None
+        self.error: int | None = None  # connect()'s errno: 0, EINPROGRESS, ECONNREFUSED...
         try:
             self.sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError:  # EMFILE, EAFNOSUPPORT (no IPv6 here): no probe to be had
-            self.error: int | None = None
             return
         self.sock.setblocking(False)
         self.error = self.sock.connect_ex(address)
