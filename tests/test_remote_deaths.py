@@ -8,6 +8,7 @@ for the test)."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
 import os
@@ -43,6 +44,13 @@ SLACK = 1.5  # a loaded 2-core machine's scheduling, on top of what the monitor 
 NEXT = "not restarting it (it was not started by this manager)"
 
 
+def _end_with_its_parent() -> None:
+    # In the kernel's process before it runs: killed when the process that started it ends,
+    # however that ends (a namespace run's timeout kills it), never left behind an orphan.
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 @contextmanager
 def kernel_apart(where: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A real ipykernel that no manager started: its connection file written in ``where`` (its
@@ -55,6 +63,7 @@ def kernel_apart(where: Path) -> Iterator[subprocess.Popen[bytes]]:
             [sys.executable, "-m", "ipykernel_launcher", "-f", name],
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=_end_with_its_parent,
         )
     try:
         yield proc
