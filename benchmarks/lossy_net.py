@@ -65,24 +65,43 @@ def _nft(*words: str) -> None:
     subprocess.run(["nft", *words], check=True, timeout=30, capture_output=True)
 
 
-def lose(port: int, percent: int) -> None:
-    """Drop ``percent`` % of the TCP packets to and from ``port``, each way, at random (inside
-    the namespace only: refuses to run elsewhere)."""
+def _input_chain(what: str) -> None:
     if os.environ.get(INSIDE) != "1":
-        raise RuntimeError("lose() changes packet filtering: only inside run_in_namespace()")
-    if not 0 <= percent <= 100:
-        raise ValueError(f"percent must be from 0 to 100, got {percent!r}")
+        raise RuntimeError(f"{what}() changes packet filtering: only inside run_in_namespace()")
     _nft("add", "table", "inet", _TABLE)
     _nft("add", "chain", "inet", _TABLE, "input", "{ type filter hook input priority 0; }")
+
+
+def lose(port: int, percent: int) -> None:
+    """Drop ``percent`` % of the TCP packets to and from ``port``, each way, at random (inside
+    the namespace only: refuses to run elsewhere). 100: all of them, so that a connect to it
+    times out."""
+    if not 0 <= percent <= 100:
+        raise ValueError(f"percent must be from 0 to 100, got {percent!r}")
+    _input_chain("lose")
+    # nft refuses "< 100" after "mod 100" (no number is as large): all is a rule of its own.
+    share = [] if percent == 100 else ["numgen", "random", "mod", "100", "<", str(percent)]
     for direction in ("dport", "sport"):  # pings to the heart, and its replies
         _nft(
             "add", "rule", "inet", _TABLE, "input", "tcp", direction, str(port),
-            "numgen", "random", "mod", "100", "<", str(percent), "counter", "drop",
+            *share, "counter", "drop",
+        )  # fmt: skip
+
+
+def unreachable(port: int) -> None:
+    """Answer every TCP packet to and from ``port`` with an ICMP host-unreachable, as a router
+    that has lost its way to a host does: a connect to it fails at once (EHOSTUNREACH), and a
+    connection already made hears nothing more (inside the namespace only)."""
+    _input_chain("unreachable")
+    for direction in ("dport", "sport"):
+        _nft(
+            "add", "rule", "inet", _TABLE, "input", "tcp", direction, str(port),
+            "counter", "reject", "with", "icmpx", "type", "host-unreachable",
         )  # fmt: skip
 
 
 def dropped() -> int:
-    """Packets dropped so far by every rule of ``lose``."""
+    """Packets dropped (or refused) so far by every rule of ``lose`` and ``unreachable``."""
     listing = subprocess.run(
         ["nft", "list", "table", "inet", _TABLE],
         capture_output=True,

@@ -1,10 +1,9 @@
 """The cause of a kernel's death, decided from fixture text (cgroup v1 and v2, /proc), and the
-small readers and the probe beside it."""
+small readers beside it (the probe of a heart's port: tests/test_heart_probe.py)."""
 
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -294,15 +293,3 @@ def test_this_process_is_read_where_proc_exists() -> None:
     if not Path("/proc/self/stat").exists():
         pytest.skip("no /proc here")
     assert _proc.read_state(os.getpid()) == "R"  # it is reading it
-
-
-def test_a_probe_of_a_closed_port_is_refused_and_of_a_listening_one_silent() -> None:
-    with socket.socket() as listening:
-        listening.bind(("127.0.0.1", 0))
-        listening.listen()
-        port = listening.getsockname()[1]
-        assert _proc.probe_heart("127.0.0.1", port) is Connection.SILENT
-    # Closed now: nothing listens there.
-    assert _proc.probe_heart("127.0.0.1", port) is Connection.REFUSED
-    with pytest.raises(ValueError, match="port"):
-        _proc.probe_heart("127.0.0.1", 0)

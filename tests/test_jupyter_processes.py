@@ -112,6 +112,9 @@ def test_a_heart_death_never_signals_a_pid_that_is_not_our_child_and_is_still_re
     text = death.getMessage()
     assert text.startswith(f"Kernel {kernel_id}: heart at tcp://"), text
     assert "killing it through its provisioner" in text and str(pid_of_stranger) not in text, text
+    # Not our child, so told by its heart's port: it accepted (the kernel was frozen), probed
+    # before the provisioner's kill closed it.
+    assert "it was likely frozen, or its host stalled: its heart was silent" in text, text
 
 
 def test_the_provisioner_never_signals_a_pid_that_is_not_our_child(

@@ -73,12 +73,17 @@ class Witness:
         self.group = None if process is None else memory_cgroup_of(process.pid)
         self.memory_at_start = None if self.group is None else self.group.read()
 
-    def cause(self, silence: float | None) -> _cause.Cause:
+    def cause(
+        self, silence: float | None, connection: _cause.Connection | None = None
+    ) -> _cause.Cause:
         """The cause now: the process's exit status (``poll()``: it reaps an exited child),
-        else its state; ``silence``: how long its heart was silent, for a heart death."""
+        else its state; ``silence``: how long its heart was silent, for a heart death. For a
+        process that is not ours (None), ``connection``: what its heart's port said."""
         process = self.process
         if process is None:
-            return _cause.decide(returncode=None, local=False, silence=silence)
+            return _cause.decide(
+                returncode=None, local=False, silence=silence, connection=connection
+            )
         code = process.poll()
         return _cause.decide(
             returncode=code,
@@ -123,15 +128,17 @@ class DeathWatch:
         silence: float | None,
         *,
         restarting: bool,
+        connection: _cause.Connection | None = None,
     ) -> Death:
         """The death of ``process`` (the kernel's local child, or None), decided now and kept
-        as ``last``; ``silence``: how long its heart was silent, for a heart death."""
+        as ``last``; ``silence``: how long its heart was silent, for a heart death;
+        ``connection``: what its heart's port said, for a kernel that is not our child."""
         witness = self.witness
         if witness is None or witness.process is not process:
             witness = Witness(process)  # a process it was not watching: counted only now
         death = Death(
             kernel_id=kernel_id,
-            cause=witness.cause(silence),
+            cause=witness.cause(silence, connection),
             time=time.time(),
             pid=None if process is None else process.pid,
             restarting=restarting,

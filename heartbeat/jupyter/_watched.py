@@ -16,9 +16,10 @@ from tornado.ioloop import IOLoop
 from traitlets import Bool, Instance, Integer, default
 from traitlets.utils.importstring import import_item
 
-from heartbeat._cause import Death
+from heartbeat._cause import Connection, Death
 from heartbeat._judge import Dead
 from heartbeat.jupyter._death import DeathWatch, Witness
+from heartbeat.jupyter._proc import HeartProbe
 from heartbeat.jupyter.events import emit_death, prepare
 from heartbeat.jupyter.kernel import (
     HeartbeatSettings,
@@ -42,7 +43,10 @@ class _HeartbeatMixin(HeartbeatSettings):
     _death_noted = Bool(False)
     _closed = Bool(False)  # cleaned up for good, until started again
     _death_watch = Instance(DeathWatch, args=())
-    _death_of_heart: Death | None = None  # recorded by the heart's death line, if it was written
+    # Recorded by the heart's death line, if it was written, with the verdict it is for.
+    _death_of_heart: tuple[Dead, Death] | None = None
+    # The current heart's port, probed at its death: for a kernel that is not our local child.
+    _heart_probe: HeartProbe | None = None
     _death_callbacks: list[Callable[[Death], object]] | None = None
 
     @property
@@ -130,14 +134,16 @@ class _HeartbeatMixin(HeartbeatSettings):
         self._death_noted = True
         self._deaths += 1
         if self._heart_dead:
-            # The heart's death line recorded it (with its cause), unless that line's level is
-            # not logged: then it is recorded here, from the monitor's verdict.
-            death = self._death_of_heart
-            if death is None:
-                monitor = self._heart_monitor
-                verdict = None if monitor is None else monitor.verdict
-                death = self._record_death(None if verdict is None else verdict.silent_for)
-            self._announce(death)
+            monitor, probe = self._heart_monitor, self._heart_probe
+            verdict = None if monitor is None else monitor.verdict
+            if probe is not None:
+                answered = probe.start()  # begun by the death line already, if it was logged
+                if not answered.done():
+                    # Told once the port has answered: after the death line, which waits for
+                    # the same answer (a future's callbacks run in the order they were added).
+                    answered.add_done_callback(lambda _: self._tell_heart_death(verdict, probe))
+                    return
+            self._tell_heart_death(verdict, probe)
             return
         # Its process died first: the heart would only say later what is known now.
         self._stop_exit_watch()
@@ -146,10 +152,26 @@ class _HeartbeatMixin(HeartbeatSettings):
         log_process_death(self.log, death, self._what_next())
         self._announce(death)
 
-    def _record_death(self, silence: float | None) -> Death:
+    def _tell_heart_death(self, verdict: Dead | None, probe: HeartProbe | None) -> None:
+        # The heart's death line recorded it (with its cause), unless that line's level is not
+        # logged: then it is recorded here, from the monitor's verdict.
+        told = self._death_of_heart
+        if told is not None and told[0] is verdict:
+            death = told[1]
+        else:
+            silence = None if verdict is None else verdict.silent_for
+            death = self._record_death(silence, None if probe is None else probe.connection)
+        self._announce(death)
+
+    def _record_death(self, silence: float | None, connection: Connection | None = None) -> Death:
         kernel_id = self.kernel_id  # type: ignore[attr-defined]
-        process = self._local_child()
-        return self._death_watch.record(kernel_id, process, silence, restarting=self._restarts())
+        return self._death_watch.record(
+            kernel_id,
+            self._local_child(),
+            silence,
+            restarting=self._restarts(),
+            connection=connection,
+        )
 
     def _start_exit_watch(self) -> None:
         # Its handling waits for the lifecycle lock: a coroutine, on the next turn of the loop.
@@ -186,11 +208,24 @@ class _HeartbeatMixin(HeartbeatSettings):
         prepare(self)
         url = self._make_url("hb")  # type: ignore[attr-defined]
         key = getattr(self, "curve_publickey", None)
+        # A kernel whose process is not our local child has no exit status to tell its death
+        # by: its heart's port is asked instead, at its death, and its death line waits for it.
+        probe = self._heart_probe = None if self._local_child() is not None else HeartProbe(url)
+
+        def hold(dead: Dead) -> asyncio.Future[Connection | None] | None:
+            return None if probe is None else probe.start()
+
+        log = KernelLog(
+            self.log,
+            self.kernel_id,  # type: ignore[attr-defined]
+            lambda dead: self._death_fate(dead, probe),
+            hold,
+        )
         monitor = self.watch(
             url,
             curve_serverkey=key or None,
             context=self.context,  # type: ignore[attr-defined]
-            log=KernelLog(self.log, self.kernel_id, self._death_fate),  # type: ignore[attr-defined]
+            log=log,
         )
         self._heart_monitor = monitor
         monitor.start(self._on_heart_dead)
@@ -213,6 +248,8 @@ class _HeartbeatMixin(HeartbeatSettings):
         return self._why_not_restarted() is None
 
     def _why_not_restarted(self) -> str | None:
+        if not self._owned():
+            return "it was not started by this manager"
         restarter = self._restarter  # type: ignore[attr-defined]
         if not self.autorestart or restarter is None:  # type: ignore[attr-defined]
             return "autorestart is off"
@@ -224,12 +261,17 @@ class _HeartbeatMixin(HeartbeatSettings):
             return f"past restart_limit {restarter.restart_limit}: it died {times}"
         return None
 
+    def _owned(self) -> bool:
+        # jupyter_client 8's owns_kernel (from 8.3): False for a kernel started apart.
+        return bool(getattr(self, "owns_kernel", True))
+
     def _what_next(self) -> str:
         why = self._why_not_restarted()
         return "restarting it" if why is None else f"not restarting it ({why})"
 
-    def _death_fate(self, dead: Dead) -> tuple[str, Death]:
-        death = self._death_of_heart = self._record_death(dead.silent_for)
+    def _death_fate(self, dead: Dead, probe: HeartProbe | None) -> tuple[str, Death]:
+        death = self._record_death(dead.silent_for, None if probe is None else probe.connection)
+        self._death_of_heart = (dead, death)
         ending = fate(
             self._local_child(), death.cause, self._what_next(), provisioned=self._provisioned()
         )
@@ -246,14 +288,24 @@ class _HeartbeatMixin(HeartbeatSettings):
         self._heart_dead = True
         self._stop_exit_watch()  # its exit is this death's, already reported
         self.note_death()
-        IOLoop.current().add_callback(self._finish_heart_death, self._heart_monitor)
+        # Scheduled after the probe of its port, if any, has sent its connect (the death line
+        # began it, or note_death did): a kill through the provisioner would close that port.
+        probe = self._heart_probe
+        IOLoop.current().add_callback(self._finish_heart_death, self._heart_monitor, probe)
         self._kill_now()  # now, not next turn: a frozen process must never outlive its kernel
 
-    async def _finish_heart_death(self, monitor: HeartMonitor | None) -> None:
+    async def _finish_heart_death(
+        self, monitor: HeartMonitor | None, probe: HeartProbe | None
+    ) -> None:
         async with self.lifecycle():
             if monitor is None or self._heart_monitor is not monitor:
                 return  # restarted or shut down meanwhile: that took care of the old process
             await self._kill_and_reap()
+            if probe is not None:
+                # Its death is told (its line, the death callbacks) before the restarter's
+                # callbacks say it restarts: the kill was not held up for it, this waits for
+                # what is left of the probe's bound (its timeout) at most.
+                await asyncio.wait([probe.start()])
             restarter = self._restarter  # type: ignore[attr-defined]
             if self.autorestart and restarter is not None:  # type: ignore[attr-defined]
                 # Ask now rather than wait up to a whole polling period.
@@ -301,9 +353,25 @@ class _HeartbeatMixin(HeartbeatSettings):
             IOLoop.current().add_callback(self._kill_and_reap)
             return
         super().start_restarter()  # type: ignore[misc]
-        if self.has_kernel:  # type: ignore[attr-defined]
+        if self.has_kernel or not self._owned():  # type: ignore[attr-defined]
             self._start_heart_monitor()
             self._start_exit_watch()
+
+    def load_connection_info(self, info: Any) -> None:
+        """Load the kernel's connection info. A kernel this manager does not own
+        (``owns_kernel=False``: started apart, as jupyter_server's external kernels are) is
+        watched from then on, by its heart alone (nothing restarts it, nor kills it): from the
+        loop's next turn, once a multi-kernel manager has named it (it sets ``kernel_id``
+        after this call)."""
+        super().load_connection_info(info)  # type: ignore[misc]
+        if not self._owned():
+            IOLoop.current().add_callback(self.start_restarter)
+
+    def _unwatch_if_not_owned(self) -> None:
+        # jupyter_client's shutdown of a kernel it does not own returns at once, leaving it
+        # running: its watch ends here (its clean-up ends it too).
+        if not self._owned():
+            self.stop_restarter()
 
     def stop_restarter(self) -> None:
         """Stop all three; a shutting-down kernel is judged by its process alone."""

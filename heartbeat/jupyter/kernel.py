@@ -10,6 +10,7 @@ before anything else happens to it: by a signal only when it is provably our loc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -168,6 +169,11 @@ class KernelLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     ``describe(dead)`` is asked at the moment of a heart's death line, with its ``Dead`` event:
     it returns the line's ending (the cause, what happens to the process next), or None, and
     the :class:`~heartbeat._cause.Death` to carry as ``extra["heartbeat_death"]``, or None.
+
+    ``hold(dead)``, if given, is asked first, when the death line's level is logged: a future
+    not yet done holds the line until it is (its cause is still being learned: the port of a
+    remote kernel's heart, probed), then the line is written, ``describe`` asked then; None
+    writes it at once.
     """
 
     def __init__(
@@ -175,10 +181,23 @@ class KernelLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         logger: Log,
         kernel_id: str | None,
         describe: Callable[[Dead], tuple[str | None, Death | None]],
+        hold: Callable[[Dead], asyncio.Future[Any] | None] | None = None,
     ) -> None:
         super().__init__(logger, {})
         self.kernel_id = kernel_id
         self.describe = describe
+        self.hold = hold
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        """Log as any adapter does, but a death line that is held waits (see the class)."""
+        event = (kwargs.get("extra") or {}).get("heartbeat_event")
+        if self.hold is not None and isinstance(event, Dead) and self.isEnabledFor(level):
+            wait = self.hold(event)
+            if wait is not None and not wait.done():
+                write = super().log
+                wait.add_done_callback(lambda _: write(level, msg, *args, **kwargs))
+                return
+        super().log(level, msg, *args, **kwargs)
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         """Prefix the kernel id (also given as ``kernel_id`` in the record); complete the

@@ -236,8 +236,10 @@ class HeartbeatKernelManager(_HeartbeatMixin, _AsyncBase):
             await super().restart_kernel(now=now, newports=newports, **kw)
 
     async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:  # type: ignore[override]
-        """Shut the kernel down, once no other lifecycle step (a restart) is under way."""
+        """Shut the kernel down, once no other lifecycle step (a restart) is under way; one
+        this manager does not own is only no longer watched."""
         async with self.lifecycle():
+            self._unwatch_if_not_owned()
             await super().shutdown_kernel(now=now, restart=restart)
 
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
@@ -268,3 +270,8 @@ class HeartbeatIOLoopKernelManager(_HeartbeatMixin, IOLoopKernelManager):
         """Start a kernel (again, after a clean-up too)."""
         self._closed = False
         super().start_kernel(**kw)
+
+    def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+        """Shut the kernel down; one this manager does not own is only no longer watched."""
+        self._unwatch_if_not_owned()
+        super().shutdown_kernel(now=now, restart=restart)
