@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from jupyter_server.gateway.gateway_client import GatewayClient
 from jupyter_server.serverapp import ServerApp
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
@@ -131,33 +132,39 @@ def test_the_cells_error_output_is_the_deaths_notice() -> None:
 
 
 ENABLE = "jupyter server extension enable heartbeat.jupyter"
+ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.timeout(300)
 def test_the_enable_command_turns_the_extension_on_where_jupyter_server_looks(
     tmp_path: Path,
 ) -> None:
-    # The real command writes to this environment's etc/jupyter (where the install put the
-    # extension's entry, disabled): it is put back as it was, whatever happens.
-    entry = Path(sys.prefix) / "etc/jupyter/jupyter_server_config.d/heartbeat.jupyter.json"
-    assert entry.exists(), f"the install did not put the extension's entry at {entry}"
-    before = entry.read_bytes()
+    # An environment of its own (seeing this one's packages), with this project installed in
+    # it as a user would: the install puts the extension's entry, disabled, in its etc/jupyter,
+    # and the real command then writes there, not in the environment the suite runs in.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    install = [python, "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT)]
+    done = subprocess.run(install, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    entry = venv / "etc/jupyter/jupyter_server_config.d/heartbeat.jupyter.json"
+    assert json.loads(entry.read_text()) == {
+        "ServerApp": {"jpserver_extensions": {"heartbeat.jupyter": False}}
+    }
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
-    bindir = Path(sys.executable).parent
 
     def jupyter(*args: str) -> str:
-        argv = [str(bindir / "jupyter"), *args]
+        # `jupyter server ...` is jupyter_server's app: run by this environment's python.
+        argv = [python, "-m", "jupyter_server", *args]
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         return done.stdout + done.stderr
 
-    try:
-        assert not json.loads(before)["ServerApp"]["jpserver_extensions"]["heartbeat.jupyter"]
-        said = jupyter(*ENABLE.split()[1:])
-        assert "heartbeat.jupyter" in said and "OK" in said, said
-        assert json.loads(entry.read_text())["ServerApp"]["jpserver_extensions"] == {
-            "heartbeat.jupyter": True
-        }
-        listed = jupyter("server", "extension", "list")
-        assert re.search(r"heartbeat\.jupyter\s+\S*enabled", listed), listed
-    finally:
-        entry.write_bytes(before)
+    said = jupyter(*ENABLE.split()[2:])
+    assert "heartbeat.jupyter" in said and "OK" in said, said
+    assert json.loads(entry.read_text())["ServerApp"]["jpserver_extensions"] == {
+        "heartbeat.jupyter": True
+    }
+    listed = jupyter("extension", "list")
+    assert re.search(r"heartbeat\.jupyter\s+\S*enabled", listed), listed
