@@ -7,6 +7,7 @@ never leaves anything half-started and never surfaces as a traceback from inside
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import re
@@ -96,6 +97,11 @@ def endpoint(url: object, *, bind: bool) -> Endpoint:
             raise ValueError(f"url {url!r} has no {transport} name: expected {expected}")
         return Endpoint(transport, rest, None)
     host, colon, port_text = rest.rpartition(":")
+    if colon and ":" in host and not host.startswith("["):
+        # An IPv6 literal without brackets, as jupyter_client writes one ("tcp://::1:5555",
+        # from KernelManager.ip "::1"): zmq takes it so; kept here in the bracketed form.
+        with contextlib.suppress(ValueError):  # not an address: refused below, with the rest
+            host = f"[{ipaddress.IPv6Address(host)}]"
     if not colon or not host or not _HOST_RE.match(host):
         raise ValueError(f"url {url!r} has no valid host: expected 'tcp://host:port'")
     if host == "*" and not bind:

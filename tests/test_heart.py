@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import zmq
 
-from heartbeat import Heart
+from heartbeat import Heart, HeartMonitor
 from tests.conftest import Kernel, free_port
 
 
@@ -274,3 +275,23 @@ def test_start_and_stop_from_two_threads_leave_one_echo_thread_or_none(
         assert len(heart_threads()) == (1 if heart.running else 0)
         heart.stop()
         assert heart_threads() == []
+
+
+def test_a_monitor_watches_an_ipv6_heart_at_the_url_jupyter_client_writes() -> None:
+    # jupyter_client's KernelManager with ip "::1" makes "tcp://::1:<port>", no brackets.
+    async def scenario() -> tuple[HeartMonitor, str]:
+        with Heart("tcp://[::1]:0") as heart:
+            url = f"tcp://::1:{heart.port}"
+            monitor = HeartMonitor(url, time_to_dead=1.0, first_beat=1.0)
+            monitor.start()
+            try:
+                end = time.monotonic() + 30
+                while not monitor.stats.count:
+                    assert time.monotonic() < end, "the heart never answered"
+                    await asyncio.sleep(0.01)
+            finally:
+                monitor.stop()
+            return monitor, url
+
+    monitor, url = asyncio.run(scenario())
+    assert monitor.url == url and monitor.stats.count >= 1
