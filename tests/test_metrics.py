@@ -251,12 +251,5 @@ def test_a_real_servers_metrics_count_its_kernel_and_its_death_by_signal(server:
     assert got["labels"] == {"cause", "le"}
     assert kid not in got["text"]  # no series names the kernel, ours or the server's
     # A DELETE just after the restart may meet jupyter_client's restart still marked undone.
-    for attempt in range(50):
-        try:
-            server.api("DELETE", f"/api/kernels/{kid}")
-            break
-        except urllib.error.HTTPError as exc:
-            if exc.code != 500 or attempt == 49:
-                raise
-            time.sleep(0.1)
+    server.delete_kernel(kid)
     got = until_scraped(server, lambda v: v[watched] == 0, "a shut-down kernel still watched")

@@ -187,7 +187,7 @@ def test_an_out_of_memory_kill_is_explained_with_its_cgroups_limit(tmp_path: Pat
 
         msg_id, seen = asyncio.run(scenario())
         metrics = scrape(metrics_of(server))["values"]
-        server.api("DELETE", f"/api/kernels/{kid}")
+        server.delete_kernel(kid)  # just after a restart
     assert deaths_by_cause(metrics) == {"oom": 1}, metrics
     notice = (
         "The kernel was killed by SIGKILL (9): its memory cgroup recorded an out-of-memory kill "
