@@ -13,7 +13,16 @@ import math
 import re
 from dataclasses import dataclass
 
-_HOST_RE = re.compile(r"^(\*|[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])$")
+# libzmq's own check of a tcp url it connects to (socket_base.cpp): the host starts with a
+# letter, a digit or '[', and goes on with letters, digits, '.', '-' and '_'. A url that passed
+# here and not there would fail inside zmq, as a traceback, not as bad input.
+_HOST_RE = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9_.-]*|\[[0-9A-Fa-f:.]+\])$")
+#: The longest ipc path a socket address holds (sun_path: 108 bytes with its NUL).
+MAX_IPC_PATH = 107
+#: The shortest time_to_dead a monitor times on a real loop: its timers wake a millisecond or
+#: more late, and a timer later than (time_to_dead - interval) / 2 is forgiven as the monitor's
+#: own stall; below this, every wake-up would be forgiven and no death ever declared.
+MIN_TIME_TO_DEAD = 0.05
 
 #: What a url should look like, as every error about one says it.
 EXPECTED_URL = "'tcp://host:port', 'ipc://path' or 'inproc://name'"
@@ -80,6 +89,18 @@ def number(name: str, value: object, *, allow_zero: bool = False) -> float:
     return result
 
 
+def time_to_dead(value: object) -> float:
+    """``value`` as a time_to_dead a monitor can time on a real loop: a finite number of at
+    least ``MIN_TIME_TO_DEAD`` seconds."""
+    result = number("time_to_dead", value)
+    if result < MIN_TIME_TO_DEAD:
+        raise ValueError(
+            f"time_to_dead must be at least {MIN_TIME_TO_DEAD} s, the shortest a monitor's "
+            f"loop can time (its timers wake a millisecond or more late), got {value!r}"
+        )
+    return result
+
+
 def endpoint(url: object, *, bind: bool) -> Endpoint:
     """Parse ``url`` as ``tcp://host:port``, ``ipc://path`` or ``inproc://name``.
 
@@ -95,6 +116,11 @@ def endpoint(url: object, *, bind: bool) -> Endpoint:
     if transport in ("ipc", "inproc"):
         if not rest or "\x00" in rest:
             raise ValueError(f"url {url!r} has no {transport} name: expected {expected}")
+        if transport == "ipc" and len(rest.encode("utf-8", "surrogateescape")) > MAX_IPC_PATH:
+            raise ValueError(
+                f"url {url!r} has an ipc path of {len(rest.encode('utf-8', 'surrogateescape'))} "
+                f"bytes: expected at most {MAX_IPC_PATH} (what a unix socket address holds)"
+            )
         return Endpoint(transport, rest, None)
     host, colon, port_text = rest.rpartition(":")
     if colon and ":" in host and not host.startswith("["):
@@ -103,7 +129,10 @@ def endpoint(url: object, *, bind: bool) -> Endpoint:
         with contextlib.suppress(ValueError):  # not an address: refused below, with the rest
             host = f"[{ipaddress.IPv6Address(host)}]"
     if not colon or not host or not _HOST_RE.match(host):
-        raise ValueError(f"url {url!r} has no valid host: expected 'tcp://host:port'")
+        raise ValueError(
+            f"url {url!r} has no valid host: expected 'tcp://host:port', the host an address "
+            "or a name of letters, digits, '.', '-' and '_' that starts with a letter or digit"
+        )
     if host == "*" and not bind:
         raise ValueError(f"url {url!r}: '*' can only be bound, connect to a real host")
     lowest = 0 if bind else 1

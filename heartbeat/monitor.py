@@ -153,6 +153,8 @@ class HeartMonitor:
             else _validate.curve_key("curve_serverkey", curve_serverkey)
         )
         self._interval = interval  # as asked: the default depends on the paths
+        # What a real loop can time; the pure Judge takes any positive number (a fake clock).
+        _validate.time_to_dead(time_to_dead)
         self._judge = self._new_judge(time_to_dead, first_beat)
         # Checked whether used or not, so a wrong one is always named.
         own = own_socket(context, io_loop)
@@ -203,11 +205,18 @@ class HeartMonitor:
         if self.running:
             raise RuntimeError(f"cannot change url of a running monitor (watching {self._url})")
         endpoint = _validate.endpoint(url, bind=False)
+        before = (self._endpoint, self._url, self._judge)
         paths = self.paths
         self._endpoint = endpoint
         self._url = url
         if self.paths != paths and self._interval is None:
             self._judge = self._new_judge(self.time_to_dead, self.first_beat)
+        try:
+            # The new url's paths may mean a finer interval than the pool's batch allows.
+            self._factory.check(self._spec())
+        except Exception:
+            self._endpoint, self._url, self._judge = before
+            raise
 
     @property
     def time_to_dead(self) -> float:
@@ -364,6 +373,12 @@ class HeartMonitor:
             transport.close()
 
     def _dispatch(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Dead):
+                # On the record before anyone is told: a stop() from on_event (at the death's
+                # state change or at Dead) ends the run, not the fact that the Judge declared
+                # the heart dead; state stays "dead", and so must the verdict.
+                self.verdict = event
         run = self._run
         tally = self._tally
         for event in events:

@@ -10,6 +10,9 @@ import zmq
 
 from heartbeat import _sockets, _validate
 
+# The longest single wait handed to zmq's poll, in seconds.
+_POLL_STEP = 60.0
+
 
 def ping(
     url: str,
@@ -46,6 +49,8 @@ def ping(
         start = time.monotonic()
         sock.send(token)
         while (left := start + wait - time.monotonic()) > 0:
-            if sock.poll(int(left * 1000) + 1) and sock.recv() == token:
+            # In steps zmq's poll can take (its timeout is a C int of milliseconds): a timeout
+            # of a billion seconds is a long wait, not an OverflowError from inside zmq.
+            if sock.poll(int(min(left, _POLL_STEP) * 1000) + 1) and sock.recv() == token:
                 return time.monotonic() - start
         return None

@@ -85,6 +85,8 @@ class HeartbeatSettings(LoggingConfigurable):
         if value is None and name == "interval":
             return None
         try:
+            if name == "time_to_dead":
+                return _validate.time_to_dead(value)  # what a real loop can time
             return _validate.number(name, value, allow_zero=name == "first_beat")
         except (TypeError, ValueError) as exc:
             raise TraitError(str(exc)) from None
