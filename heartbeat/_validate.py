@@ -28,6 +28,10 @@ MIN_TIME_TO_DEAD = 0.05
 EXPECTED_URL = "'tcp://host:port', 'ipc://path' or 'inproc://name'"
 
 
+# Names of the loopback addresses: the usual one, and Debian's and Ubuntu's for ::1.
+_LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A parsed zmq endpoint: ``transport`` is tcp, ipc or inproc."""
@@ -46,8 +50,8 @@ class Endpoint:
         """True for endpoints only this machine can reach."""
         if self.transport != "tcp":
             return True
-        host = self.host.strip("[]")
-        if host == "localhost":
+        host = self.host.strip("[]").lower()
+        if host in _LOOPBACK_NAMES:
             return True
         try:
             return ipaddress.ip_address(host).is_loopback
@@ -65,11 +69,14 @@ REMOTE_PATHS = 4
 MAX_PATHS = 8
 
 
-def paths(value: object, where: Endpoint) -> int:
+def paths(value: object, where: Endpoint, *, here: bool | None = None) -> int:
     """How many connections to make to the heart at ``where``: ``value``, or by default one on
-    this machine (loopback, ipc, inproc: nothing is lost there) and ``REMOTE_PATHS`` beyond."""
+    this machine (nothing is lost there) and ``REMOTE_PATHS`` beyond. ``here``: whether
+    ``where`` is on this machine, as the caller found (``heartbeat._local``); None: whether
+    it is loopback, ipc or inproc."""
     if value is None:
-        return 1 if where.is_loopback else REMOTE_PATHS
+        local = where.is_loopback if here is None else here
+        return 1 if local else REMOTE_PATHS
     expected = f"an int from 1 to {MAX_PATHS} (connections to the heart) or None"
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"paths must be {expected}, got {value!r}")

@@ -229,7 +229,10 @@ class Heart:
             ) from None
         self._device = device
         self._url = device.endpoint
-        if not self._endpoint.is_loopback and self._curve_secretkey is None:
+        # Decided from where it is bound, not from what was asked: 'tcp://lo:0' (an interface
+        # name) binds loopback only, and 'tcp://0.0.0.0:0' every address.
+        bound = _validate.endpoint(self._url, bind=True)
+        if not bound.is_loopback and self._curve_secretkey is None:
             log.warning(
                 "heart bound to %s without CURVE: other machines can reach it, and anyone "
                 "there can ping it or flood it; pass curve_secretkey= to authenticate",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from heartbeat import _validate
 from heartbeat._judge import Beat, Dead, Event, Judge, Ping, Stall, State, StateChanged
+from heartbeat._local import on_this_machine
 
 # The default transport is named here, where it is used; the monitor reaches any other only
 # through the interfaces of heartbeat.transport.
@@ -145,7 +146,7 @@ class HeartMonitor:
         tally: Tally | None = None,
     ) -> None:
         self._endpoint = _validate.endpoint(url, bind=False)
-        _validate.paths(paths, self._endpoint)
+        _validate.paths(paths, self._endpoint, here=on_this_machine(self._endpoint))
         self._paths = paths  # as asked: the default depends on the url, which may change
         self._curve_serverkey = (
             None
@@ -236,7 +237,7 @@ class HeartMonitor:
     @property
     def paths(self) -> int:
         """How many connections this monitor makes to its heart."""
-        return _validate.paths(self._paths, self._endpoint)
+        return _validate.paths(self._paths, self._endpoint, here=on_this_machine(self._endpoint))
 
     @property
     def stall_after(self) -> float:
