@@ -1,7 +1,8 @@
 """The peers' own suites, stock and with our drop-ins: jupyter_client's and jupyter_server's
 kernel, client, restarter and session tests, and nbclient's, from the source distributions of
-the versions installed here, run once as they are and once with HBChannel, HeartbeatIOLoopKernelManager and
-HeartbeatKernelManager in place of their classes (benchmarks/peer_dropins.py does the swap).
+the versions installed here, run once as they are and once with HBChannel,
+HeartbeatIOLoopKernelManager and HeartbeatKernelManager in place of their classes
+(benchmarks/peer_dropins.py does the swap).
 Prints both counts side by side, the tests whose outcome differs, and how often our classes
 were used (the proof that the drop-ins ran). Exits 1 when a test that passes stock does not
 pass with the drop-ins, or a run did not finish.
