@@ -49,6 +49,7 @@ class OwnSocket:
     def open(self, heart: HeartSpec, listener: Listener) -> SocketTransport:
         """A DEALER socket connected to ``heart``, on the given loop or the current one."""
         loop = self._io_loop if self._io_loop is not None else IOLoop.current()
+        _sockets.check_loop(loop, f"cannot watch {heart.url}")  # before any socket is made
         return SocketTransport(heart, listener, loop, self._context)
 
 

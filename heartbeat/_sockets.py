@@ -114,6 +114,15 @@ def connect(
         ) from None
 
 
+def check_loop(loop: IOLoop, what: str) -> None:
+    """RuntimeError, before any socket is opened, if ``loop`` can run nothing: its asyncio
+    loop is closed (a finished ``asyncio.run()``, say). Handlers added to it would fail after
+    the sockets were made, and timers would never fire."""
+    asyncio_loop = getattr(loop, "asyncio_loop", None)
+    if asyncio_loop is not None and asyncio_loop.is_closed():
+        raise RuntimeError(f"{what}: its event loop is closed; start it on a running loop")
+
+
 def read_soon_if_waiting(socket: zmq.Socket[Any], loop: IOLoop, read: Callable[[], object]) -> None:
     """Have ``read`` called on the loop's next turn if replies wait unread.
 

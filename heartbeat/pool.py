@@ -239,12 +239,15 @@ class HeartbeatPool:
 
     def open(self, heart: HeartSpec, listener: Listener) -> _Member:
         """Connect to ``heart`` through the pool's socket (its CURVE socket, with a key)."""
-        if self._loop is not None and self._io_loop is None and not self._on_pools_loop():
+        loop = self._members_loop()
+        if not self._runs_on(loop):
             raise RuntimeError(
                 f"cannot watch {heart.url} from this event loop: the pool is watching "
-                f"{self._watching} hearts on another loop; start it there, or use a "
-                "pool of this loop's own"
+                f"{self._watching} hearts on another loop (or was given one); start it "
+                "there, or use a pool of this loop's own"
             )
+        # Before anything is opened or counted: a member whose start() raised is not running.
+        _sockets.check_loop(loop, f"cannot watch {heart.url}")
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         connections = len(self._members)
         if heart.endpoint.transport != "inproc" and connections + heart.paths + _FD_MARGIN > soft:
@@ -347,13 +350,21 @@ class HeartbeatPool:
 
     # -- sockets ---------------------------------------------------------------------------
 
-    def _on_pools_loop(self) -> bool:
-        """Whether the caller runs on the loop the pool is using (or on no running loop)."""
+    def _members_loop(self) -> IOLoop:
+        """The loop members run on: the one in use, else the one given, else the current."""
+        if self._loop is not None:
+            return self._loop
+        given = None if self._io_loop is None else self._io_loop()
+        return given if given is not None else IOLoop.current()
+
+    @staticmethod
+    def _runs_on(loop: IOLoop) -> bool:
+        """Whether the caller runs on ``loop`` (or on no running loop)."""
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             return True  # not from a coroutine or a callback: the monitor's contract says who
-        return running is getattr(self._loop, "asyncio_loop", running)
+        return running is getattr(loop, "asyncio_loop", running)
 
     def _open_channel(self, curve: bool) -> _Channel:
         channel = self._channels.get(curve)
@@ -369,10 +380,7 @@ class HeartbeatPool:
             # Hearts answer at the speed they are pinged; deep queues only hide a dead peer.
             hwm=100_000,
         )
-        loop = self._loop
-        if loop is None:
-            given = None if self._io_loop is None else self._io_loop()
-            loop = self._loop = given if given is not None else IOLoop.current()
+        loop = self._loop = self._members_loop()
         channel = self._channels[curve] = _Channel(socket, curve)
         loop.add_handler(channel.fd, self._on_readable, IOLoop.READ)
         return channel

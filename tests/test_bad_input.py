@@ -8,6 +8,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tornado.ioloop import IOLoop
 
 from heartbeat import Heart, HeartbeatPool, HeartMonitor, _validate
 from heartbeat._judge import Judge
@@ -150,3 +152,63 @@ def test_an_empty_kernel_name_is_refused(tmp_path: Path) -> None:
     [line] = result.stderr.splitlines()
     assert "kernel name '' is not valid" in line
     assert not (tmp_path / "kernels").exists() or not any((tmp_path / "kernels").iterdir())
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def closed_io_loop() -> IOLoop:
+    async def current() -> IOLoop:
+        return IOLoop.current()
+
+    return asyncio.run(current())  # asyncio.run closes its loop on the way out
+
+
+@pytest.mark.parametrize("kind", ["lone", "pool"])
+def test_starting_on_a_closed_loop_raises_and_leaves_nothing_open(kind: str) -> None:
+    io_loop = closed_io_loop()
+    pool = HeartbeatPool(io_loop=io_loop) if kind == "pool" else None
+    before = open_fds()
+    url = f"tcp://127.0.0.1:{free_port()}"
+    if pool is not None:
+        monitor = pool.watch(url, time_to_dead=1.0, paths=3)
+    else:
+        monitor = HeartMonitor(url, time_to_dead=1.0, paths=3, io_loop=io_loop)
+    with pytest.raises(RuntimeError, match="(?i)event loop is closed"):
+        monitor.start()
+    assert not monitor.running
+    assert open_fds() == before  # no socket left behind, lone (one a path) or pooled
+    if pool is not None:
+        assert pool.sockets == 0 and len(pool) == 0
+
+
+def test_a_pool_given_a_loop_refuses_a_member_started_on_another() -> None:
+    other = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: list[IOLoop] = []
+
+    async def serve() -> None:
+        holder.append(IOLoop.current())
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+
+    stop = threading.Event()
+    thread = threading.Thread(target=other.run_until_complete, args=(serve(),))
+    thread.start()
+    try:
+        assert ready.wait(10)
+        pool = HeartbeatPool(io_loop=holder[0])
+
+        async def scenario() -> None:
+            monitor = pool.watch(f"tcp://127.0.0.1:{free_port()}", time_to_dead=1.0)
+            with pytest.raises(RuntimeError, match="another loop"):
+                monitor.start()
+            assert not monitor.running and len(pool) == 0 and pool.sockets == 0
+
+        asyncio.run(scenario())
+    finally:
+        stop.set()
+        thread.join(10)
+        other.close()
