@@ -175,7 +175,7 @@ def test_starting_on_a_closed_loop_raises_and_leaves_nothing_open(kind: str) -> 
         monitor = pool.watch(url, time_to_dead=1.0, paths=3)
     else:
         monitor = HeartMonitor(url, time_to_dead=1.0, paths=3, io_loop=io_loop)
-    with pytest.raises(RuntimeError, match="(?i)event loop is closed"):
+    with pytest.raises(RuntimeError, match=r"(?i)event loop is closed"):
         monitor.start()
     assert not monitor.running
     assert open_fds() == before  # no socket left behind, lone (one a path) or pooled
