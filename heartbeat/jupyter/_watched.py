@@ -41,6 +41,7 @@ class _HeartbeatMixin(HeartbeatSettings):
     _heart_dead = Bool(False)
     _deaths = Integer(0)
     _death_noted = Bool(False)
+    _beaten = Bool(False)  # the current kernel's heart answered before its monitor stopped
     _closed = Bool(False)  # cleaned up for good, until started again
     _death_watch = Instance(DeathWatch, args=())
     # Recorded by the heart's death line, if it was written, with the verdict it is for.
@@ -67,9 +68,10 @@ class _HeartbeatMixin(HeartbeatSettings):
 
     @property
     def heart_has_beaten(self) -> bool:
-        """True once the current kernel's heart has answered a ping."""
+        """True once the current kernel's heart has answered a ping (also after its death
+        stopped the monitor: whether it beat decides whether its restart keeps its ports)."""
         monitor = self._heart_monitor
-        return monitor is not None and monitor.stats.count > 0
+        return self._beaten or (monitor is not None and monitor.stats.count > 0)
 
     @default("client_factory")
     def _client_factory_named_by_client_class(self) -> type:
@@ -203,6 +205,7 @@ class _HeartbeatMixin(HeartbeatSettings):
 
     def _start_heart_monitor(self) -> None:
         self._stop_heart_monitor()
+        self._beaten = False  # a new kernel process: it has to answer for itself
         self._death_noted = False
         self._death_of_heart = None
         prepare(self)
@@ -232,6 +235,7 @@ class _HeartbeatMixin(HeartbeatSettings):
 
     def _stop_heart_monitor(self) -> None:
         if self._heart_monitor is not None:
+            self._beaten = self.heart_has_beaten  # read by the restart that follows a death
             self._heart_monitor.stop()
         self._heart_monitor = None
         self._heart_dead = False
