@@ -61,6 +61,14 @@ class Cause:
     silence: float | None = None
     memory_limit: int | None = None
     likely: bool = False
+    asked: bool = False  # see asked_for
+
+    @property
+    def asked_for(self) -> bool:
+        """True for an end a running kernel made itself, cleanly: exit code 0 after its heart
+        had answered (``exit()`` or ``quit()`` in a cell, say; a crash never exits 0). It ended
+        as asked: no death. (A kernel that exits 0 before it ever answered failed to start.)"""
+        return self.asked
 
     @property
     def signal_name(self) -> str | None:
@@ -73,6 +81,8 @@ class Cause:
         if self.kind == "exited":
             if self.exit_code is None:
                 return "had exited (its exit status was not known here)"
+            if self.asked_for:
+                return "ended itself: it exited with code 0 (exit() or quit() in a cell, say)"
             return f"exited with code {self.exit_code}"
         if self.kind in ("signal", "oom"):
             text = f"was killed by {self.signal_name} ({self.signal})"
@@ -207,6 +217,7 @@ def decide(
     memory_at_start: Memory | None = None,
     memory_now: Memory | None = None,
     connection: Connection | None = None,
+    answered: bool = False,
 ) -> Cause:
     """The cause of a kernel's death, from what could be learned of it.
 
@@ -216,6 +227,8 @@ def decide(
     at all; for one that is not, ``connection`` says what its heart's port answered.
     ``silence``: for a heart death, how long the heart was silent. ``memory_at_start`` and
     ``memory_now``: its memory cgroup's counters (:func:`memory`) at its start and now.
+    ``answered``: whether its heart had answered: a running kernel that exits with code 0
+    ended itself as asked (``Cause.asked_for``).
     """
     if returncode is not None and (isinstance(returncode, bool) or not isinstance(returncode, int)):
         raise TypeError(f"returncode must be an int or None, not {returncode!r}")
@@ -224,7 +237,8 @@ def decide(
     if connection is not None and not isinstance(connection, Connection):
         raise TypeError(f"connection must be a Connection or None, not {connection!r}")
     if returncode is not None and returncode >= 0:
-        return Cause("exited", exit_code=returncode, silence=silence)
+        asked = returncode == 0 and answered is True
+        return Cause("exited", exit_code=returncode, silence=silence, asked=asked)
     if returncode is not None:
         number = -returncode
         if number == signal.SIGKILL and memory_now is not None and memory_now.oom_kills > 0:

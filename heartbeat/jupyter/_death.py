@@ -74,7 +74,11 @@ class Witness:
         self.memory_at_start = None if self.group is None else self.group.read()
 
     def cause(
-        self, silence: float | None, connection: _cause.Connection | None = None
+        self,
+        silence: float | None,
+        connection: _cause.Connection | None = None,
+        *,
+        answered: bool = False,
     ) -> _cause.Cause:
         """The cause now: the process's exit status (``poll()``: it reaps an exited child),
         else its state; ``silence``: how long its heart was silent, for a heart death. For a
@@ -91,6 +95,7 @@ class Witness:
             silence=silence,
             memory_at_start=self.memory_at_start,
             memory_now=None if self.group is None else self.group.read(),
+            answered=answered,
         )
 
 
@@ -129,19 +134,22 @@ class DeathWatch:
         *,
         restarting: bool,
         connection: _cause.Connection | None = None,
+        answered: bool = False,
     ) -> Death:
         """The death of ``process`` (the kernel's local child, or None), decided now and kept
         as ``last``; ``silence``: how long its heart was silent, for a heart death;
-        ``connection``: what its heart's port said, for a kernel that is not our child."""
+        ``connection``: what its heart's port said, for a kernel that is not our child;
+        ``answered``: whether its heart had answered (an exit code 0 then is asked for)."""
         witness = self.witness
         if witness is None or witness.process is not process:
             witness = Witness(process)  # a process it was not watching: counted only now
         death = Death(
             kernel_id=kernel_id,
-            cause=witness.cause(silence, connection),
+            cause=witness.cause(silence, connection, answered=answered),
             time=time.time(),
             pid=None if process is None else process.pid,
             restarting=restarting,
         )
-        self.last = death
+        if not death.cause.asked_for:  # an exit the kernel asked for is no death
+            self.last = death
         return death

@@ -134,8 +134,8 @@ class _HeartbeatMixin(HeartbeatSettings):
         if self._death_noted:
             return
         self._death_noted = True
-        self._deaths += 1
         if self._heart_dead:
+            self._deaths += 1
             monitor, probe = self._heart_monitor, self._heart_probe
             verdict = None if monitor is None else monitor.verdict
             if probe is not None:
@@ -152,7 +152,9 @@ class _HeartbeatMixin(HeartbeatSettings):
         self._stop_heart_monitor()
         death = self._record_death(None)
         log_process_death(self.log, death, self._what_next())
-        self._announce(death)
+        if not death.cause.asked_for:  # exit() in a cell: its line only, no death
+            self._deaths += 1
+            self._announce(death)
 
     def _tell_heart_death(self, verdict: Dead | None, probe: HeartProbe | None) -> None:
         # The heart's death line recorded it (with its cause), unless that line's level is not
@@ -173,6 +175,7 @@ class _HeartbeatMixin(HeartbeatSettings):
             silence,
             restarting=self._restarts(),
             connection=connection,
+            answered=self.heart_has_beaten,
         )
 
     def _start_exit_watch(self) -> None:

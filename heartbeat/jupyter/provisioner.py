@@ -125,10 +125,15 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
             # Asked to end: killed by a shutdown or restart ``now``, or by the interrupt a
             # graceful one begins with. No death.
             return
+        monitor = self._monitor
+        answered = monitor is not None and monitor.stats.count > 0
         self._stop_watching()  # its heart would only report this death again, later
-        death = self._death_watch.record(self.kernel_id, witness.process, None, restarting=False)
+        death = self._death_watch.record(
+            self.kernel_id, witness.process, None, restarting=False, answered=answered
+        )
         log_process_death(self.log, death, _THEN)
-        self._announce(death)
+        if not death.cause.asked_for:  # exit() in a cell: its line only, no death
+            self._announce(death)
 
     def _death_fate(self, dead: Dead) -> tuple[str, Death]:
         process = local_child(self)
