@@ -212,3 +212,42 @@ def test_a_pool_given_a_loop_refuses_a_member_started_on_another() -> None:
         stop.set()
         thread.join(10)
         other.close()
+
+
+def test_an_external_kernel_with_bad_connection_info_is_one_line_naming_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # jupyter_server's external kernels: a connection file the server found, whose ip makes no
+    # url a heart can be reached at. One ERROR line naming the kernel and the field; no
+    # traceback from the loop's callback; nothing left watching.
+    import json
+    import logging
+
+    from jupyter_client.multikernelmanager import AsyncMultiKernelManager
+
+    info = {"kernel_name": "python3", "key": "k", "ip": "-foo", "transport": "tcp"}
+    info.update({f"{c}_port": 5555 + i for i, c in enumerate(["shell", "iopub", "stdin", "hb"])})
+    info["control_port"] = 5560
+    (tmp_path / "kernel-bad.json").write_text(json.dumps(info))
+
+    async def scenario() -> tuple[str, Any]:
+        multi = AsyncMultiKernelManager(
+            kernel_manager_class="heartbeat.jupyter.HeartbeatKernelManager",
+            external_connection_dir=str(tmp_path),
+            log=logging.getLogger("tests.external"),
+        )
+        try:
+            [kernel_id] = multi.list_kernel_ids()
+            await asyncio.sleep(0.3)  # the watch starts on the loop's next turn
+            return kernel_id, multi.get_kernel(kernel_id)._heart_monitor
+        finally:
+            multi.context.destroy(linger=0)
+
+    with caplog.at_level(logging.DEBUG):
+        kernel_id, monitor = asyncio.run(scenario())
+    assert monitor is None
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    [line] = errors
+    assert line.exc_info is None
+    text = line.getMessage()
+    assert text.startswith(f"Kernel {kernel_id} is not watched") and "ip '-foo'" in text, text

@@ -372,7 +372,26 @@ class _HeartbeatMixin(HeartbeatSettings):
         after this call)."""
         super().load_connection_info(info)  # type: ignore[misc]
         if not self._owned():
-            IOLoop.current().add_callback(self.start_restarter)
+            IOLoop.current().add_callback(self._watch_apart)
+
+    def _watch_apart(self) -> None:
+        try:
+            self.start_restarter()
+        except (ValueError, TypeError) as exc:
+            # Its connection info names no heart we can reach: one line that says which kernel
+            # and what, not a traceback from the loop's callback and a kernel silently unwatched.
+            self._stop_heart_monitor()
+            ip = getattr(self, "ip", None)
+            port = getattr(self, "hb_port", None)
+            self.log.error(  # type: ignore[attr-defined]
+                "Kernel %s is not watched: its connection info (transport %r, ip %r, hb_port "
+                "%r) names no heart to reach: %s",
+                self.kernel_id,  # type: ignore[attr-defined]
+                getattr(self, "transport", None),
+                ip,
+                port,
+                exc,
+            )
 
     def _unwatch_if_not_owned(self) -> None:
         # jupyter_client's shutdown of a kernel it does not own returns at once, leaving it
