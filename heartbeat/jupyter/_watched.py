@@ -383,7 +383,7 @@ class _HeartbeatMixin(HeartbeatSettings):
             self._stop_heart_monitor()
             ip = getattr(self, "ip", None)
             port = getattr(self, "hb_port", None)
-            self.log.error(  # type: ignore[attr-defined]
+            self.log.error(
                 "Kernel %s is not watched: its connection info (transport %r, ip %r, hb_port "
                 "%r) names no heart to reach: %s",
                 self.kernel_id,  # type: ignore[attr-defined]
