@@ -1,0 +1,319 @@
+"""Host names: resolved off the loop, to every address they have, the same way in a lone
+monitor, a pool and ``ping()`` (heartbeat/_resolve.py; docs/beyond-one-machine.md).
+
+Two worlds made for real, each in a subprocess: a resolver that takes 0.5-2 s to fail for one
+name (an ``LD_PRELOAD`` shim around libc's ``getaddrinfo``, which libzmq calls too), and a hosts
+file with names of both families (``unshare -m`` and a bind mount over ``/etc/hosts``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from heartbeat import Heart
+from heartbeat._resolve import pick, url_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# getaddrinfo for the name in $HEARTBEAT_SLOW_NAME sleeps 0.5 to 2 s, then fails; any other
+# name is resolved as usual.
+SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <netdb.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static unsigned calls;
+
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+                struct addrinfo **res) {
+    static int (*real)(const char *, const char *, const struct addrinfo *,
+                       struct addrinfo **);
+    const char *slow = getenv("HEARTBEAT_SLOW_NAME");
+    if (node && slow && strcmp(node, slow) == 0) {
+        unsigned n = __atomic_fetch_add(&calls, 1, __ATOMIC_RELAXED);
+        usleep(500000 + (n * 377119u) % 1500000u);
+        return EAI_AGAIN;
+    }
+    if (!real)
+        real = dlsym(RTLD_NEXT, "getaddrinfo");
+    return real(node, service, hints, res);
+}
+"""
+
+# Watches the hearts at argv[1] (a JSON list of urls), lone and pooled, beside a lone and a
+# pooled monitor of tcp://slowhost:5555 and two pings of it; prints what happened as JSON.
+WATCH_BESIDE_A_SLOW_NAME = r"""
+import asyncio, json, sys, threading, time
+from heartbeat import HeartMonitor, HeartbeatPool
+from heartbeat.probe import ping
+
+urls = json.loads(sys.argv[1])
+watch_for = float(sys.argv[2])
+
+async def main():
+    pool = HeartbeatPool()
+    start = time.monotonic()
+    died = {}
+    monitors = {}
+    for where in ("lone", "pool"):
+        extra = {} if where == "lone" else {"pool": pool}
+        for i, url in enumerate(["tcp://slowhost:5555", *urls]):
+            name = f"{where} slowhost" if i == 0 else f"{where} {i}"
+            monitors[name] = HeartMonitor(url, time_to_dead=3.0, first_beat=1.0, **extra)
+    for name, monitor in monitors.items():
+        monitor.start(lambda name=name: died.setdefault(name, time.monotonic() - start))
+    # The probe is bounded by its timeout, whatever the resolver does; a healthy heart is
+    # pinged meanwhile, by its address.
+    took, answers = {}, {}
+    def probe(name, url, timeout):
+        begun = time.monotonic()
+        answers[name] = ping(url, timeout)
+        took[name] = time.monotonic() - begun
+    pings = [
+        threading.Thread(target=probe, args=("slowhost", "tcp://slowhost:5555", 1.0)),
+        threading.Thread(target=probe, args=("healthy", urls[0], 1.0)),
+    ]
+    for thread in pings:
+        thread.start()
+    await asyncio.sleep(watch_for)
+    for thread in pings:
+        thread.join()
+    print(json.dumps({
+        "died": died,
+        "states": {name: m.state.value for name, m in monitors.items()},
+        "beats": {name: m.stats.count for name, m in monitors.items()},
+        "ping_took": took,
+        "pinged": {name: answer is not None for name, answer in answers.items()},
+    }))
+    for monitor in monitors.values():
+        monitor.stop()
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture(scope="module")
+def slow_resolver(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shim, compiled: a shared object to preload."""
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the slow-resolver shim with")
+    where = tmp_path_factory.mktemp("shim")
+    (where / "slow.c").write_text(SHIM)
+    built = subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O2", "-o", "slow.so", "slow.c", "-ldl"],
+        cwd=where,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    return where / "slow.so"
+
+
+def test_a_name_slow_to_fail_makes_no_other_heart_look_dead(slow_resolver: Path) -> None:
+    # Issue 23 item 5: libzmq resolved tcp://slowhost:5555 with a blocking getaddrinfo in its
+    # I/O thread, again at each reconnection, and every monitor and pool shares that thread:
+    # five healthy hearts (ttd 3) were all declared dead within seconds.
+    hearts = [Heart() for _ in range(5)]
+    for heart in hearts:
+        heart.start()
+    try:
+        env = dict(os.environ, LD_PRELOAD=str(slow_resolver), HEARTBEAT_SLOW_NAME="slowhost")
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+        # The shim is in force: a lookup of the name takes its time and fails.
+        check = subprocess.run(
+            [sys.executable, "-c", "import socket; socket.getaddrinfo('slowhost', 1)"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert "Temporary failure" in check.stderr or "EAI_AGAIN" in check.stderr, check.stderr
+        watch_for = 8.0
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                WATCH_BESIDE_A_SLOW_NAME,
+                json.dumps([heart.url for heart in hearts]),
+                str(watch_for),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        for heart in hearts:
+            heart.stop()
+    assert result.returncode == 0, result.stderr
+    seen: dict[str, Any] = json.loads(result.stdout)
+    healthy = [name for name in seen["states"] if not name.endswith("slowhost")]
+    assert len(healthy) == 10
+    dead = {name: at for name, at in seen["died"].items() if name in healthy}
+    assert not dead, f"healthy hearts declared dead beside a slow name: {seen}"
+    assert all(seen["states"][name] == "beating" for name in healthy), seen
+    # Each answered all along: a ping every 1.5 s for 8 s.
+    assert all(seen["beats"][name] >= 4 for name in healthy), seen
+    # The slow name's own monitors see a silent heart, judged as any other: dead after
+    # first_beat + time_to_dead.
+    assert set(seen["died"]) == {"lone slowhost", "pool slowhost"}, seen
+    assert all(3.5 < at < 7.0 for at in seen["died"].values()), seen
+    # ping() of the slow name is bounded by its timeout; a healthy heart answers meanwhile.
+    assert seen["ping_took"]["slowhost"] < 1.5, seen
+    assert seen["pinged"] == {"slowhost": False, "healthy": True}, seen
+
+
+# -- a hosts file with names of both families ---------------------------------------------------
+
+HOSTS = """\
+127.0.0.1 localhost
+::1 bothhost
+127.0.0.1 bothhost
+::1 v6only
+"""
+
+# Inside its own mount namespace: an IPv4-only heart and an IPv6-only heart, each watched by
+# name (lone, pooled) and pinged by name; prints what happened as JSON.
+WATCH_BY_NAME = r"""
+import asyncio, json, socket, sys, time
+from heartbeat import Heart, HeartMonitor, HeartbeatPool
+from heartbeat.probe import ping
+
+print(json.dumps({
+    name: [info[4][0] for info in socket.getaddrinfo(name, 1, type=socket.SOCK_STREAM)]
+    for name in ("bothhost", "v6only")
+}), flush=True)
+
+async def main():
+    with Heart("tcp://127.0.0.1:0") as v4, Heart("tcp://[::1]:0") as v6:
+        port4, port6 = (heart.url.rsplit(":", 1)[1] for heart in (v4, v6))
+        urls = {
+            "v4 heart by bothhost": f"tcp://bothhost:{port4}",
+            "v6 heart by bothhost": f"tcp://bothhost:{port6}",
+            "v6 heart by v6only": f"tcp://v6only:{port6}",
+        }
+        pool = HeartbeatPool()
+        monitors = {}
+        for case, url in urls.items():
+            monitors[f"lone: {case}"] = HeartMonitor(url, time_to_dead=1.0, first_beat=2.0)
+            monitors[f"pool: {case}"] = pool.watch(url, time_to_dead=1.0, first_beat=2.0)
+        died = []
+        for name, monitor in monitors.items():
+            monitor.start(lambda name=name: died.append(name))
+        pinged = {}
+        for case, url in urls.items():
+            pinged[f"probe: {case}"] = await asyncio.to_thread(ping, url, 2.0) is not None
+        await asyncio.sleep(4.0)
+        print(json.dumps({
+            "died": died,
+            "states": {name: m.state.value for name, m in monitors.items()},
+            "pinged": pinged,
+        }))
+        for monitor in monitors.values():
+            monitor.stop()
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def hosts_file(tmp_path: Path) -> Iterator[Path]:
+    """A hosts file to bind over /etc/hosts in a mount namespace of a subprocess's own."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) to give a subprocess its own /etc/hosts")
+    hosts = tmp_path / "hosts"
+    hosts.write_text(HOSTS)
+    tried = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount --bind {hosts} /etc/hosts"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if tried.returncode != 0:
+        pytest.skip(f"cannot bind a hosts file in a mount namespace here: {tried.stderr.strip()}")
+    with socket.socket(socket.AF_INET6) as probe:
+        try:
+            probe.bind(("::1", 0))
+        except OSError as exc:
+            pytest.skip(f"no IPv6 loopback here: {exc}")
+    yield hosts
+
+
+def test_a_name_of_both_families_reaches_a_heart_of_either_in_pool_lone_and_probe(
+    hosts_file: Path,
+) -> None:
+    # Issue 23 item 6: the pool set IPV6 and so reached a name with an AAAA record over IPv6
+    # only (an IPv4 kernel refused for ever, declared dead while `heartbeat probe` said it
+    # answered); the lone monitor and the probe resolved over IPv4 only (an IPv6-only name
+    # never reached).
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    script = f"mount --bind {hosts_file} /etc/hosts && exec {sys.executable} -c '{WATCH_BY_NAME}'"
+    assert "'" not in WATCH_BY_NAME
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    resolved, seen = (json.loads(line) for line in result.stdout.splitlines())
+    assert sorted(resolved["bothhost"]) == ["127.0.0.1", "::1"], resolved
+    assert resolved["v6only"] == ["::1"], resolved
+    assert not seen["died"], seen
+    assert set(seen["states"].values()) == {"beating"}, seen
+    assert all(seen["pinged"].values()), seen
+
+
+# -- choosing among a name's addresses ------------------------------------------------------------
+
+
+@pytest.fixture
+def v4_listener() -> Iterator[int]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield int(listener.getsockname()[1])
+
+
+def test_the_address_that_accepts_is_chosen_in_order(v4_listener: int) -> None:
+    port = v4_listener
+    assert pick(("::1", "127.0.0.1"), port, 1.0) == ("127.0.0.1", True)
+    assert pick(("127.0.0.1", "::1"), port, 1.0) == ("127.0.0.1", True)
+    # The only address: nothing to choose, nothing tried.
+    assert pick(("::1",), port, 1.0) == ("::1", True)
+
+
+def test_with_nothing_listening_the_first_address_is_chosen_unaccepted(v4_listener: int) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = int(closed.getsockname()[1])  # bound, not listening: refused
+        begun = time.monotonic()
+        assert pick(("::1", "127.0.0.1"), port, 1.0) == ("::1", False)
+        assert time.monotonic() - begun < 1.0  # refused at once, not timed out
+
+
+def test_an_address_becomes_a_zmq_url() -> None:
+    assert url_of("127.0.0.1", 5) == "tcp://127.0.0.1:5"
+    assert url_of("::1", 5) == "tcp://[::1]:5"
