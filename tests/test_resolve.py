@@ -38,6 +38,9 @@ SHIM = r"""
 
 static unsigned calls;
 
+/* How many lookups of the slow name were made: one at a time, shared, backing off. */
+unsigned heartbeat_slow_calls(void) { return __atomic_load_n(&calls, __ATOMIC_RELAXED); }
+
 int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
                 struct addrinfo **res) {
     static int (*real)(const char *, const char *, const struct addrinfo *,
@@ -57,7 +60,7 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
 # Watches the hearts at argv[1] (a JSON list of urls), lone and pooled, beside a lone and a
 # pooled monitor of tcp://slowhost:5555 and two pings of it; prints what happened as JSON.
 WATCH_BESIDE_A_SLOW_NAME = r"""
-import asyncio, json, sys, threading, time
+import asyncio, ctypes, json, sys, threading, time
 from heartbeat import HeartMonitor, HeartbeatPool
 from heartbeat.probe import ping
 
@@ -98,6 +101,7 @@ async def main():
         "beats": {name: m.stats.count for name, m in monitors.items()},
         "ping_took": took,
         "pinged": {name: answer is not None for name, answer in answers.items()},
+        "lookups": ctypes.CDLL(None).heartbeat_slow_calls(),
     }))
     for monitor in monitors.values():
         monitor.stop()
@@ -179,6 +183,9 @@ def test_a_name_slow_to_fail_makes_no_other_heart_look_dead(slow_resolver: Path)
     # ping() of the slow name is bounded by its timeout; a healthy heart answers meanwhile.
     assert seen["ping_took"]["slowhost"] < 1.5, seen
     assert seen["pinged"] == {"slowhost": False, "healthy": True}, seen
+    # Two monitors and a ping of the name share one lookup at a time, asked again after
+    # 0.5 s, 1 s, 2 s...: a few in 8 s, not one a reconnection (4 to 6 seen).
+    assert 1 <= seen["lookups"] <= 8, seen
 
 
 # -- a hosts file with names of both families ---------------------------------------------------
@@ -203,25 +210,38 @@ print(json.dumps({
 }), flush=True)
 
 async def main():
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        late_port = spare.getsockname()[1]
     with Heart("tcp://127.0.0.1:0") as v4, Heart("tcp://[::1]:0") as v6:
         port4, port6 = (heart.url.rsplit(":", 1)[1] for heart in (v4, v6))
         urls = {
             "v4 heart by bothhost": f"tcp://bothhost:{port4}",
             "v6 heart by bothhost": f"tcp://bothhost:{port6}",
             "v6 heart by v6only": f"tcp://v6only:{port6}",
+            # Bound on IPv4 a second after it is watched: found on the second address then.
+            "late v4 heart by bothhost": f"tcp://bothhost:{late_port}",
         }
         pool = HeartbeatPool()
         monitors = {}
         for case, url in urls.items():
-            monitors[f"lone: {case}"] = HeartMonitor(url, time_to_dead=1.0, first_beat=2.0)
-            monitors[f"pool: {case}"] = pool.watch(url, time_to_dead=1.0, first_beat=2.0)
+            monitors[f"lone: {case}"] = HeartMonitor(url, time_to_dead=1.0, first_beat=3.0)
+            monitors[f"pool: {case}"] = pool.watch(url, time_to_dead=1.0, first_beat=3.0)
         died = []
         for name, monitor in monitors.items():
             monitor.start(lambda name=name: died.append(name))
         pinged = {}
         for case, url in urls.items():
-            pinged[f"probe: {case}"] = await asyncio.to_thread(ping, url, 2.0) is not None
+            if not case.startswith("late"):
+                pinged[f"probe: {case}"] = await asyncio.to_thread(ping, url, 2.0) is not None
+        await asyncio.sleep(1.0)  # every address of bothhost refused it meanwhile
+        late = Heart(f"tcp://127.0.0.1:{late_port}")
+        late.start()
+        pinged["probe: late v4 heart by bothhost"] = (
+            await asyncio.to_thread(ping, urls["late v4 heart by bothhost"], 2.0) is not None
+        )
         await asyncio.sleep(4.0)
+        late.stop()
         print(json.dumps({
             "died": died,
             "states": {name: m.state.value for name, m in monitors.items()},
@@ -258,18 +278,14 @@ def hosts_file(tmp_path: Path) -> Iterator[Path]:
     yield hosts
 
 
-def test_a_name_of_both_families_reaches_a_heart_of_either_in_pool_lone_and_probe(
-    hosts_file: Path,
-) -> None:
-    # Issue 23 item 6: the pool set IPV6 and so reached a name with an AAAA record over IPv6
-    # only (an IPv4 kernel refused for ever, declared dead while `heartbeat probe` said it
-    # answered); the lone monitor and the probe resolved over IPv4 only (an IPv6-only name
-    # never reached).
+def in_namespace(hosts: Path, code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter that sees ``hosts`` as its /etc/hosts (a mount
+    namespace of its own: nothing else on the machine sees it)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    script = f"mount --bind {hosts_file} /etc/hosts && exec {sys.executable} -c '{WATCH_BY_NAME}'"
-    assert "'" not in WATCH_BY_NAME
-    result = subprocess.run(
+    assert "'" not in code
+    script = f"mount --bind {hosts} /etc/hosts && exec {sys.executable} -c '{code}'"
+    return subprocess.run(
         ["unshare", "-m", "sh", "-c", script],
         env=env,
         capture_output=True,
@@ -277,6 +293,16 @@ def test_a_name_of_both_families_reaches_a_heart_of_either_in_pool_lone_and_prob
         timeout=120,
         check=False,
     )
+
+
+def test_a_name_of_both_families_reaches_a_heart_of_either_in_pool_lone_and_probe(
+    hosts_file: Path,
+) -> None:
+    # Issue 23 item 6: the pool set IPV6 and so reached a name with an AAAA record over IPv6
+    # only (an IPv4 kernel refused for ever, declared dead while `heartbeat probe` said it
+    # answered); the lone monitor and the probe resolved over IPv4 only (an IPv6-only name
+    # never reached).
+    result = in_namespace(hosts_file, WATCH_BY_NAME)
     assert result.returncode == 0, result.stderr
     resolved, seen = (json.loads(line) for line in result.stdout.splitlines())
     assert sorted(resolved["bothhost"]) == ["127.0.0.1", "::1"], resolved
@@ -284,6 +310,68 @@ def test_a_name_of_both_families_reaches_a_heart_of_either_in_pool_lone_and_prob
     assert not seen["died"], seen
     assert set(seen["states"].values()) == {"beating"}, seen
     assert all(seen["pinged"].values()), seen
+
+
+# ipykernel binds its heart on IPv4 (its default ip 127.0.0.1): started after it is watched by a
+# name of both families, lone and pooled, it is found and beats; the probe by name answers.
+WATCH_IPYKERNEL_BY_NAME = r"""
+import asyncio, json, os, subprocess, sys, tempfile, time
+from jupyter_client.connect import write_connection_file
+from heartbeat import HeartMonitor, HeartbeatPool
+from heartbeat.probe import ping
+
+async def main():
+    where = tempfile.mkdtemp()
+    fname, info = write_connection_file(os.path.join(where, "kernel.json"), ip="127.0.0.1")
+    url = "tcp://bothhost:%d" % info["hb_port"]
+    pool = HeartbeatPool()
+    monitors = {
+        "lone": HeartMonitor(url, time_to_dead=2.0, first_beat=60.0),
+        "pool": pool.watch(url, time_to_dead=2.0, first_beat=60.0),
+    }
+    died = []
+    for name, monitor in monitors.items():
+        monitor.start(lambda name=name: died.append(name))
+    kernel = subprocess.Popen(
+        [sys.executable, "-m", "ipykernel_launcher", "-f", fname],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            if all(m.state.value == "beating" for m in monitors.values()):
+                break
+            await asyncio.sleep(0.05)
+        began = {name: m.state.value for name, m in monitors.items()}
+        pinged = await asyncio.to_thread(ping, url, 2.0) is not None
+        await asyncio.sleep(4.0)  # two time_to_dead more
+        print(json.dumps({
+            "began": began,
+            "died": died,
+            "states": {name: m.state.value for name, m in monitors.items()},
+            "pinged": pinged,
+        }))
+        for monitor in monitors.values():
+            monitor.stop()
+    finally:
+        kernel.kill()
+        kernel.wait(10)
+
+asyncio.run(main())
+"""
+
+
+def test_ipykernel_on_ipv4_is_watched_and_probed_by_a_name_of_both_families(
+    hosts_file: Path,
+) -> None:
+    pytest.importorskip("ipykernel")
+    result = in_namespace(hosts_file, WATCH_IPYKERNEL_BY_NAME)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["began"] == {"lone": "beating", "pool": "beating"}, seen
+    assert not seen["died"], seen
+    assert seen["states"] == {"lone": "beating", "pool": "beating"}, seen
+    assert seen["pinged"], seen
 
 
 # -- choosing among a name's addresses ------------------------------------------------------------
