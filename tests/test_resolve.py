@@ -405,3 +405,60 @@ def test_with_nothing_listening_the_first_address_is_chosen_unaccepted(v4_listen
 def test_an_address_becomes_a_zmq_url() -> None:
     assert url_of("127.0.0.1", 5) == "tcp://127.0.0.1:5"
     assert url_of("::1", 5) == "tcp://[::1]:5"
+
+
+# -- backing off reconnection ---------------------------------------------------------------------
+
+
+def retry_intervals(socket: Any, seconds: float) -> list[int]:
+    """The waits (ms) libzmq announces before each reconnection attempt of ``socket``."""
+    import zmq
+    from zmq.utils.monitor import recv_monitor_message
+
+    watcher = socket.get_monitor_socket(zmq.EVENT_CONNECT_RETRIED)
+    waits = []
+    end = time.monotonic() + seconds
+    try:
+        while (left := end - time.monotonic()) > 0:
+            if watcher.poll(int(left * 1000) + 1):
+                waits.append(int(recv_monitor_message(watcher)["value"]))
+    finally:
+        socket.disable_monitor()
+        watcher.close(linger=0)
+    return waits
+
+
+@pytest.mark.parametrize("kind", ["lone", "pool"])
+def test_reconnection_to_an_address_that_refuses_backs_off_to_half_the_interval(
+    kind: str,
+) -> None:
+    import zmq
+
+    from heartbeat import _sockets
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: every attempt is refused
+        url = f"tcp://127.0.0.1:{closed.getsockname()[1]}"
+        context = zmq.Context()
+        try:
+            # As a lone monitor's DEALER (interval 0.4 s) and as the pool's ROUTER (opened for
+            # 0.1 s, connected for a heart of 0.4 s): tried every 100 ms, then 200, 200...
+            sock = _sockets.open_socket(
+                context,
+                zmq.DEALER if kind == "lone" else zmq.ROUTER,
+                what="test",
+                interval=0.4 if kind == "lone" else 0.1,
+                ipv6=False,
+            )
+            with sock:
+                _sockets.connect(
+                    sock, url, interval=0.4, routing_id=b"r" if kind == "pool" else None
+                )
+                waits = retry_intervals(sock, 2.0)
+        finally:
+            context.term()
+    assert waits, "no reconnection attempt seen"
+    assert max(waits) <= 200 + _sockets.reconnect_ivl(0.4), waits
+    # Backing off: the last waits are the longest, and far fewer attempts than 20 a second.
+    assert waits[-1] >= 200, waits
+    assert len(waits) <= 15, waits
