@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import select
 import socket
 import threading
@@ -40,6 +41,17 @@ _cache = NameCache()
 # blocking call returns, so that a name that hangs has one thread at most.
 _asking: dict[str, list[Callable[[Answer], None]]] = {}
 _threads: dict[str, tuple[threading.Thread, list[tuple[str, ...] | str]]] = {}
+
+
+def _forget_lookups_in_child() -> None:
+    """A forked child has none of its parent's threads: nobody would answer who waits."""
+    global _lock
+    _lock = threading.Lock()
+    _asking.clear()
+    _threads.clear()
+
+
+os.register_at_fork(after_in_child=_forget_lookups_in_child)
 
 
 def url_of(address: str, port: int) -> str:

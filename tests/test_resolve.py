@@ -15,14 +15,17 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from heartbeat import Heart
+from heartbeat import Heart, _resolve
+from heartbeat._names import NameCache
 from heartbeat._resolve import pick, url_of
+from heartbeat._validate import endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -405,6 +408,21 @@ def test_with_nothing_listening_the_first_address_is_chosen_unaccepted(v4_listen
 def test_an_address_becomes_a_zmq_url() -> None:
     assert url_of("127.0.0.1", 5) == "tcp://127.0.0.1:5"
     assert url_of("::1", 5) == "tcp://[::1]:5"
+
+
+def test_a_forked_child_looks_a_name_up_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A lookup in flight in the parent has no thread in a child (as multiprocessing's fork
+    # start method makes one): the child must not wait for its answer for ever.
+    monkeypatch.setattr(_resolve, "_cache", NameCache())
+    monkeypatch.setitem(_resolve._asking, "localhost", [])
+    where = endpoint("tcp://localhost:5555", bind=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a threaded process
+        pid = os.fork()
+    if pid == 0:
+        os._exit(0 if _resolve.resolve_now(where, 5.0) is not None else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 # -- backing off reconnection ---------------------------------------------------------------------
