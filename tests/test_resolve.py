@@ -203,9 +203,15 @@ HOSTS = """\
 # Inside its own mount namespace: an IPv4-only heart and an IPv6-only heart, each watched by
 # name (lone, pooled) and pinged by name; prints what happened as JSON.
 WATCH_BY_NAME = r"""
-import asyncio, json, socket, sys, time
+import asyncio, contextlib, io, json, socket, sys, time
 from heartbeat import Heart, HeartMonitor, HeartbeatPool
+from heartbeat.cli import main as heartbeat_cli
 from heartbeat.probe import ping
+
+def probe(url):
+    # `heartbeat probe url`: its exit status (its line of output kept off ours).
+    with contextlib.redirect_stdout(io.StringIO()):
+        return heartbeat_cli(["probe", url, "--timeout", "2"])
 
 print(json.dumps({
     name: [info[4][0] for info in socket.getaddrinfo(name, 1, type=socket.SOCK_STREAM)]
@@ -236,11 +242,12 @@ async def main():
         pinged = {}
         for case, url in urls.items():
             if not case.startswith("late"):
-                pinged[f"probe: {case}"] = await asyncio.to_thread(ping, url, 2.0) is not None
+                pinged[f"ping: {case}"] = await asyncio.to_thread(ping, url, 2.0) is not None
+                pinged[f"heartbeat probe: {case}"] = await asyncio.to_thread(probe, url) == 0
         await asyncio.sleep(1.0)  # every address of bothhost refused it meanwhile
         late = Heart(f"tcp://127.0.0.1:{late_port}")
         late.start()
-        pinged["probe: late v4 heart by bothhost"] = (
+        pinged["ping: late v4 heart by bothhost"] = (
             await asyncio.to_thread(ping, urls["late v4 heart by bothhost"], 2.0) is not None
         )
         await asyncio.sleep(4.0)
