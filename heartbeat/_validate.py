@@ -46,6 +46,19 @@ class Endpoint:
         return self.host.startswith("[")
 
     @property
+    def is_name(self) -> bool:
+        """True for a tcp host given by name (``localhost``, ``kernels.example``): it is
+        resolved off the loop (heartbeat/_resolve.py), never by zmq, which would block its I/O
+        thread, and every other socket's, on each connection attempt."""
+        if self.transport != "tcp":
+            return False
+        try:
+            ipaddress.ip_address(self.host.strip("[]"))
+        except ValueError:
+            return True
+        return False
+
+    @property
     def is_loopback(self) -> bool:
         """True for endpoints only this machine can reach."""
         if self.transport != "tcp":
