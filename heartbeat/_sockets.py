@@ -61,7 +61,9 @@ def reconnect_ivl_max(interval: float) -> int:
     doubles the wait after each failed attempt up to this, half the interval (an address that
     refuses or does not answer is not tried 10 to 100 times a second for ever; a heart that
     comes back is reached again within half a ping interval)."""
-    return max(reconnect_ivl(interval), int(interval * 500))
+    # At most a minute: zmq takes a C int of milliseconds, and a heart pinged once a day (a
+    # huge time_to_dead) is still looked for again within a minute.
+    return max(reconnect_ivl(interval), int(min(interval * 500, 60_000.0)))
 
 
 def open_socket(
@@ -87,19 +89,23 @@ def open_socket(
         socket: zmq.Socket[Any] = ctx.socket(kind)
     except zmq.ZMQError as exc:
         raise socket_error(exc, ctx, what) from None
-    socket.linger = 0
-    socket.setsockopt(zmq.RECONNECT_IVL, reconnect_ivl(interval))
-    socket.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_ivl_max(interval))
-    if ipv6:
-        socket.setsockopt(zmq.IPV6, 1)
-    if kind == zmq.REQ:
-        socket.setsockopt(zmq.REQ_RELAXED, 1)
-    if hwm is not None:
-        socket.sndhwm = socket.rcvhwm = hwm
-    if curve:
-        public, secret = zmq.curve_keypair()  # the server authenticates itself only
-        socket.curve_secretkey = secret
-        socket.curve_publickey = public
+    try:
+        socket.linger = 0
+        socket.setsockopt(zmq.RECONNECT_IVL, reconnect_ivl(interval))
+        socket.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_ivl_max(interval))
+        if ipv6:
+            socket.setsockopt(zmq.IPV6, 1)
+        if kind == zmq.REQ:
+            socket.setsockopt(zmq.REQ_RELAXED, 1)
+        if hwm is not None:
+            socket.sndhwm = socket.rcvhwm = hwm
+        if curve:
+            public, secret = zmq.curve_keypair()  # the server authenticates itself only
+            socket.curve_secretkey = secret
+            socket.curve_publickey = public
+    except BaseException:
+        socket.close(linger=0)  # an option refused: nothing is left open behind the error
+        raise
     return socket
 
 
