@@ -80,12 +80,19 @@ class HeartbeatSettings(LoggingConfigurable):
 
     @validate("time_to_dead", "first_beat", "interval")
     def _check_timing(self, proposal: Any) -> float | None:
+        # A pair the monitor would refuse (interval past time_to_dead / 2) is refused here,
+        # when configured, not at each kernel's start, after its process is launched. Config
+        # and constructor arguments are all set before this runs (traitlets holds the check
+        # until then), so the order they come in cannot make a valid pair fail in between.
         name = proposal["trait"].name
         value = proposal["value"]
-        if value is None and name == "interval":
-            return None
         try:
-            return _validate.number(name, value, allow_zero=name == "first_beat")
+            if name == "interval":
+                return None if value is None else _validate.interval(value, self.time_to_dead)
+            result = _validate.number(name, value, allow_zero=name == "first_beat")
+            if name == "time_to_dead" and self.interval is not None:
+                _validate.interval(self.interval, result)
+            return result
         except (TypeError, ValueError) as exc:
             raise TraitError(str(exc)) from None
 

@@ -13,6 +13,7 @@ kernelspec`` installs a kernel spec that selects it.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
@@ -38,6 +39,8 @@ from heartbeat.monitor import HeartMonitor
 # What happens next, as far as a provisioner knows: whether the kernel is restarted is its
 # kernel manager's decision, taken when it next looks.
 _THEN = "its kernel manager will find it dead"
+# How long a killed kernel process may take to be reaped.
+_REAP_TIMEOUT = 5.0
 
 
 class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore[metaclass]
@@ -78,15 +81,33 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
             # a SIGKILL). The manager also knows what happens next.
             self.log.debug("Kernel %s is watched by its kernel manager", self.kernel_id)
             return
-        self._death_watch.watch(local_child(self), self._on_exit)
-        heart = hb_url(dict(self.connection_info), f"kernel {self.kernel_id}")
-        self._monitor = self.watch(
-            heart.url,
-            curve_serverkey=heart.curve_serverkey,
-            context=None,
-            log=KernelLog(self.log, self.kernel_id, self._death_fate),
-        )
-        self._monitor.start(self._on_heart_dead)
+        try:
+            self._death_watch.watch(local_child(self), self._on_exit)
+            heart = hb_url(dict(self.connection_info), f"kernel {self.kernel_id}")
+            self._monitor = self.watch(
+                heart.url,
+                curve_serverkey=heart.curve_serverkey,
+                context=None,
+                log=KernelLog(self.log, self.kernel_id, self._death_fate),
+            )
+            self._monitor.start(self._on_heart_dead)
+        except BaseException:
+            # Out of file descriptors, a heart's url refused...: the process just launched
+            # would run on, unwatched and listed nowhere (its manager's start fails with
+            # this). It is ended and reaped first.
+            self._stop_watching()
+            await self._end_launched()
+            raise
+
+    async def _end_launched(self) -> None:
+        process = local_child(self)
+        if process is not None:
+            kill_local_child(process)  # now, whatever the kill below does
+        try:
+            await self.kill()  # its process group
+            await asyncio.wait_for(self.wait(), _REAP_TIMEOUT)  # reaped, its pipes closed
+        except Exception:
+            self.log.exception("Kernel %s: could not end it after its start failed", self.kernel_id)
 
     async def shutdown_requested(self, restart: bool = False) -> None:
         """The kernel is asked to end (a graceful shutdown or restart): from now on it is
