@@ -1,6 +1,8 @@
-"""The jupyter_server extension: ``jupyter server extension enable heartbeat.jupyter``.
+"""The jupyter_server extension ``heartbeat.jupyter``: on once installed (the wheel's
+``etc/jupyter/jupyter_server_config.d/heartbeat.jupyter.json``); ``jupyter server extension
+disable heartbeat.jupyter`` turns it off.
 
-One step, in Jupyter's own convention, turns on:
+It turns on:
 
 - :class:`~heartbeat.jupyter.HeartbeatKernelManager` for every kernel the server starts
   (what ``--AsyncMappingKernelManager.kernel_manager_class=...`` does alone);
