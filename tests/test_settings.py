@@ -117,15 +117,18 @@ def test_a_watch_that_cannot_start_ends_the_kernel_just_launched(
     assert said["left"] == [], said
 
 
-def children_of(pid: int) -> list[int]:
+def kernels_of(pid: int) -> list[str]:
+    """The command lines of ``pid``'s children that are kernels (a server has other children:
+    a language server's, say)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
             fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except (OSError, ValueError):
             continue
-        if entry.name.isdigit() and int(fields[1]) == pid:
-            found.append(int(entry.name))
+        if entry.name.isdigit() and int(fields[1]) == pid and "kernel" in cmdline:
+            found.append(f"{entry.name}: {cmdline}")
     return found
 
 
@@ -142,7 +145,7 @@ def test_a_bad_pair_leaves_no_kernel_behind_when_the_extension_is_not_there(
             refused.value.close()
         assert server.api("GET", "/api/kernels") == []
         time.sleep(0.5)  # a kernel launched would still be there: nothing here ends it
-        assert children_of(server.proc.pid) == []
+        assert kernels_of(server.proc.pid) == []
     assert REFUSED in server.log.read_text()
 
 

@@ -141,6 +141,14 @@ def shared_pool(log: Log | None = None) -> HeartbeatPool:
     return pool
 
 
+def drop_shared_pool() -> None:
+    """Close and forget the current event loop's pool, if it has one: for a loop about to be
+    closed (the pool holds the loop, so it would otherwise be kept for the process's life)."""
+    pool = _pools.pop(IOLoop.current(), None)
+    if pool is not None:
+        pool.close()
+
+
 def local_child(provisioner: object) -> subprocess.Popen[Any] | None:
     """The kernel's process, when it is provably a child of this process; else None.
 
