@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from jupyter_client.manager import KernelManager
 
-from heartbeat.jupyter import HeartbeatProvisioner
+from heartbeat.jupyter import HeartbeatProvisioner, kernel
 from tests.conftest import process_state, wait_for
 from tests.test_deaths import death_lines
 from tests.test_headless import TTD, install_kernelspec
-from tests.test_provisioner import THEN
+from tests.test_provisioner import THEN, open_fds
 
 FIRST_BEAT = 3.0
 # time_to_dead + interval after the last reply, and a loaded machine's scheduling.
@@ -98,10 +98,11 @@ def test_a_busy_kernel_is_no_death_between_calls(
     assert provisioner.last_death is None and death_lines(caplog) == []
 
 
-def test_start_restart_and_shutdown_leave_no_thread_and_no_death(
+def test_start_restart_and_shutdown_leave_no_thread_no_fd_and_no_death(
     kernelspec: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     before = set(threading.enumerate())
+    pools = len(kernel._pools)
     km = KernelManager(kernel_name="python3-heartbeat")
     watchers: list[threading.Thread] = []
 
@@ -122,12 +123,17 @@ def test_start_restart_and_shutdown_leave_no_thread_and_no_death(
         watcher()
         km.shutdown_kernel(now=False)
         assert set(threading.enumerate()) == before
+        fds = open_fds()  # what lasts is made by now (zmq's global context, say)
         # jupyter_client's blocking manager cannot start again after a shutdown (its zmq
         # context is destroyed): another one.
         km = KernelManager(kernel_name="python3-heartbeat")
         started(km)
         watcher()
         km.shutdown_kernel(now=True)
+        # zmq closes a socket in its own thread, a moment after close(): bounded, not hoped.
+        assert wait_for(lambda: open_fds() <= fds, 10), (open_fds(), fds)
+    assert open_fds() == fds  # the thread's loop, pool and sockets: all closed
+    assert len(kernel._pools) == pools  # no thread's pool left behind
     assert set(threading.enumerate()) == before  # each joined: not left to the fixture's wait
     assert len(set(watchers)) == 4 and not any(t.is_alive() for t in watchers)
     assert death_lines(caplog) == []

@@ -110,7 +110,7 @@ class LoopThread:
             pending = asyncio.all_tasks(loop)
             if pending:
                 loop.run_until_complete(asyncio.wait(pending, timeout=_DRAIN_TIMEOUT))
-            drop_shared_pool()  # this loop's, if a watch made one: it goes with the loop
+            drop_shared_pool()  # this loop's, if a watch made one: closed with the loop, now
         finally:
             io_loop.close()  # closes the asyncio loop too
             asyncio.set_event_loop(None)

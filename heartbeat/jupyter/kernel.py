@@ -143,7 +143,7 @@ def shared_pool(log: Log | None = None) -> HeartbeatPool:
 
 def drop_shared_pool() -> None:
     """Close and forget the current event loop's pool, if it has one: for a loop about to be
-    closed (the pool holds the loop, so it would otherwise be kept for the process's life)."""
+    closed, whose pool would otherwise be forgotten only once the loop is garbage collected."""
     pool = _pools.pop(IOLoop.current(), None)
     if pool is not None:
         pool.close()
