@@ -79,14 +79,19 @@ def children():
     return found
 
 async def main():
-    if sys.argv[1] == "manager":
+    if sys.argv[1].startswith("manager"):
         km = HeartbeatKernelManager(kernel_name="python3", first_beat=30.0)
     else:
         km = AsyncKernelManager(kernel_name="python3-heartbeat")
+    if sys.argv[1] == "manager, at a restart":
+        await km.start_kernel()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (60, hard))
     try:
-        await km.start_kernel()
+        if sys.argv[1] == "manager, at a restart":
+            await km.restart_kernel(now=True)
+        else:
+            await km.start_kernel()
         error = None
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
@@ -103,7 +108,7 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.parametrize("owner", ["manager", "provisioner"])
+@pytest.mark.parametrize("owner", ["manager", "manager, at a restart", "provisioner"])
 def test_a_watch_that_cannot_start_ends_the_kernel_just_launched(
     owner: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
