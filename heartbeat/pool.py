@@ -16,6 +16,17 @@ Members that use CURVE share a second socket: libzmq takes a socket's CURVE opti
 stand at each ``connect()``, so one socket reaches many CURVE hearts, each with its own server
 key, but a socket cannot go back to plain once it is a CURVE client.
 
+A heart that refuses a ROUTER peer (a REP socket, as IRkernel's: ZMTP lets REP talk only to REQ
+and DEALER) is reached another way. libzmq ends such a connection right after the handshake and,
+under the NULL mechanism, never makes it again; the pool watches its sockets' disconnections
+(zmq's socket monitor, told of nothing else), and a url whose connection ended before it ever
+answered is from then on reached by DEALER sockets, one a path for each of its members, that
+send the REQ envelope as a lone monitor's do (a REP heart answers one ping at a time, in order;
+a DEALER never waits for a reply, so a lost one wedges nothing). The pool reads them before
+judging, and its one timer still judges those members; the ping that went unanswered is sent
+again at once. A DEALER reaches every kind of heart, so a ROUTER heart whose connection ends
+before its first reply (it died starting) is moved too: that costs a socket, never a verdict.
+
 The pool is a :class:`~heartbeat.transport.TransportFactory`; which member is judged when is
 decided by the pure :class:`~heartbeat._schedule.PoolSchedule`. This module does the socket work.
 """
@@ -35,6 +46,7 @@ import zmq
 from tornado.ioloop import IOLoop
 
 from heartbeat import _sockets, _validate
+from heartbeat._own_socket import SocketTransport
 from heartbeat._schedule import PoolSchedule
 from heartbeat.monitor import HeartMonitor, Log, default_log
 from heartbeat.transport import HeartSpec, Listener
@@ -63,12 +75,14 @@ class _Url:
     pings carry its nonce and are ignored). The url is disconnected when its last member leaves.
     """
 
-    __slots__ = ("idle", "members")
+    __slots__ = ("dealers", "idle", "members")
 
     def __init__(self) -> None:
-        self.members = 0
+        self.members: set[_Member] = set()
         # (routing id, the CURVE server key it was connected with) of connections nobody uses.
         self.idle: list[tuple[bytes, bytes | None]] = []
+        # The heart refused the ROUTER: its members are reached by DEALERs of their own.
+        self.dealers = False
 
     def take_idle(self, curve_serverkey: bytes | None) -> bytes | None:
         """The routing id of an idle connection made with ``curve_serverkey``, if any."""
@@ -80,26 +94,32 @@ class _Url:
 
 
 class _Channel:
-    """One of the pool's ROUTER sockets (plain, or CURVE), how many members use it, and the
-    connections it has made, by url."""
+    """One of the pool's ROUTER sockets (plain, or CURVE), how many members use it, the
+    connections it has made, by url, and the PAIR socket told of its disconnections."""
 
-    __slots__ = ("curve", "fd", "members", "socket", "urls")
+    __slots__ = ("curve", "fd", "members", "monitor", "monitor_fd", "socket", "urls")
 
-    def __init__(self, socket: zmq.Socket[Any], curve: bool) -> None:
+    def __init__(self, socket: zmq.Socket[Any], curve: bool, monitor: zmq.Socket[Any]) -> None:
         self.socket = socket
         self.fd: int = socket.FD
         self.curve = curve
         self.members = 0
         self.urls: dict[str, _Url] = {}
+        self.monitor = monitor
+        self.monitor_fd: int = monitor.FD
 
 
 class _Member:
     """A member's transport: its routing id and socket in the pool (a ``Transport``)."""
 
     __slots__ = (
+        "answered",
         "channel",
         "closed",
         "curve_serverkey",
+        "dealer",
+        "heart",
+        "last",
         "listener",
         "phase",
         "pool",
@@ -118,6 +138,7 @@ class _Member:
     ) -> None:
         self.pool = pool
         self.listener = listener
+        self.heart = heart
         self.url = heart.url
         self.curve_serverkey = heart.curve_serverkey
         self.rids = rids  # one routing id a path: one connection each
@@ -125,6 +146,10 @@ class _Member:
         self.channel = channel
         self.phase: float | None = None  # the pool sets it once the member has joined
         self.closed = False
+        self.answered = False  # a reply came through the ROUTER: the heart takes a ROUTER
+        self.last = b""  # the last ping, sent again if the heart turns out to refuse the ROUTER
+        # DEALERs of the member's own, once its heart refused the ROUTER (a REP heart).
+        self.dealer: SocketTransport | None = None
 
     def send(self, payload: bytes) -> None:
         """Send one ping through the pool's socket."""
@@ -191,6 +216,7 @@ class HeartbeatPool:
         self._loop: IOLoop | None = None
         self._channels: dict[bool, _Channel] = {}  # by "uses CURVE"
         self._members: dict[bytes, _Member] = {}  # by routing id: a member has one a path
+        self._dealt: set[_Member] = set()  # members reached by DEALERs of their own
         self._watching = 0
         self._ids = itertools.count(1)
         self._timer: object | None = None
@@ -215,6 +241,12 @@ class HeartbeatPool:
         """How many sockets the pool holds open: 0 while nothing is watched, 1, or 2 when
         CURVE and plain members are watched together."""
         return len(self._channels)
+
+    @property
+    def dealers(self) -> int:
+        """How many members are reached by DEALER sockets of their own, not the pool's ROUTER:
+        those whose heart refused a ROUTER peer (a REP heart, such as IRkernel's)."""
+        return len(self._dealt)
 
     @property
     def wakeups(self) -> int:
@@ -264,25 +296,29 @@ class HeartbeatPool:
                 rid = url.take_idle(heart.curve_serverkey)
                 if rid is None:
                     rid = b"hb" + next(self._ids).to_bytes(8, "big")
-                    _sockets.connect(
-                        channel.socket,
-                        heart.url,
-                        curve_serverkey=heart.curve_serverkey,
-                        routing_id=rid,
-                    )
+                    if not url.dealers:
+                        _sockets.connect(
+                            channel.socket,
+                            heart.url,
+                            curve_serverkey=heart.curve_serverkey,
+                            routing_id=rid,
+                        )
                 rids.append(rid)
-        except ValueError:
+            member = _Member(self, listener, heart, rids, channel)
+            if url.dealers:  # the heart is known to refuse the ROUTER
+                self._use_dealers(member)
+        except (ValueError, OSError, RuntimeError):
             if url.members:
-                url.idle += [(rid, heart.curve_serverkey) for rid in rids]
+                if not url.dealers:
+                    url.idle += [(rid, heart.curve_serverkey) for rid in rids]
             else:
                 del channel.urls[heart.url]
             if not channel.members:
                 self._close_channel(channel)
             raise
-        url.members += 1
+        url.members.add(member)
         channel.members += 1
         self._watching += 1
-        member = _Member(self, listener, heart, rids, channel)
         member.phase = self._schedule.join(member, heart.interval, time.monotonic())
         for rid in rids:
             self._members[rid] = member
@@ -292,6 +328,11 @@ class HeartbeatPool:
 
     def send(self, member: _Member, payload: bytes) -> None:
         """Send ``member``'s ping; one that cannot go out now is dropped, never half-sent."""
+        dealer = member.dealer
+        if dealer is not None:
+            dealer.send(payload)
+            return
+        member.last = payload
         channel = member.channel
         if self._channels.get(channel.curve) is not channel:
             return
@@ -324,19 +365,23 @@ class HeartbeatPool:
         """``member`` stops: its url is disconnected once no member watches it, and a socket
         nobody uses is closed."""
         self._schedule.leave(member)
+        if member.dealer is not None:
+            member.dealer.close()
+            self._dealt.discard(member)
         for rid in member.rids:
             self._members.pop(rid, None)
         self._watching -= 1
         channel = member.channel
         channel.members -= 1
         url = channel.urls[member.url]
-        url.members -= 1
+        url.members.discard(member)
         if url.members:
-            url.idle += [(rid, member.curve_serverkey) for rid in member.rids]
+            if not url.dealers:  # a url reached by DEALERs has no connection on the ROUTER
+                url.idle += [(rid, member.curve_serverkey) for rid in member.rids]
         else:
             del channel.urls[member.url]
         if self._channels.get(channel.curve) is channel:
-            if not url.members:
+            if not url.members and not url.dealers:
                 # ZMQError: already gone, or the context was terminated.
                 with contextlib.suppress(zmq.ZMQError):
                     channel.socket.disconnect(member.url)
@@ -369,12 +414,18 @@ class HeartbeatPool:
             # Hearts answer at the speed they are pinged; deep queues only hide a dead peer.
             hwm=100_000,
         )
+        try:
+            monitor = _sockets.watch_disconnections(socket)
+        except (OSError, RuntimeError):
+            socket.close(linger=0)
+            raise
         loop = self._loop
         if loop is None:
             given = None if self._io_loop is None else self._io_loop()
             loop = self._loop = given if given is not None else IOLoop.current()
-        channel = self._channels[curve] = _Channel(socket, curve)
+        channel = self._channels[curve] = _Channel(socket, curve, monitor)
         loop.add_handler(channel.fd, self._on_readable, IOLoop.READ)
+        loop.add_handler(channel.monitor_fd, self._on_disconnections, IOLoop.READ)
         return channel
 
     def _close_channel(self, channel: _Channel) -> None:
@@ -382,7 +433,11 @@ class HeartbeatPool:
             return
         del self._channels[channel.curve]
         assert self._loop is not None  # set when the channel was opened
-        _sockets.close_watched(channel.socket, self._loop, channel.fd)
+        try:
+            self._loop.remove_handler(channel.monitor_fd)
+            _sockets.stop_watching(channel.socket, channel.monitor)
+        finally:
+            _sockets.close_watched(channel.socket, self._loop, channel.fd)
         if not self._channels:
             self._schedule.clear()
             self._set_timer()
@@ -436,6 +491,10 @@ class HeartbeatPool:
         """Read every reply waiting on every socket; False if none is left."""
         for channel in list(self._channels.values()):
             self._drain_channel(channel)
+        if self._dealt:
+            for member in list(self._dealt):
+                if member.dealer is not None:  # None: it left from an earlier reply's callback
+                    member.dealer.read()
         return bool(self._channels)
 
     def _drain_channel(self, channel: _Channel) -> None:
@@ -452,6 +511,7 @@ class HeartbeatPool:
                     frames.append(frame.bytes)
                 member = members.get(frames[0])
                 if member is not None and len(frames) == 3 and not frames[1]:
+                    member.answered = True
                     member.listener.payload_received(time.monotonic(), frames[2])
                     if self._channels.get(channel.curve) is not channel:
                         return  # its last member stopped from the reply's callback: closed
@@ -463,3 +523,56 @@ class HeartbeatPool:
             return
         if self._loop is not None:  # the limit was reached: more may wait
             _sockets.read_soon_if_waiting(channel.socket, self._loop, self._drain)
+
+    # -- hearts that refuse the ROUTER ---------------------------------------------------------
+
+    def _on_disconnections(self, fd: int, events: int) -> None:
+        for channel in list(self._channels.values()):
+            if channel.monitor_fd != fd:
+                continue
+            try:
+                ended = _sockets.disconnections(channel.monitor)
+            except zmq.ZMQError as exc:
+                self._channel_failed(channel, exc)
+                return
+            for endpoint in ended:
+                if self._channels.get(channel.curve) is not channel:
+                    return  # its last member stopped meanwhile: closed
+                url = channel.urls.get(endpoint)
+                # A connection that ended after the heart answered through it: the heart died
+                # or restarts, and libzmq connects again. One that never carried a reply: the
+                # heart refused the ROUTER (or died before answering: a DEALER will do too).
+                never_answered = url is not None and not any(m.answered for m in url.members)
+                if url is not None and not url.dealers and never_answered:
+                    self._move_to_dealers(channel, endpoint, url)
+
+    def _move_to_dealers(self, channel: _Channel, endpoint: str, url: _Url) -> None:
+        """From now on, reach ``url``'s members by DEALERs of their own."""
+        url.dealers = True
+        url.idle.clear()
+        # Whatever connection is left (libzmq retries one a CURVE REP heart ended) goes.
+        with contextlib.suppress(zmq.ZMQError):
+            channel.socket.disconnect(endpoint)
+        self._log.debug(
+            "heartbeat pool: %s ended its connection before any reply (a REP heart refuses a "
+            "ROUTER): reached by a DEALER socket of its own",
+            endpoint,
+        )
+        for member in list(url.members):
+            if member.closed or member.dealer is not None:
+                continue
+            try:
+                self._use_dealers(member)
+            except (ValueError, OSError, RuntimeError) as exc:
+                member.listener.transport_failed(str(exc))
+                continue
+            if member.last:
+                # The ping that went to the ROUTER was lost: a heart bound late answers it now,
+                # as a lone monitor's DEALER delivers the ping it queued.
+                member.send(member.last)
+
+    def _use_dealers(self, member: _Member) -> None:
+        """Give ``member`` DEALERs of its own (raises as a lone monitor's ``open`` does)."""
+        assert self._loop is not None  # the member's channel is open
+        member.dealer = SocketTransport(member.heart, member.listener, self._loop, self._context)
+        self._dealt.add(member)

@@ -1,0 +1,324 @@
+"""Hearts that are REP sockets (IRkernel's; the messaging spec's "echoed right back from the
+Kernel's REP socket") and hearts that are ROUTERs (ipykernel's, xeus') alike, under every way of
+watching one: a lone monitor, the pool (plain and CURVE), the probe, ``HBChannel`` and the kernel
+spec's provisioner. ZMTP lets a REP peer talk only to REQ and DEALER, so the pool, whose socket
+is a ROUTER, reaches a REP heart by DEALERs of its own (heartbeat/pool.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from heartbeat import HeartbeatPool, HeartMonitor, State
+from heartbeat.jupyter import HBChannel
+from heartbeat.probe import ping
+from tests.conftest import free_port, wait_for
+from tests.echo_hearts import echo_heart
+from tests.test_monitor import Watch
+
+KINDS = {"REP": zmq.REP, "ROUTER": zmq.ROUTER}
+KEYS = zmq.curve_keypair()  # (public, secret) of the CURVE hearts
+# Generous for a loaded machine: the first ping's time plus a reconnect is some milliseconds.
+BEATING_WITHIN = 1.5
+
+
+@contextlib.contextmanager
+def heart(kind: str, curve: bool = False, url: str = "tcp://127.0.0.1:0") -> Iterator[str]:
+    with echo_heart(KINDS[kind], curve_secretkey=KEYS[1] if curve else None, url=url) as bound:
+        yield bound
+
+
+@contextlib.contextmanager
+def closing(pool: HeartbeatPool | None) -> Iterator[None]:
+    """Close ``pool`` however the test ends: a failed one leaves no socket behind."""
+    try:
+        yield
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def watched(url: str, pool: HeartbeatPool | None, curve: bool = False, **kwargs: Any) -> Watch:
+    watch = Watch(url, **kwargs)
+    watch.monitor = HeartMonitor(
+        url,
+        pool=pool,
+        curve_serverkey=KEYS[0] if curve else None,
+        on_event=watch._record,
+        **kwargs,
+    )
+    return watch
+
+
+@pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
+@pytest.mark.parametrize("transport", ["lone", "pool"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_rep_and_a_router_heart_beat_at_once_and_are_never_dead(
+    kind: str, transport: str, curve: bool
+) -> None:
+    async def scenario() -> tuple[Watch, float]:
+        pool = HeartbeatPool() if transport == "pool" else None
+        with heart(kind, curve) as url, closing(pool):
+            watch = watched(url, pool, curve, time_to_dead=1.0, first_beat=3.0)
+            started = time.monotonic()
+            watch.start()
+            assert await watch.until(lambda: bool(watch.beats() or watch.died), timeout=10)
+            first = watch.beats()[0][0] - started if watch.beats() else float("inf")
+            await asyncio.sleep(3.0)  # six pings, and three times time_to_dead
+            if pool is not None:
+                # A REP heart is reached by DEALERs of its own; a ROUTER heart by the pool's
+                # one socket, as before.
+                assert pool.sockets == 1 and pool.dealers == (1 if kind == "REP" else 0)
+            watch.monitor.stop()
+            if pool is not None:
+                assert pool.sockets == 0 and pool.dealers == 0
+        return watch, first
+
+    watch, first = asyncio.run(scenario())
+    assert watch.died == [], watch.events
+    assert first <= BEATING_WITHIN, first
+    # Every ping after the first second is answered (the heart never missed one).
+    assert len(watch.beats(since=watch.beats()[0][0])) >= 5, watch.events
+
+
+def test_a_rep_heart_bound_late_answers_the_ping_the_router_lost_at_once() -> None:
+    # time_to_dead 4: pings 2 s apart. The one sent before the heart was bound went to the
+    # ROUTER and was lost; it is sent again on the DEALER, so the heart is beating within a
+    # reconnect of binding, not at the next ping.
+    port = free_port()
+
+    async def scenario() -> tuple[Watch, float, float]:
+        pool = HeartbeatPool()
+        watch = watched(f"tcp://127.0.0.1:{port}", pool, time_to_dead=4.0, first_beat=10.0)
+        watch.start()
+        await asyncio.sleep(0.7)
+        with closing(pool), heart("REP", url=f"tcp://127.0.0.1:{port}"):
+            bound = time.monotonic()
+            assert await watch.until(lambda: bool(watch.beats()), timeout=10)
+            beating = watch.beats()[0][0] - bound
+            pings = len(watch.pings())
+            watch.monitor.stop()
+        return watch, beating, pings
+
+    watch, beating, pings = asyncio.run(scenario())
+    assert beating <= 1.0 and pings == 1, (beating, pings, watch.events)
+    assert watch.died == []
+
+
+def test_in_one_pool_a_router_heart_keeps_the_pools_socket_and_a_rep_heart_gets_dealers() -> None:
+    async def scenario() -> None:
+        pool = HeartbeatPool()
+        with heart("REP") as rep, heart("ROUTER") as router, closing(pool):
+            watches = [
+                watched(rep, pool, time_to_dead=1.0, first_beat=3.0),
+                # A second watcher of the same REP heart, over two paths: it joins a url already
+                # known to refuse the ROUTER, and gets its DEALERs at once.
+                watched(rep, pool, time_to_dead=1.0, first_beat=3.0, paths=2),
+                watched(router, pool, time_to_dead=1.0, first_beat=3.0),
+            ]
+            watches[0].start()
+            assert await watches[0].until(lambda: pool.dealers == 1, timeout=10)
+            for watch in watches[1:]:
+                watch.start()
+            assert await watches[0].until(lambda: all(len(w.beats()) >= 2 for w in watches), 10)
+            assert pool.dealers == 2 and pool.sockets == 1
+            await asyncio.sleep(2.0)
+            assert all(w.died == [] and w.monitor.state is State.BEATING for w in watches)
+            watches[0].monitor.stop()
+            assert pool.dealers == 1
+            before = len(watches[1].beats())
+            assert await watches[1].until(lambda: len(watches[1].beats()) >= before + 2, 10)
+            pool.close()
+            assert pool.sockets == 0 and pool.dealers == 0
+            assert all(w.died == [] for w in watches)
+
+    asyncio.run(scenario())
+
+
+def test_a_rep_heart_restarted_on_its_port_is_beating_again_and_a_router_one_keeps_the_router() -> (
+    None
+):
+    # The replies the old heart owed are lost with it: a DEALER waits for none of them. A ROUTER
+    # heart that answered before its restart stays on the pool's socket (libzmq reconnects it).
+    ports = {kind: free_port() for kind in KINDS}
+
+    async def scenario() -> dict[str, Watch]:
+        pool = HeartbeatPool()
+        urls = {kind: f"tcp://127.0.0.1:{port}" for kind, port in ports.items()}
+        watches = {k: watched(u, pool, time_to_dead=1.5, first_beat=3.0) for k, u in urls.items()}
+        with closing(pool):
+            with contextlib.ExitStack() as hearts:
+                for kind, url in urls.items():
+                    hearts.enter_context(heart(kind, url=url))
+                for watch in watches.values():
+                    watch.start()
+                w = watches["REP"]
+                assert await w.until(lambda: all(len(x.beats()) >= 2 for x in watches.values()), 10)
+            restarted = time.monotonic()
+            with contextlib.ExitStack() as hearts:
+                for kind, url in urls.items():
+                    hearts.enter_context(heart(kind, url=url))
+                assert await w.until(
+                    lambda: all(x.beats(since=restarted) for x in watches.values()), timeout=10
+                )
+                await asyncio.sleep(2.0)
+                assert pool.dealers == 1
+        return watches
+
+    watches = asyncio.run(scenario())
+    assert all(w.died == [] for w in watches.values()), {k: w.events for k, w in watches.items()}
+
+
+@pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_the_probe_pings_a_rep_and_a_router_heart(kind: str, curve: bool) -> None:
+    with heart(kind, curve) as url:
+        key = KEYS[0] if curve else None
+        assert all(ping(url, timeout=5.0, curve_serverkey=key) is not None for _ in range(3))
+
+
+class _Channel(HBChannel):
+    time_to_dead = 1.0
+    first_beat = 3.0
+
+    def __init__(self, address: str) -> None:
+        super().__init__(None, None, address)
+        self.deaths: list[float] = []
+
+    def call_handlers(self, since_last_heartbeat: float) -> None:
+        self.deaths.append(since_last_heartbeat)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_hbchannel_watches_a_rep_and_a_router_heart(kind: str) -> None:
+    with heart(kind) as url:
+        channel = _Channel(url)
+        channel.start()
+        try:
+            assert wait_for(channel.is_beating, BEATING_WITHIN + 1.0)
+            time.sleep(3.0)
+            assert channel.is_beating() and channel.deaths == []
+        finally:
+            channel.stop()
+
+
+# -- the kernel spec's provisioner, with a stand-in kernel of each kind and with IRkernel --------
+
+STANDIN = textwrap.dedent(
+    """
+    import json, sys, zmq
+    info = json.load(open(sys.argv[1]))
+    socket = zmq.Context().socket(getattr(zmq, sys.argv[2]))
+    socket.bind(f"tcp://{info['ip']}:{info['hb_port']}")
+    while True:
+        socket.send_multipart(socket.recv_multipart())
+    """
+)
+
+
+def install_spec(
+    data: Path, name: str, argv: list[str], time_to_dead: float, first_beat: float
+) -> None:
+    """A kernel spec named ``name`` under ``data`` that runs ``argv``, watched by its
+    provisioner (the shared pool, as the provisioner's default)."""
+    spec = {
+        "argv": argv,
+        "display_name": name,
+        "language": "python",
+        "metadata": {
+            "kernel_provisioner": {
+                "provisioner_name": "heartbeat-provisioner",
+                "config": {"time_to_dead": time_to_dead, "first_beat": first_beat},
+            }
+        },
+    }
+    folder = data / "kernels" / name
+    folder.mkdir(parents=True)
+    (folder / "kernel.json").write_text(json.dumps(spec))
+
+
+async def provisioned_and_idle(
+    name: str, idle: float, pool_too: bool
+) -> tuple[Any, list[Watch], float]:
+    """Start kernel ``name``; once its provisioner's monitor has a reply (60 s at most), leave it
+    idle for ``idle`` seconds, also watched by a pool of the test's own if ``pool_too``.
+    Returns the provisioner, that pool's watch, and how long the first reply took."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    from heartbeat.connection import hb_url
+
+    km = AsyncKernelManager(kernel_name=name)
+    pool = HeartbeatPool()
+    await km.start_kernel()
+    started = time.monotonic()
+    try:
+        provisioner = km.provisioner
+        monitor = provisioner._monitor  # type: ignore[union-attr]
+        assert monitor is not None
+        end = started + 60
+        while monitor.stats.count == 0 and provisioner.last_death is None:  # type: ignore[union-attr]
+            assert time.monotonic() < end, "the provisioner's monitor never had a reply"
+            await asyncio.sleep(0.05)
+        first = time.monotonic() - started
+        watches: list[Watch] = []
+        if pool_too:
+            url = hb_url(dict(km.get_connection_info()), "the kernel").url
+            watches.append(watched(url, pool, time_to_dead=3.0, first_beat=5.0))
+            watches[0].start()
+        await asyncio.sleep(idle)
+        assert km.provisioner is provisioner and await km.is_alive()
+        for watch in watches:
+            watch.monitor.stop()
+        return provisioner, watches, first
+    finally:
+        pool.close()
+        await km.shutdown_kernel(now=True)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_the_provisioner_watches_a_kernel_whose_heart_is_rep_or_router(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    argv = [sys.executable, "-c", STANDIN, "{connection_file}", kind]
+    install_spec(tmp_path / "data", "standin", argv, time_to_dead=1.0, first_beat=5.0)
+    provisioner, _, first = asyncio.run(provisioned_and_idle("standin", 4.0, pool_too=False))
+    assert provisioner.last_death is None and first <= 5.0, (provisioner.last_death, first)
+
+
+def ir_argv() -> list[str]:
+    """IRkernel's kernel spec's argv (Debian's r-cran-irkernel), installed if it is not."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        return list(KernelSpecManager().get_kernel_spec("ir").argv)
+    except NoSuchKernel:
+        import subprocess
+
+        subprocess.run(["R", "-e", "IRkernel::installspec(user=FALSE)"], check=True, timeout=120)
+        return list(KernelSpecManager().get_kernel_spec("ir").argv)
+
+
+def test_an_idle_irkernel_is_never_dead_to_the_provisioner_or_a_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # IRkernel's heart is a REP socket. Its start (R, then the package) takes a few seconds:
+    # the first_beat covers it; the test judges from the first reply on.
+    argv = ir_argv()
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    install_spec(tmp_path / "data", "ir-heartbeat", argv, time_to_dead=3.0, first_beat=30.0)
+    provisioner, [watch], _ = asyncio.run(provisioned_and_idle("ir-heartbeat", 15.0, True))
+    assert provisioner.last_death is None, provisioner.last_death
+    assert watch.died == [] and len(watch.beats()) >= 8, watch.events
