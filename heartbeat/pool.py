@@ -172,6 +172,10 @@ class HeartbeatPool:
     Members with the same interval share a ping phase, in groups of up to 1,024: from its
     second ping on, a member pings in one burst with its group (docs/scale.md says why).
 
+    A heart that refuses a ROUTER peer (a REP socket, as IRkernel's) is reached by DEALER
+    sockets of its member's own, still judged on the pool's timer: one socket a path for each
+    such member, within zmq's sockets a context (``zmq.MAX_SOCKETS``, 1,023 by default).
+
     Parameters
     ----------
     context:
@@ -238,8 +242,10 @@ class HeartbeatPool:
 
     @property
     def sockets(self) -> int:
-        """How many sockets the pool holds open: 0 while nothing is watched, 1, or 2 when
-        CURVE and plain members are watched together."""
+        """How many ROUTER sockets the pool holds open: 0 while nothing is watched, 1, or 2 when
+        CURVE and plain members are watched together. Each has a PAIR socket that its
+        socket monitor tells of disconnections; members whose heart refuses a ROUTER have
+        DEALERs of their own besides (``dealers``)."""
         return len(self._channels)
 
     @property

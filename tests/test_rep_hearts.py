@@ -12,7 +12,7 @@ import json
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,15 @@ BEATING_WITHIN = 1.5
 def heart(kind: str, curve: bool = False, url: str = "tcp://127.0.0.1:0") -> Iterator[str]:
     with echo_heart(KINDS[kind], curve_secretkey=KEYS[1] if curve else None, url=url) as bound:
         yield bound
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 @contextlib.contextmanager
@@ -322,3 +331,34 @@ def test_an_idle_irkernel_is_never_dead_to_the_provisioner_or_a_pool(
     provisioner, [watch], _ = asyncio.run(provisioned_and_idle("ir-heartbeat", 15.0, True))
     assert provisioner.last_death is None, provisioner.last_death
     assert watch.died == [] and len(watch.beats()) >= 8, watch.events
+
+
+def test_past_zmqs_sockets_a_context_a_rep_hearts_monitor_stops_with_the_limit_named_not_dead(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Each REP heart costs the pool a socket: with room for the pool's three (its ROUTER, the
+    # PAIR its monitor tells, libzmq's own end of that monitor) and one DEALER, the second REP
+    # heart's monitor finds none.
+    async def scenario(context: zmq.Context[Any]) -> tuple[list[HeartMonitor], list[str]]:
+        pool = HeartbeatPool(context=context)
+        with heart("REP") as a, heart("REP") as b, closing(pool):
+            monitors = [
+                HeartMonitor(u, pool=pool, time_to_dead=1.0, first_beat=3.0) for u in (a, b)
+            ]
+            deaths: list[str] = []
+            monitors[0].start(lambda: deaths.append(a))
+            assert await until(monitors[0].is_beating)
+            monitors[1].start(lambda: deaths.append(b))
+            assert await until(lambda: not monitors[1].running)
+            await asyncio.sleep(2.0)
+            assert monitors[0].is_beating() and pool.dealers == 1
+        return monitors, deaths
+
+    context: zmq.Context[Any] = zmq.Context()
+    context.set(zmq.MAX_SOCKETS, 4)
+    try:
+        monitors, deaths = asyncio.run(scenario(context))
+    finally:
+        context.term()
+    assert deaths == [] and monitors[1].state is State.STOPPED
+    assert "zmq.MAX_SOCKETS" in caplog.text and "not judged dead" in caplog.text, caplog.text
