@@ -498,8 +498,10 @@ class HeartbeatPool:
         for channel in list(self._channels.values()):
             self._drain_channel(channel)
         if self._dealt:
+            # A copy: a reply's callback may stop a member (its DEALERs closed: a read of them
+            # reads nothing).
             for member in list(self._dealt):
-                if member.dealer is not None:  # None: it left from an earlier reply's callback
+                if member.dealer is not None:
                     member.dealer.read()
         return bool(self._channels)
 

@@ -23,7 +23,7 @@ from heartbeat import HeartbeatPool, HeartMonitor, State
 from heartbeat.jupyter import HBChannel
 from heartbeat.probe import ping
 from tests.conftest import free_port, wait_for
-from tests.echo_hearts import echo_heart
+from tests.echo_hearts import announced_socket_type, echo_heart
 from tests.test_monitor import Watch
 
 KINDS = {"REP": zmq.REP, "ROUTER": zmq.ROUTER}
@@ -258,10 +258,11 @@ def install_spec(
 
 async def provisioned_and_idle(
     name: str, idle: float, pool_too: bool
-) -> tuple[Any, list[Watch], float]:
+) -> tuple[Any, list[Watch], float, str]:
     """Start kernel ``name``; once its provisioner's monitor has a reply (60 s at most), leave it
     idle for ``idle`` seconds, also watched by a pool of the test's own if ``pool_too``.
-    Returns the provisioner, that pool's watch, and how long the first reply took."""
+    Returns the provisioner, that pool's watch, how long the first reply took, and the socket
+    type the kernel's heart announces."""
     from jupyter_client.manager import AsyncKernelManager
 
     from heartbeat.connection import hb_url
@@ -279,16 +280,18 @@ async def provisioned_and_idle(
             assert time.monotonic() < end, "the provisioner's monitor never had a reply"
             await asyncio.sleep(0.05)
         first = time.monotonic() - started
+        info = km.get_connection_info()
+        kind = announced_socket_type(str(info["ip"]), int(info["hb_port"]))
         watches: list[Watch] = []
         if pool_too:
-            url = hb_url(dict(km.get_connection_info()), "the kernel").url
+            url = hb_url(dict(info), "the kernel").url
             watches.append(watched(url, pool, time_to_dead=3.0, first_beat=5.0))
             watches[0].start()
         await asyncio.sleep(idle)
         assert km.provisioner is provisioner and await km.is_alive()
         for watch in watches:
             watch.monitor.stop()
-        return provisioner, watches, first
+        return provisioner, watches, first, kind
     finally:
         pool.close()
         await km.shutdown_kernel(now=True)
@@ -302,7 +305,8 @@ def test_the_provisioner_watches_a_kernel_whose_heart_is_rep_or_router(
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     argv = [sys.executable, "-c", STANDIN, "{connection_file}", kind]
     install_spec(tmp_path / "data", "standin", argv, time_to_dead=1.0, first_beat=5.0)
-    provisioner, _, first = asyncio.run(provisioned_and_idle("standin", 4.0, pool_too=False))
+    provisioner, _, first, announced = asyncio.run(provisioned_and_idle("standin", 4.0, False))
+    assert announced == kind
     assert provisioner.last_death is None and first <= 5.0, (provisioner.last_death, first)
 
 
@@ -328,7 +332,8 @@ def test_an_idle_irkernel_is_never_dead_to_the_provisioner_or_a_pool(
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     install_spec(tmp_path / "data", "ir-heartbeat", argv, time_to_dead=3.0, first_beat=30.0)
-    provisioner, [watch], _ = asyncio.run(provisioned_and_idle("ir-heartbeat", 15.0, True))
+    provisioner, [watch], _, kind = asyncio.run(provisioned_and_idle("ir-heartbeat", 15.0, True))
+    assert kind == "REP"  # what makes this test one of a REP heart
     assert provisioner.last_death is None, provisioner.last_death
     assert watch.died == [] and len(watch.beats()) >= 8, watch.events
 
@@ -362,3 +367,32 @@ def test_past_zmqs_sockets_a_context_a_rep_hearts_monitor_stops_with_the_limit_n
         context.term()
     assert deaths == [] and monitors[1].state is State.STOPPED
     assert "zmq.MAX_SOCKETS" in caplog.text and "not judged dead" in caplog.text, caplog.text
+
+
+def test_xeus_pythons_heart_is_a_router_and_keeps_the_pools_one_socket() -> None:
+    # xeus-zmq binds its heart as a ROUTER (its REP is an inproc socket for the stop message).
+    from jupyter_client.manager import AsyncKernelManager
+
+    from heartbeat.connection import hb_url
+
+    async def scenario() -> tuple[str, Watch, int]:
+        km = AsyncKernelManager(kernel_name="xpython")
+        pool = HeartbeatPool()
+        await km.start_kernel()
+        try:
+            info = km.get_connection_info()
+            url = hb_url(dict(info), "the kernel").url
+            assert await until(lambda: ping(url, timeout=0.5) is not None, timeout=60)
+            kind = announced_socket_type(str(info["ip"]), int(info["hb_port"]))
+            watch = watched(url, pool, time_to_dead=1.0, first_beat=3.0)
+            watch.start()
+            assert await until(lambda: len(watch.beats()) >= 4)
+            dealers = pool.dealers
+            watch.monitor.stop()
+            return kind, watch, dealers
+        finally:
+            pool.close()
+            await km.shutdown_kernel(now=True)
+
+    kind, watch, dealers = asyncio.run(scenario())
+    assert kind == "ROUTER" and dealers == 0 and watch.died == []
