@@ -323,19 +323,39 @@ def ir_argv() -> list[str]:
         return list(KernelSpecManager().get_kernel_spec("ir").argv)
 
 
-def test_an_idle_irkernel_is_never_dead_to_the_provisioner_or_a_pool(
+def test_an_idle_irkernel_is_never_dead_to_the_provisioner_a_pool_or_a_kernel_manager(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # IRkernel's heart is a REP socket. Its start (R, then the package) takes a few seconds:
-    # the first_beat covers it; the test judges from the first reply on.
+    # IRkernel's heart is a REP socket. Two IRkernels idle for the same 15 s, time_to_dead 3:
+    # one launched by the kernel spec's provisioner (the shared pool of the loop) and also
+    # watched by a pool of the test's own; one under HeartbeatKernelManager (the shared pool,
+    # as jupyter_server's extension has it). Their start (R, then the package) takes a few
+    # seconds: the first_beat covers it; the test judges from the first reply on.
+    from heartbeat.jupyter import HeartbeatKernelManager
+
     argv = ir_argv()
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     install_spec(tmp_path / "data", "ir-heartbeat", argv, time_to_dead=3.0, first_beat=30.0)
-    provisioner, [watch], _, kind = asyncio.run(provisioned_and_idle("ir-heartbeat", 15.0, True))
+
+    async def scenario() -> tuple[Any, list[Watch], str, Any, bool]:
+        km = HeartbeatKernelManager(kernel_name="ir", time_to_dead=3.0, first_beat=30.0)
+        await km.start_kernel()
+        try:
+            monitor = km._heart_monitor
+            assert monitor is not None
+            idle = provisioned_and_idle("ir-heartbeat", 15.0, True)
+            provisioner, watches, _, kind = await idle  # the kernel manager's idles meanwhile
+            assert monitor.stats.count > 0, "the kernel manager's monitor never had a reply"
+            return provisioner, watches, kind, km.last_death, await km.is_alive()
+        finally:
+            await km.shutdown_kernel(now=True)
+
+    provisioner, [watch], kind, manager_death, alive = asyncio.run(scenario())
     assert kind == "REP"  # what makes this test one of a REP heart
     assert provisioner.last_death is None, provisioner.last_death
     assert watch.died == [] and len(watch.beats()) >= 8, watch.events
+    assert manager_death is None and alive, manager_death
 
 
 def test_past_zmqs_sockets_a_context_a_rep_hearts_monitor_stops_with_the_limit_named_not_dead(
