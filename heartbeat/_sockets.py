@@ -146,13 +146,24 @@ def watch_disconnections(socket: zmq.Socket[Any]) -> zmq.Socket[Any]:
 
     The pool learns this way that a heart refuses its ROUTER: libzmq ends a connection whose
     peer's socket type it may not talk to (a REP heart) right after the handshake, with no
-    handshake-failure event under the NULL mechanism (libzmq 4.3), and never makes it again.
+    handshake-failure event under the NULL mechanism (libzmq 4.3), and under NULL never makes
+    it again, so that one event must not be lost: the PAIR takes any number of events (libzmq
+    drops an event its monitor's pipe has no room for, and a thousand REP hearts that ended the
+    connection first, each retried every reconnect interval until it is read, fill the 2,000
+    places of the default limits in a fraction of a second).
     """
     address = f"inproc://heartbeat-monitor-{next(_monitors)}"
+    context = socket.context
     try:
-        monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED, address)
+        socket.monitor(address, zmq.EVENT_DISCONNECTED)
+        monitor: zmq.Socket[Any] = context.socket(zmq.PAIR)
     except zmq.ZMQError as exc:
-        raise socket_error(exc, socket.context, "cannot watch the pool's socket") from None
+        with contextlib.suppress(zmq.ZMQError):
+            socket.monitor(None, 0)
+        raise socket_error(exc, context, "cannot watch the pool's socket") from None
+    monitor.linger = 0
+    monitor.rcvhwm = 0  # no limit (taken at connect: an inproc pipe's room is both ends')
+    monitor.connect(address)
     # One read of the empty socket: until a read finds it empty, libzmq signals no new event on
     # its descriptor (edge-triggered), and a loop watching it would never be woken. ``socket``
     # has no connection yet, so no event is lost.
@@ -180,5 +191,5 @@ def stop_watching(socket: zmq.Socket[Any], monitor: zmq.Socket[Any]) -> None:
     """End ``watch_disconnections`` on ``socket`` and close its PAIR socket."""
     # ZMQError: the socket, or its context, is already gone, and so is its monitor.
     with contextlib.suppress(zmq.ZMQError):
-        socket.disable_monitor()
+        socket.monitor(None, 0)
     monitor.close(linger=0)

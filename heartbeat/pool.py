@@ -114,6 +114,7 @@ class _Member:
 
     __slots__ = (
         "answered",
+        "backoff",
         "channel",
         "closed",
         "curve_serverkey",
@@ -123,6 +124,7 @@ class _Member:
         "listener",
         "phase",
         "pool",
+        "retry_at",
         "rids",
         "turn",
         "url",
@@ -147,6 +149,10 @@ class _Member:
         self.phase: float | None = None  # the pool sets it once the member has joined
         self.closed = False
         self.answered = False  # a reply came through the ROUTER: the heart takes a ROUTER
+        # Unanswered by then, the url is connected afresh (HeartbeatPool._retry): half an
+        # interval, so that the ping after it does it, well within time_to_dead of the first.
+        self.backoff = heart.interval / 2
+        self.retry_at = time.monotonic() + self.backoff
         self.last = b""  # the last ping, sent again if the heart turns out to refuse the ROUTER
         # DEALERs of the member's own, once its heart refused the ROUTER (a REP heart).
         self.dealer: SocketTransport | None = None
@@ -339,6 +345,8 @@ class HeartbeatPool:
             dealer.send(payload)
             return
         member.last = payload
+        if not member.answered and time.monotonic() >= member.retry_at:
+            self._retry(member)
         channel = member.channel
         if self._channels.get(channel.curve) is not channel:
             return
@@ -578,6 +586,42 @@ class HeartbeatPool:
                 # The ping that went to the ROUTER was lost: a heart bound late answers it now,
                 # as a lone monitor's DEALER delivers the ping it queued.
                 member.send(member.last)
+
+    def _retry(self, member: _Member) -> None:
+        """Connect ``member``'s url afresh, with new routing ids, if no member of it was ever
+        answered; again after half of time_to_dead, and after twice as long each time.
+
+        libzmq has been seen (a few hearts in a thousand REP hearts watched at once, under
+        load) to drop a connection a REP heart refused with no event on the monitor at all, and
+        never to try again: a fresh connection is refused again, and told. A heart not bound
+        yet costs nothing more than a connect; a slow link gets a longer wait each time.
+        """
+        member.backoff = max(2 * member.backoff, member.heart.time_to_dead / 2)
+        member.retry_at = time.monotonic() + member.backoff
+        channel = member.channel
+        url = channel.urls.get(member.url)
+        if self._channels.get(channel.curve) is not channel or url is None or url.dealers:
+            return
+        if any(other.answered for other in url.members):
+            return
+        with contextlib.suppress(zmq.ZMQError):
+            channel.socket.disconnect(member.url)
+        url.idle.clear()
+        for other in url.members:
+            for i, old in enumerate(other.rids):
+                rid = b"hb" + next(self._ids).to_bytes(8, "big")
+                try:
+                    _sockets.connect(
+                        channel.socket,
+                        other.url,
+                        curve_serverkey=other.curve_serverkey,
+                        routing_id=rid,
+                    )
+                except ValueError:
+                    continue  # it was taken before: not now, for a reason zmq named; retry later
+                self._members.pop(old, None)
+                self._members[rid] = other
+                other.rids[i] = rid
 
     def _use_dealers(self, member: _Member) -> None:
         """Give ``member`` DEALERs of its own (raises as a lone monitor's ``open`` does)."""
