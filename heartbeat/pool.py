@@ -24,8 +24,11 @@ answered is from then on reached by DEALER sockets, one a path for each of its m
 send the REQ envelope as a lone monitor's do (a REP heart answers one ping at a time, in order;
 a DEALER never waits for a reply, so a lost one wedges nothing). The pool reads them before
 judging, and its one timer still judges those members; the ping that went unanswered is sent
-again at once. A DEALER reaches every kind of heart, so a ROUTER heart whose connection ends
-before its first reply (it died starting) is moved too: that costs a socket, never a verdict.
+again at once. libzmq may also drop such a connection with no event (a few hearts in a
+thousand, under load): a url nobody was answered through half an interval on is connected
+afresh, and the refusal is told then. A DEALER reaches every kind of heart, so a ROUTER heart
+whose connection ends before its first reply (it died starting) is moved too: that costs a
+socket, never a verdict.
 
 The pool is a :class:`~heartbeat.transport.TransportFactory`; which member is judged when is
 decided by the pure :class:`~heartbeat._schedule.PoolSchedule`. This module does the socket work.
