@@ -185,3 +185,40 @@ def test_xeus_pythons_heart_is_a_router_and_keeps_the_pools_one_socket() -> None
 
     kind, watch, dealers = asyncio.run(scenario())
     assert kind == "ROUTER" and dealers == 0 and watch.died == []
+
+
+def test_an_idle_irkernel_under_jupyter_server_with_the_extension_is_never_restarted(
+    tmp_path: Path,
+) -> None:
+    # The report: under `jupyter server` with the extension, an idle IRkernel was declared
+    # dead every ~9 s (time_to_dead 3; first_beat 5), restarted, and removed. first_beat 10 here:
+    # room for R's start on a loaded machine; a heart never reached would die 14.5 s in.
+    import urllib.request
+
+    from tests.test_jupyter_server import kernel_pid, serve
+
+    ir_argv()  # the kernel spec is there
+    settings = ["--HeartbeatKernelManager.time_to_dead=3", "--HeartbeatKernelManager.first_beat=10"]
+    with serve(tmp_path, *settings, extension=True) as server:
+        request = urllib.request.Request(
+            f"{server.base}/api/kernels",
+            method="POST",
+            headers={"Authorization": f"token {server.token}"},
+            data=json.dumps({"name": "ir"}).encode(),
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            kid = json.loads(response.read())["id"]
+        started = time.monotonic()
+        end = started + 60
+        while (pid := kernel_pid(kid)) is None:
+            assert time.monotonic() < end, "no IRkernel process"
+            time.sleep(0.1)
+        # No client: the server reports the kernel "starting" until one asks; its heart is
+        # watched from the start all the same.
+        time.sleep(max(15.0, started + 17.0 - time.monotonic()))
+        kernel = server.api("GET", f"/api/kernels/{kid}")
+        log = server.log.read_text()
+        assert kernel_pid(kid) == pid, log  # never restarted
+        assert kernel["execution_state"] in ("starting", "idle"), (kernel, log)
+        assert "is dead" not in log and "died" not in log, log
+        server.delete_kernel(kid)
