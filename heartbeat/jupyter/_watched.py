@@ -20,6 +20,7 @@ from heartbeat._cause import Connection, Death
 from heartbeat._judge import Dead
 from heartbeat.jupyter._death import DeathWatch, Witness
 from heartbeat.jupyter._proc import HeartProbe
+from heartbeat.jupyter._responsive import ResponsiveMixin
 from heartbeat.jupyter.events import emit_death, prepare
 from heartbeat.jupyter.kernel import (
     HeartbeatSettings,
@@ -36,7 +37,7 @@ from heartbeat.monitor import HeartMonitor
 _REAP_TIMEOUT = 5.0
 
 
-class _HeartbeatMixin(HeartbeatSettings):
+class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
     _heart_monitor = Instance(HeartMonitor, allow_none=True)
     _heart_dead = Bool(False)
     _deaths = Integer(0)
@@ -229,8 +230,10 @@ class _HeartbeatMixin(HeartbeatSettings):
         )
         self._heart_monitor = monitor
         monitor.start(self._on_heart_dead)
+        self._start_responsive_watch()
 
     def _stop_heart_monitor(self) -> None:
+        self._stop_responsive_watch()
         if self._heart_monitor is not None:
             self._heart_monitor.stop()
         self._heart_monitor = None

@@ -78,6 +78,26 @@ class HeartbeatSettings(LoggingConfigurable):
         "default registry (jupyter_server's /metrics), with no per-kernel label.",
     )
 
+    unresponsive_after = Float(
+        60.0,
+        allow_none=True,
+        config=True,
+        help="Seconds a kernel whose heart beats may leave a kernel_info_request on its control "
+        "channel unanswered before it is reported (once, with what it is doing and, for "
+        "ipykernel, where its threads are; again when it answers). Nothing is done to it. "
+        "None or 0: not asked (docs/busy-forever.md).",
+    )
+
+    @validate("unresponsive_after")
+    def _check_unresponsive_after(self, proposal: Any) -> float | None:
+        value = proposal["value"]
+        if value is None or (value == 0 and not isinstance(value, bool)):
+            return None
+        try:
+            return _validate.number("unresponsive_after", value)
+        except (TypeError, ValueError) as exc:
+            raise TraitError(str(exc)) from None
+
     @validate("time_to_dead", "first_beat", "interval")
     def _check_timing(self, proposal: Any) -> float | None:
         name = proposal["trait"].name

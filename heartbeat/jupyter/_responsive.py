@@ -1,0 +1,361 @@
+"""Whether a kernel whose heart beats still answers: the adapter of ``heartbeat._responsive``.
+
+It asks the kernel ``kernel_info_request`` on its control channel (its own DEALER socket, the
+manager's session key), reads the process's CPU time and its main thread's state in ``/proc``,
+tells the pure :class:`~heartbeat._responsive.Responsiveness` and does what it says: probes, one
+WARNING line when the kernel stops answering (with where its main thread is, from
+:mod:`heartbeat.jupyter._stacks`), an INFO line when it answers again. Nothing is done to the
+kernel.
+
+:class:`ResponsiveMixin` is what the kernel managers add: the stack hook put into the kernel's
+command, the watch started and stopped with the heart monitor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from tornado.ioloop import IOLoop
+
+from heartbeat import _responsive as core
+from heartbeat import _tracebacks
+from heartbeat._cause import stat_state
+from heartbeat._responsive import Answering, AnswersFrom, Probe, Unresponsive
+from heartbeat._tracebacks import Dump, Header
+from heartbeat.jupyter._stacks import StackFile, prepare
+from heartbeat.monitor import Log
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True)
+class Report:
+    """A kernel that stopped answering: what the decision said, its threads' stacks (None, and
+    ``why_no_stack``, where they could not be had) and the stack file's header."""
+
+    kernel_id: str | None
+    event: Unresponsive
+    dump: Dump | None
+    header: Header | None
+    why_no_stack: str | None
+
+    def main_frames(self) -> str | None:
+        """The main thread's innermost frames in a line (the cell's line first)."""
+        if self.dump is None:
+            return None
+        main = self.dump.main(self.header)
+        return None if main is None else _tracebacks.innermost(main)
+
+    def stacks(self) -> str | None:
+        """Every thread's stack, main thread first, as lines."""
+        return None if self.dump is None else _tracebacks.render(self.dump, self.header)
+
+
+def read_process(pid: int) -> tuple[float | None, str | None]:
+    """The process's CPU seconds and its main thread's state letter; None where unreadable."""
+    cpu = state = None
+    with (
+        contextlib.suppress(OSError, ValueError),
+        open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat,
+    ):
+        cpu = core.stat_cpu(stat.read(), _TICKS)
+    with (
+        contextlib.suppress(OSError, ValueError),
+        open(f"/proc/{pid}/task/{pid}/stat", encoding="ascii", errors="replace") as stat,
+    ):
+        state = stat_state(stat.read())
+    return cpu, state
+
+
+def answers_from(content: dict[str, Any], running: bool | None) -> AnswersFrom | None:
+    """Where a kernel's control is answered, from its ``kernel_info_reply`` and whether a cell
+    was running when it came: ipykernel (6 on) has a control thread; any kernel that answers
+    while a cell runs has one too. Others are taken to answer from their main loop."""
+    if running:
+        return "own-thread"
+    if content.get("implementation") == "ipython":
+        return "own-thread"
+    return None
+
+
+class ResponsiveWatch:
+    """The probes of one run of one kernel (made by :class:`ResponsiveMixin`)."""
+
+    def __init__(
+        self,
+        *,
+        kernel_id: str | None,
+        after: float,
+        log: Log,
+        connect: Callable[[], zmq.asyncio.Socket],
+        session: Any,
+        process: subprocess.Popen[Any] | None,
+        stacks: StackFile | None,
+        why_no_stacks: str | None,
+        running: Callable[[], bool | None],
+        known: AnswersFrom | None = None,
+    ) -> None:
+        self.kernel_id = kernel_id
+        self.core = core.Responsiveness(after)
+        self.log = log
+        self._connect = connect
+        self._session = session.clone()
+        self.process = process
+        self.stacks = stacks
+        self._why_no_stacks = why_no_stacks
+        self._why_told = False
+        self.running = running
+        self._known = known
+        self._task: asyncio.Task[None] | None = None
+        self._reporting: asyncio.Future[None] | None = None
+        self._socket: zmq.asyncio.Socket | None = None
+        self._asked: set[str] = set()
+        self.report: Report | None = None  # while unresponsive
+        self.reports: list[Report] = []
+
+    @property
+    def answers_from(self) -> AnswersFrom | None:
+        """What the kernel was found to be."""
+        return self.core.answers_from
+
+    def start(self) -> None:
+        """Begin probing, on the current loop."""
+        loop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
+        self._socket = self._connect()
+        self._task = loop.create_task(self._run())
+
+    def stop(self) -> None:
+        """Stop probing (nothing is logged after this); the crash's frame, if the kernel
+        wrote one, is logged."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        socket, self._socket = self._socket, None
+        if socket is not None:
+            socket.close(linger=0)
+        if self.stacks is not None:
+            crash = self.stacks.crash()
+            if crash is not None:
+                self._log_crash(crash)
+
+    def _log_crash(self, dump: Dump) -> None:
+        header = self.stacks.header() if self.stacks is not None else None
+        crashed = next((t for t in dump.threads if t.current), None)
+        where = "no Python frame" if crashed is None else _tracebacks.innermost(crashed)
+        self.log.warning(
+            "Kernel %s: Fatal Python error: %s at %s\n%s",
+            self.kernel_id,
+            dump.fatal,
+            where,
+            _tracebacks.render(dump, header),
+            extra={"kernel_id": self.kernel_id},
+        )
+
+    def _send_probe(self) -> None:
+        if self._socket is None:
+            return
+        msg = self._session.msg("kernel_info_request")
+        self._asked.add(msg["header"]["msg_id"])
+        if len(self._asked) > 64:
+            self._asked.pop()
+        with contextlib.suppress(zmq.ZMQError):
+            self._socket.send_multipart(self._session.serialize(msg))
+
+    def _read(self, frames: list[bytes]) -> dict[str, Any] | None:
+        # The content of a reply to one of our probes (signed with the kernel's key), or None.
+        try:
+            _, parts = self._session.feed_identities(frames, copy=True)
+            msg = self._session.deserialize(parts, content=True, copy=True)
+        except Exception:
+            return None
+        parent = msg.get("parent_header", {}).get("msg_id")
+        if parent not in self._asked:
+            return None
+        self._asked.discard(parent)
+        content = msg.get("content")
+        return content if isinstance(content, dict) else {}
+
+    async def _run(self) -> None:
+        socket = self._socket
+        assert socket is not None
+        self._do(self.core.start(time.monotonic(), self._known))
+        receive: asyncio.Future[list[bytes]] = socket.recv_multipart()  # type: ignore[assignment]
+        try:
+            while True:
+                delay = max(0.0, self.core.wake_at - time.monotonic())
+                await asyncio.wait([receive], timeout=delay)
+                if not receive.done() and int(socket.get(zmq.EVENTS)) & zmq.POLLIN:
+                    # A reply waits unread: read it before judging.
+                    await asyncio.wait([receive], timeout=0.5)
+                if receive.done():
+                    frames = receive.result()
+                    receive = socket.recv_multipart()  # type: ignore[assignment]
+                    content = self._read(frames)
+                    if content is not None:
+                        found = answers_from(content, self.running())
+                        self._do(self.core.answered(time.monotonic(), found))
+                    continue
+                cpu, state = read_process(self.process.pid) if self.process else (None, None)
+                self._do(self.core.tick(time.monotonic(), cpu, state, running=self.running()))
+        finally:
+            receive.cancel()
+
+    def _do(self, events: list[core.Event]) -> None:
+        for event in events:
+            if isinstance(event, Probe):
+                self._send_probe()
+            elif isinstance(event, Unresponsive):
+                self._reporting = asyncio.ensure_future(self._report(event))
+            elif isinstance(event, Answering):
+                self._answering(event)
+
+    async def _report(self, event: Unresponsive) -> None:
+        dump = None
+        why = self._why_no_stacks
+        if self.stacks is not None:
+            dump = await self.stacks.take(self.process)
+            why = None if dump is not None else self.stacks.why_not
+        if self.core.reported is not event or self._task is None:
+            return  # it answered, or the watch stopped, while its stacks were taken
+        header = None if self.stacks is None else self.stacks.header()
+        report = self.report = Report(self.kernel_id, event, dump, header, why)
+        self.reports.append(report)
+        where = report.main_frames()
+        if where is not None:
+            where = f"; main thread at {where}"
+        elif why is not None and not self._why_told:
+            self._why_told = True  # said once
+            where = f"; its stacks cannot be had: {why}"
+        else:
+            where = ""
+        self.log.warning(
+            "Kernel %s has not answered on its control channel for %.1f s though its heart "
+            "beats: %s%s. Nothing is done to it (see docs/busy-forever.md)",
+            self.kernel_id,
+            event.silent_for,
+            event.describe(),
+            where,
+            extra={"kernel_id": self.kernel_id, "heartbeat_unresponsive": report},
+        )
+        stacks = report.stacks()
+        if stacks:
+            self.log.info(
+                "Kernel %s: its threads' stacks:\n%s",
+                self.kernel_id,
+                stacks,
+                extra={"kernel_id": self.kernel_id, "heartbeat_unresponsive": report},
+            )
+
+    def _answering(self, event: Answering) -> None:
+        report, self.report = self.report, None
+        if report is None:
+            return  # its report was not written yet (stacks being taken): nothing to take back
+        self.log.info(
+            "Kernel %s answers again, after %.1f s without answering",
+            self.kernel_id,
+            event.silent_for,
+            extra={"kernel_id": self.kernel_id, "heartbeat_answering": event},
+        )
+
+
+def connector(manager: Any) -> Callable[[], zmq.asyncio.Socket]:
+    """Makes a DEALER connected to ``manager``'s kernel's control channel, as jupyter_client's
+    own (its CURVE keys too), in an asyncio view of the manager's context."""
+
+    def connect() -> zmq.asyncio.Socket:
+        context = zmq.asyncio.Context.shadow(manager.context.underlying)
+        socket = context.socket(zmq.DEALER)
+        socket.linger = 0
+        if getattr(manager, "curve_publickey", None) is not None:
+            socket.curve_secretkey = manager.curve_secretkey
+            socket.curve_publickey = manager.curve_publickey
+            socket.curve_serverkey = manager.curve_publickey
+        socket.connect(manager._make_url("control"))
+        return socket
+
+    return connect
+
+
+class ResponsiveMixin:
+    """What a kernel manager adds (before jupyter_client's classes in its MRO): the stack hook
+    in its kernel's command, and :meth:`_start_responsive_watch` / :meth:`_stop_responsive_watch`
+    called with its heart monitor's start and stop. ``unresponsive_after`` is its setting."""
+
+    _responsive: ResponsiveWatch | None = None
+    _stack_file: StackFile | None = None
+    _why_no_stacks: str | None = None
+    _answers_from: AnswersFrom | None = None
+
+    @property
+    def unresponsive(self) -> Report | None:
+        """The report of the kernel's current episode of not answering; None while it answers
+        (or is not watched)."""
+        watch = self._responsive
+        return None if watch is None else watch.report
+
+    async def _async_pre_start_kernel(self, **kw: Any) -> tuple[list[str], dict[str, Any]]:
+        cmd, kw = await super()._async_pre_start_kernel(**kw)  # type: ignore[misc]
+        self._drop_stack_file()
+        self._why_no_stacks = None
+        if self._watches_responses():
+            env = kw.get("env")
+            if isinstance(env, dict):
+                cmd, self._stack_file = prepare(list(cmd), env, self.kernel_id)  # type: ignore[attr-defined]
+            if self._stack_file is None:
+                self._why_no_stacks = (
+                    "its command is not `python -m ipykernel_launcher ...` (the stack hook only "
+                    "enters ipykernel's launcher)"
+                )
+        return cmd, kw
+
+    def _watches_responses(self) -> bool:
+        after = getattr(self, "unresponsive_after", None)
+        return bool(after)
+
+    def _drop_stack_file(self) -> None:
+        stacks, self._stack_file = self._stack_file, None
+        if stacks is not None:
+            stacks.close()
+
+    def _start_responsive_watch(self) -> None:
+        self._stop_responsive_watch()
+        if not self._watches_responses():
+            return
+        local_child = self._local_child()  # type: ignore[attr-defined]
+        why = self._why_no_stacks
+        if local_child is None:
+            why = "its process is no child of this one (only our own kernels are asked)"
+        kernel_manager: Any = self
+
+        def running() -> bool | None:
+            state = getattr(kernel_manager, "execution_state", None)
+            return {"busy": True, "idle": False}.get(state) if isinstance(state, str) else None
+
+        watch = self._responsive = ResponsiveWatch(
+            kernel_id=self.kernel_id,  # type: ignore[attr-defined]
+            after=float(self.unresponsive_after),  # type: ignore[attr-defined]
+            log=self.log,  # type: ignore[attr-defined]
+            connect=connector(self),
+            session=self.session,  # type: ignore[attr-defined]
+            process=local_child,
+            stacks=self._stack_file if local_child is not None else None,
+            why_no_stacks=why,
+            running=running,
+            known=self._answers_from,
+        )
+        watch.start()
+
+    def _stop_responsive_watch(self) -> None:
+        watch, self._responsive = self._responsive, None
+        if watch is not None:
+            self._answers_from = watch.answers_from or self._answers_from
+            watch.stop()
