@@ -1,0 +1,189 @@
+"""A real ipykernel that stops answering is reported, as hung or busy in native code, with where
+its main thread is; one that is only busy (sleeping, a Python loop, a thread pool) never is.
+
+Real kernels, real time, a small ``unresponsive_after``; the long forms behind
+``HEARTBEAT_SLOW=1`` (marked slow: CI runs their short form)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from heartbeat.jupyter import HeartbeatKernelManager
+from tests.conftest import SLOW
+
+AFTER = 3.0
+# A report comes within the bound plus a probe period, a tick and the stack's taking; generous.
+REPORT_WITHIN = AFTER + 30
+
+PAUSE_MAIN = "import ctypes; ctypes.PyDLL(None).pause()"
+PAUSE_THREAD = (
+    "import ctypes, threading\n"
+    "threading.Thread(target=ctypes.PyDLL(None).pause, daemon=True).start()"
+)
+# Catastrophic backtracking: _sre computes, holding the GIL, for longer than any test waits.
+BACKTRACK = "import re\nre.match('(a+)+$', 'a' * 64 + 'b')"
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def lines(self, level: int) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno == level]
+
+
+@asynccontextmanager
+async def kernel(after: float = AFTER, **settings: Any) -> AsyncIterator[tuple[Any, Any, Records]]:
+    """A HeartbeatKernelManager's ipykernel and a client of it, its log recorded."""
+    records = Records()
+    log = logging.getLogger(f"test-unresponsive-{id(records)}")
+    log.setLevel(logging.DEBUG)
+    log.addHandler(records)
+    km = HeartbeatKernelManager(kernel_name="python3", unresponsive_after=after, **settings)
+    km.log = log
+    client = None
+    try:
+        await km.start_kernel()
+        client = km.client()
+        client.start_channels()
+        await client.wait_for_ready(timeout=60)
+        yield km, client, records
+    finally:
+        if client is not None:
+            client.stop_channels()
+        await km.shutdown_kernel(now=True)
+
+
+async def until(condition: Any, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"{what} within {timeout} s"
+        await asyncio.sleep(0.05)
+
+
+def warnings_of(records: Records) -> list[str]:
+    return [line for line in records.lines(logging.WARNING) if "has not answered" in line]
+
+
+def test_a_main_thread_holding_the_gil_in_pause_is_hung_with_its_cell_line_then_answers_after_an_interrupt() -> (
+    None
+):
+    async def scenario() -> tuple[list[str], list[str], Any]:
+        async with kernel() as (km, client, records):
+            client.execute("x = 1\n" + PAUSE_MAIN)
+            await until(lambda: km.unresponsive is not None, REPORT_WITHIN, "reported")
+            report = km.unresponsive
+            # SIGINT ends the pause(): the cell ends with KeyboardInterrupt, the kernel answers.
+            await km.interrupt_kernel()
+            await until(lambda: km.unresponsive is None, 60, "answering again")
+            await until(lambda: records.lines(logging.INFO)[-1:] != [], 10, "a line")
+            return warnings_of(records), records.lines(logging.INFO), report
+
+    warnings, infos, report = asyncio.run(scenario())
+    assert len(warnings) == 1, warnings
+    assert "hung" in warnings[0] and "main thread at" in warnings[0]
+    assert "cell:2 in <module>" in warnings[0], warnings[0]
+    assert report.event.kind == "hung"
+    assert any("answers again" in line for line in infos), infos
+    # Each thread's stack, the main thread first, in the INFO line after it.
+    (stacks,) = [line for line in infos if "stacks" in line]
+    assert "main thread (most recent call first):\n  /tmp/ipykernel_" in stacks
+
+
+def test_a_cell_computing_in_c_with_the_gil_is_busy_in_native_code() -> None:
+    async def scenario() -> tuple[list[str], Any]:
+        async with kernel() as (km, client, records):
+            client.execute(BACKTRACK)
+            await until(lambda: km.unresponsive is not None, REPORT_WITHIN, "reported")
+            return warnings_of(records), km.unresponsive
+
+    warnings, report = asyncio.run(scenario())
+    assert len(warnings) == 1, warnings
+    assert report.event.kind == "native", report.event
+    assert "busy in native code" in warnings[0]
+    assert "re/__init__.py" in warnings[0] and "cell:2 in <module>" in warnings[0], warnings[0]
+
+
+def test_an_idle_kernel_whose_thread_holds_the_gil_forever_is_reported_with_that_thread() -> None:
+    async def scenario() -> tuple[list[str], Any]:
+        async with kernel() as (km, client, records):
+            client.execute(PAUSE_THREAD)
+            await until(lambda: km.unresponsive is not None, REPORT_WITHIN, "reported")
+            return warnings_of(records), km.unresponsive
+
+    warnings, report = asyncio.run(scenario())
+    assert len(warnings) == 1, warnings
+    assert report.event.kind == "hung"
+    stacks = report.stacks()
+    assert stacks is not None and stacks.startswith("main thread")
+    # The thread that holds the GIL is there, in ctypes' call (its Python frame: threading's run).
+    assert "threading.py" in stacks
+
+
+@pytest.mark.slow
+def test_a_kernel_only_busy_is_never_reported() -> None:
+    # Sleeping, a pure-Python loop and a thread pool's sleeps: each answers on control while its
+    # cell runs, for many times the bound. Three kernels at once, so the wait is paid once.
+    seconds = 60 if SLOW else 15
+    cells = [
+        f"import time; time.sleep({seconds})",
+        f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass",
+        "from concurrent.futures import ThreadPoolExecutor\nimport time\n"
+        f"with ThreadPoolExecutor(4) as pool: list(pool.map(time.sleep, [{seconds}] * 4))",
+    ]
+
+    async def one(code: str) -> tuple[list[str], str]:
+        async with kernel() as (km, client, records):
+            msg_id = client.execute(code)
+            reply = await client.get_shell_msg(timeout=seconds + 120)
+            while reply["parent_header"].get("msg_id") != msg_id:
+                reply = await client.get_shell_msg(timeout=seconds + 120)
+            assert km._responsive is not None and km._responsive.core.answers_from == "own-thread"
+            return warnings_of(records), reply["content"]["status"]
+
+    async def scenario() -> list[tuple[list[str], str]]:
+        return list(await asyncio.gather(*(one(code) for code in cells)))
+
+    for (warnings, status), code in zip(asyncio.run(scenario()), cells, strict=True):
+        assert status == "ok", code
+        assert warnings == [], (code, warnings)
+
+
+def test_a_crash_names_the_python_line_it_died_on() -> None:
+    async def scenario() -> list[str]:
+        async with kernel(autorestart=False) as (km, client, records):
+            client.execute("import ctypes\nctypes.string_at(0)")
+            await until(lambda: km.last_death is not None, 60, "the death seen")
+            return records.lines(logging.WARNING)
+
+    warnings = asyncio.run(scenario())
+    (crash,) = [line for line in warnings if "Fatal Python error" in line]
+    assert "Segmentation fault" in crash and "cell:2 in <module>" in crash, crash
+
+
+def test_off_when_unresponsive_after_is_none_or_zero() -> None:
+    assert HeartbeatKernelManager(unresponsive_after=0).unresponsive_after is None
+    assert HeartbeatKernelManager(unresponsive_after=None).unresponsive_after is None
+    assert HeartbeatKernelManager().unresponsive_after == 60
+    with pytest.raises(Exception, match="unresponsive_after"):
+        HeartbeatKernelManager(unresponsive_after=-1)
+
+    async def scenario() -> tuple[list[str], Any]:
+        async with kernel(after=0) as (km, client, records):
+            client.execute(PAUSE_MAIN)
+            await asyncio.sleep(2 * AFTER + 2)
+            assert km._responsive is None
+            return warnings_of(records), km.unresponsive
+
+    assert asyncio.run(scenario()) == ([], None)
