@@ -199,8 +199,8 @@ def test_a_dump_is_read_main_thread_first_cell_line_shown() -> None:
     assert all(f.file != "<frozen runpy>" for f in main.frames)
     line = _tracebacks.innermost(main)
     assert (
-        line
-        == "re/__init__.py:166 in match <- python3.11/mod.py:3 in helper <- python3.11/mod.py:9 in outer <- ... <- cell:4 in <module>"
+        line == "re/__init__.py:166 in match <- python3.11/mod.py:3 in helper "
+        "<- python3.11/mod.py:9 in outer <- ... <- cell:4 in <module>"
     )
     # The dumper's own stack is left out of the others.
     assert [t.ident for t in dump.others(header)] == [0x7F81EFFFF6C0]

@@ -76,9 +76,7 @@ def warnings_of(records: Records) -> list[str]:
     return [line for line in records.lines(logging.WARNING) if "has not answered" in line]
 
 
-def test_a_main_thread_holding_the_gil_in_pause_is_hung_with_its_cell_line_then_answers_after_an_interrupt() -> (
-    None
-):
+def test_a_main_thread_holding_the_gil_in_pause_is_hung_then_answers_after_an_interrupt() -> None:
     async def scenario() -> tuple[list[str], list[str], Any]:
         async with kernel() as (km, client, records):
             client.execute("x = 1\n" + PAUSE_MAIN)
