@@ -30,8 +30,10 @@ import asyncio
 import ctypes
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -114,16 +116,17 @@ class StackFile:
 
     def __init__(self, kernel_id: str | None) -> None:
         # Mode 0700; removed by close(), or when this is collected (the manager made a new one
-        # or is gone), or at exit.
-        self._dir = tempfile.TemporaryDirectory(prefix="heartbeat-stacks-")
-        self.path = Path(self._dir.name) / f"{kernel_id or 'kernel'}.txt"
+        # or is gone), or at exit, quietly (TemporaryDirectory would warn there).
+        directory = tempfile.mkdtemp(prefix="heartbeat-stacks-")
+        self._remove = weakref.finalize(self, shutil.rmtree, directory, True)
+        self.path = Path(directory) / f"{kernel_id or 'kernel'}.txt"
         self.path.touch(mode=0o600)
         self.why_not: str | None = None
         self._crash_read = 0
 
     def close(self) -> None:
         """Remove the file (a kernel still writing to it keeps its open file)."""
-        self._dir.cleanup()
+        self._remove()
 
     def header(self) -> Header | None:
         """What the kernel said of itself, once its hook has run."""
