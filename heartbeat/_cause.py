@@ -22,6 +22,7 @@ Kind = Literal[
     "remote-refused",
     "remote-silent",
     "remote-unreachable",
+    "unresponsive",
     "unknown",
 ]
 
@@ -105,6 +106,9 @@ class Cause:
                 f"was likely frozen, or its host stalled: its heart was silent{silent} though its "
                 "port accepts connections"
             )
+        if self.kind == "unresponsive":
+            # Ended by its manager (kill_unresponsive_after): its heart beat, it did not answer.
+            return f"did not answer{silent} though its heart beat, and was killed for it"
         if self.kind == "remote-unreachable":
             return (
                 f"could not be reached: its heart was silent{silent} and no connection to its "

@@ -25,6 +25,8 @@ The rules (``after`` = ``unresponsive_after``):
   or a kernel not known yet) is silent while a cell runs, rightly: it is judged only while it is
   known to be idle (``running`` False; unknown is not idle), its silence counted from the later
   of the ask and the moment it was first seen idle (a reply may trail the idle status).
+- With ``give_up_after`` (a setting; None: never), a kernel still unresponsive that long (its
+  silence counted as above, never less than ``after``) is given up on, once: :class:`GiveUp`.
 - A tick that comes more than ``stall_after`` after the last means the caller's loop stalled:
   a reply may be waiting unread, so that tick only starts a fresh probe's clock (the time the
   caller could not see is not the kernel's fault, as the Judge forgives its own stalls).
@@ -79,13 +81,22 @@ class Unresponsive:
 
 
 @dataclass(frozen=True)
+class GiveUp:
+    """It has not answered for ``silent_for`` seconds, past ``give_up_after``: end it (asked
+    for by a setting; once an episode, after its :class:`Unresponsive`)."""
+
+    silent_for: float
+    report: Unresponsive
+
+
+@dataclass(frozen=True)
 class Answering:
     """The kernel answers again, after ``silent_for`` seconds of silence."""
 
     silent_for: float
 
 
-Event = Probe | Unresponsive | Answering
+Event = Probe | Unresponsive | GiveUp | Answering
 
 _STATES = {
     "R": "running",
@@ -106,8 +117,18 @@ class Responsiveness:
     """The decision for one run of one kernel (see the module's rules). ``wake_at`` says when
     the caller should call :meth:`tick` next."""
 
-    def __init__(self, unresponsive_after: float, *, busy_share: float = BUSY_SHARE) -> None:
+    def __init__(
+        self,
+        unresponsive_after: float,
+        *,
+        give_up_after: float | None = None,
+        busy_share: float = BUSY_SHARE,
+    ) -> None:
         self.after = _validate.number("unresponsive_after", unresponsive_after)
+        self.give_up_after = None
+        if give_up_after is not None:
+            self.give_up_after = max(self.after, _validate.number("give_up_after", give_up_after))
+        self._given_up = False
         self.busy_share = _validate.number("busy_share", busy_share)
         self.every = probe_every(self.after)
         # Twice the ticking period and a second more: later than this, the caller stalled.
@@ -145,6 +166,7 @@ class Responsiveness:
             self.answers_from = answers_from  # once seen answering from its own thread, it does
         reported, asked = self.reported, self._asked
         self.reported = None
+        self._given_up = False
         self._asked = self._cpu_at_ask = None
         self._next_probe = now + self.every
         if reported is not None and asked is not None:
@@ -190,6 +212,15 @@ class Responsiveness:
             )
             self.reported = Unresponsive(silent, kind, gained, main_state)
             events.append(self.reported)
+        give_up = self.give_up_after
+        if (
+            self.reported is not None
+            and give_up is not None
+            and not self._given_up
+            and self._judged(now) >= give_up
+        ):
+            self._given_up = True
+            events.append(GiveUp(silent, self.reported))
         if self._last_sent is not None and now - self._last_sent >= self.after:
             events.append(Probe())  # sent again; the silence still counts from the first
             self._last_sent = now

@@ -226,3 +226,26 @@ def test_not_a_header_is_none() -> None:
     assert _tracebacks.parse_header("heartbeat-stacks pid=x") is None
     with pytest.raises(TypeError, match="header"):
         _tracebacks.parse_header(None)  # type: ignore[arg-type]
+
+
+def test_given_up_on_once_past_give_up_after_never_before_the_report() -> None:
+    from heartbeat._responsive import GiveUp
+
+    r = Responsiveness(10, give_up_after=25)
+    r.start(0.0, "own-thread")
+    events = run(r, 0.5, 24.5)
+    assert len([e for e in events if isinstance(e, Unresponsive)]) == 1
+    assert not [e for e in events if isinstance(e, GiveUp)]
+    events = run(r, 25.0, 60.0)
+    (give_up,) = [e for e in events if isinstance(e, GiveUp)]
+    assert give_up.silent_for == pytest.approx(25.0, abs=0.5)
+    assert give_up.report is r.reported
+    # A bound below unresponsive_after is unresponsive_after: reported first, then given up.
+    r = Responsiveness(10, give_up_after=1)
+    r.start(0.0, "own-thread")
+    kinds = [type(e).__name__ for e in run(r, 0.5, 12.0) if not isinstance(e, Probe)]
+    assert kinds == ["Unresponsive", "GiveUp"]
+    # Not while a main-loop kernel runs a cell.
+    r = Responsiveness(10, give_up_after=20)
+    r.start(0.0, "main-loop")
+    assert not [e for e in run(r, 0.5, 100.0, running=True) if isinstance(e, GiveUp)]

@@ -185,3 +185,27 @@ def test_off_when_unresponsive_after_is_none_or_zero() -> None:
             return warnings_of(records), km.unresponsive
 
     assert asyncio.run(scenario()) == ([], None)
+
+
+def test_opt_in_a_kernel_unresponsive_too_long_is_killed_and_restarted_its_cause_unresponsive() -> (
+    None
+):
+    async def scenario() -> tuple[Any, list[str], int, int, bool]:
+        async with kernel(kill_unresponsive_after=AFTER + 2) as (km, client, records):
+            first = km.provisioner.pid
+            client.execute(PAUSE_MAIN)
+            await until(lambda: km.last_death is not None, REPORT_WITHIN + 30, "killed")
+            await until(lambda: km.provisioner and km.provisioner.pid != first, 60, "restarted")
+            await asyncio.wait_for(km.ready, 60)
+            alive = await client.is_alive()  # the client of the old kernel: it is dead
+            return km.last_death, records.lines(logging.WARNING), first, km.provisioner.pid, alive
+
+    death, warnings, first, second, alive = asyncio.run(scenario())
+    assert death.cause.kind == "unresponsive", death
+    assert death.cause.silence >= AFTER + 2
+    assert death.restarting and second != first and not alive
+    (line,) = [w for w in warnings if "died" in w]
+    assert "did not answer for" in line and "killed for it; restarting it" in line, line
+    # Reported (with its stack) before it was killed.
+    order = [w for w in warnings if "has not answered" in w or "died" in w]
+    assert "main thread at" in order[0] and "killing it" in order[1] and "died" in order[-1]

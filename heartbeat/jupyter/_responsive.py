@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -28,8 +30,8 @@ from tornado.ioloop import IOLoop
 
 from heartbeat import _responsive as core
 from heartbeat import _tracebacks
-from heartbeat._cause import stat_state
-from heartbeat._responsive import Answering, AnswersFrom, Probe, Unresponsive
+from heartbeat._cause import Cause, Death, stat_state
+from heartbeat._responsive import Answering, AnswersFrom, GiveUp, Probe, Unresponsive
 from heartbeat._tracebacks import Dump, Header
 from heartbeat.jupyter._stacks import StackFile, prepare
 from heartbeat.monitor import Log
@@ -103,9 +105,12 @@ class ResponsiveWatch:
         why_no_stacks: str | None,
         running: Callable[[], bool | None],
         known: AnswersFrom | None = None,
+        give_up_after: float | None = None,
+        on_give_up: Callable[[GiveUp], object] | None = None,
     ) -> None:
         self.kernel_id = kernel_id
-        self.core = core.Responsiveness(after)
+        self.core = core.Responsiveness(after, give_up_after=give_up_after)
+        self._on_give_up = on_give_up
         self.log = log
         self._connect = connect
         self._session = session.clone()
@@ -117,6 +122,7 @@ class ResponsiveWatch:
         self._known = known
         self._task: asyncio.Task[None] | None = None
         self._reporting: asyncio.Future[None] | None = None
+        self._giving_up: asyncio.Future[None] | None = None
         self._socket: zmq.asyncio.Socket | None = None
         self._asked: set[str] = set()
         self.report: Report | None = None  # while unresponsive
@@ -215,8 +221,19 @@ class ResponsiveWatch:
                 self._send_probe()
             elif isinstance(event, Unresponsive):
                 self._reporting = asyncio.ensure_future(self._report(event))
+            elif isinstance(event, GiveUp):
+                self._giving_up = asyncio.ensure_future(self._give_up(event))
             elif isinstance(event, Answering):
                 self._answering(event)
+
+    async def _give_up(self, event: GiveUp) -> None:
+        reporting = self._reporting
+        if reporting is not None:
+            await asyncio.wait([reporting])  # its line and stacks first, then its end
+        if self._task is None or self.core.reported is not event.report:
+            return  # stopped, or it answered meanwhile
+        if self._on_give_up is not None:
+            self._on_give_up(event)
 
     async def _report(self, event: Unresponsive) -> None:
         dump = None
@@ -294,6 +311,7 @@ class ResponsiveMixin:
     _stack_file: StackFile | None = None
     _why_no_stacks: str | None = None
     _answers_from: AnswersFrom | None = None
+    _kill_cause: Cause | None = None  # a kill for not answering, until its death is recorded
 
     @property
     def unresponsive(self) -> Report | None:
@@ -304,6 +322,7 @@ class ResponsiveMixin:
 
     async def _async_pre_start_kernel(self, **kw: Any) -> tuple[list[str], dict[str, Any]]:
         cmd, kw = await super()._async_pre_start_kernel(**kw)  # type: ignore[misc]
+        self._kill_cause = None
         self._drop_stack_file()
         self._why_no_stacks = None
         if self._watches_responses():
@@ -351,8 +370,38 @@ class ResponsiveMixin:
             why_no_stacks=why,
             running=running,
             known=self._answers_from,
+            give_up_after=self.kill_unresponsive_after,  # type: ignore[attr-defined]
+            on_give_up=self._give_up_unresponsive,
         )
         watch.start()
+
+    def _give_up_unresponsive(self, event: GiveUp) -> None:
+        # kill_unresponsive_after: killed (its process group too, through its provisioner) as
+        # a dead heart's process is; its death, seen by its exit or by the restarter, is
+        # recorded with this cause (_unresponsive_death), and restarted as any death.
+        self._kill_cause = Cause(
+            "unresponsive", signal=int(signal.SIGKILL), silence=event.silent_for
+        )
+        self.log.warning(  # type: ignore[attr-defined]
+            "Kernel %s has not answered for %.1f s (kill_unresponsive_after %s s): killing it",
+            self.kernel_id,  # type: ignore[attr-defined]
+            event.silent_for,
+            f"{self.kill_unresponsive_after:g}",  # type: ignore[attr-defined]
+        )
+        IOLoop.current().add_callback(self._kill_and_reap)  # type: ignore[attr-defined]
+
+    def _unresponsive_death(self, death: Death) -> Death:
+        """``death`` with the cause "unresponsive" if it is that of a kill for not answering
+        (a SIGKILL, or a kernel not ours whose cause is not known), as its manager's
+        ``last_death`` too."""
+        cause, self._kill_cause = self._kill_cause, None
+        if cause is None or death.cause.kind not in ("signal", "unknown"):
+            return death
+        if death.cause.kind == "signal" and death.cause.signal != signal.SIGKILL:
+            return death  # it died of something else first (a crash)
+        death = dataclasses.replace(death, cause=cause)
+        self._death_watch.last = death  # type: ignore[attr-defined]
+        return death
 
     def _stop_responsive_watch(self) -> None:
         watch, self._responsive = self._responsive, None

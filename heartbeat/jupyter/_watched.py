@@ -166,13 +166,14 @@ class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
 
     def _record_death(self, silence: float | None, connection: Connection | None = None) -> Death:
         kernel_id = self.kernel_id  # type: ignore[attr-defined]
-        return self._death_watch.record(
+        death = self._death_watch.record(
             kernel_id,
             self._local_child(),
             silence,
             restarting=self._restarts(),
             connection=connection,
         )
+        return self._unresponsive_death(death)
 
     def _start_exit_watch(self) -> None:
         # Its handling waits for the lifecycle lock: a coroutine, on the next turn of the loop.

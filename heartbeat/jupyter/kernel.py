@@ -88,13 +88,24 @@ class HeartbeatSettings(LoggingConfigurable):
         "None or 0: not asked (docs/busy-forever.md).",
     )
 
-    @validate("unresponsive_after")
+    kill_unresponsive_after = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help="Seconds a kernel may go on not answering (counted as unresponsive_after's, and "
+        "never before it is reported) before it is killed, its death's cause 'unresponsive' "
+        "(and restarted, as any death, by a kernel manager with autorestart; a headless run's "
+        "client then ends with DeadKernelError). Default None: never, as a hung kernel may "
+        "still hold work the user wants.",
+    )
+
+    @validate("unresponsive_after", "kill_unresponsive_after")
     def _check_unresponsive_after(self, proposal: Any) -> float | None:
         value = proposal["value"]
         if value is None or (value == 0 and not isinstance(value, bool)):
             return None
         try:
-            return _validate.number("unresponsive_after", value)
+            return _validate.number(proposal["trait"].name, value)
         except (TypeError, ValueError) as exc:
             raise TraitError(str(exc)) from None
 
