@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from heartbeat.jupyter import HeartbeatKernelManager
-from tests.conftest import SLOW
+from tests.conftest import SLOW, gone
 
 AFTER = 3.0
 # A report comes within the bound plus a probe period, a tick and the stack's taking; generous.
@@ -209,3 +211,30 @@ def test_opt_in_a_kernel_unresponsive_too_long_is_killed_and_restarted_its_cause
     # Reported (with its stack) before it was killed.
     order = [w for w in warnings if "has not answered" in w or "died" in w]
     assert "main thread at" in order[0] and "killing it" in order[1] and "died" in order[-1]
+
+
+@pytest.mark.timeout(240)
+def test_a_headless_run_with_the_kernelspec_ends_on_a_hung_kernel_with_its_stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from heartbeat.cli import main as heartbeat_main
+    from tests.test_headless import notebook, pid_cell, run_timed
+
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    argv = ["kernelspec", "--first-beat", "10", "--unresponsive-after", str(AFTER)]
+    assert heartbeat_main([*argv, "--kill-unresponsive-after", str(AFTER + 2)]) == 0
+    nb = notebook(tmp_path / "nb.ipynb", pid_cell(tmp_path), "x = 1\n" + PAUSE_MAIN)
+    started = time.monotonic()
+    code, lines = run_timed(
+        ["jupyter", "execute", "--kernel_name=python3-heartbeat", str(nb)], dict(os.environ), 200
+    )
+    text = "".join(line for _, line in lines)
+    assert code != 0 and "DeadKernelError" in text, text
+    # Ended by the kill, not by a cell timeout (nbclient has none): the bound and some slack.
+    assert time.monotonic() - started < 120, text
+    assert "has not answered on its control channel" in text and "main thread at" in text, text
+    assert "killing it; its threads' stacks:\nmain thread" in text, text
+    assert "cell:2 in <module>" in text, text
+    assert "did not answer for" in text and "killed for it" in text, text
+    assert gone(int((tmp_path / "pid").read_text()))

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -30,10 +28,10 @@ from tornado.ioloop import IOLoop
 
 from heartbeat import _responsive as core
 from heartbeat import _tracebacks
-from heartbeat._cause import Cause, Death, stat_state
+from heartbeat._cause import stat_state
 from heartbeat._responsive import Answering, AnswersFrom, GiveUp, Probe, Unresponsive
 from heartbeat._tracebacks import Dump, Header
-from heartbeat.jupyter._stacks import StackFile, prepare
+from heartbeat.jupyter._stacks import StackFile
 from heartbeat.monitor import Log
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -300,111 +298,3 @@ def connector(manager: Any) -> Callable[[], zmq.asyncio.Socket]:
         return socket
 
     return connect
-
-
-class ResponsiveMixin:
-    """What a kernel manager adds (before jupyter_client's classes in its MRO): the stack hook
-    in its kernel's command, and :meth:`_start_responsive_watch` / :meth:`_stop_responsive_watch`
-    called with its heart monitor's start and stop. ``unresponsive_after`` is its setting."""
-
-    _responsive: ResponsiveWatch | None = None
-    _stack_file: StackFile | None = None
-    _why_no_stacks: str | None = None
-    _answers_from: AnswersFrom | None = None
-    _kill_cause: Cause | None = None  # a kill for not answering, until its death is recorded
-
-    @property
-    def unresponsive(self) -> Report | None:
-        """The report of the kernel's current episode of not answering; None while it answers
-        (or is not watched)."""
-        watch = self._responsive
-        return None if watch is None else watch.report
-
-    async def _async_pre_start_kernel(self, **kw: Any) -> tuple[list[str], dict[str, Any]]:
-        cmd, kw = await super()._async_pre_start_kernel(**kw)  # type: ignore[misc]
-        self._kill_cause = None
-        self._drop_stack_file()
-        self._why_no_stacks = None
-        if self._watches_responses():
-            env = kw.get("env")
-            if isinstance(env, dict):
-                cmd, self._stack_file = prepare(list(cmd), env, self.kernel_id)  # type: ignore[attr-defined]
-            if self._stack_file is None:
-                self._why_no_stacks = (
-                    "its command is not `python -m ipykernel_launcher ...` (the stack hook only "
-                    "enters ipykernel's launcher)"
-                )
-        return cmd, kw
-
-    def _watches_responses(self) -> bool:
-        after = getattr(self, "unresponsive_after", None)
-        return bool(after)
-
-    def _drop_stack_file(self) -> None:
-        stacks, self._stack_file = self._stack_file, None
-        if stacks is not None:
-            stacks.close()
-
-    def _start_responsive_watch(self) -> None:
-        self._stop_responsive_watch()
-        if not self._watches_responses():
-            return
-        local_child = self._local_child()  # type: ignore[attr-defined]
-        why = self._why_no_stacks
-        if local_child is None:
-            why = "its process is no child of this one (only our own kernels are asked)"
-        kernel_manager: Any = self
-
-        def running() -> bool | None:
-            state = getattr(kernel_manager, "execution_state", None)
-            return {"busy": True, "idle": False}.get(state) if isinstance(state, str) else None
-
-        watch = self._responsive = ResponsiveWatch(
-            kernel_id=self.kernel_id,  # type: ignore[attr-defined]
-            after=float(self.unresponsive_after),  # type: ignore[attr-defined]
-            log=self.log,  # type: ignore[attr-defined]
-            connect=connector(self),
-            session=self.session,  # type: ignore[attr-defined]
-            process=local_child,
-            stacks=self._stack_file if local_child is not None else None,
-            why_no_stacks=why,
-            running=running,
-            known=self._answers_from,
-            give_up_after=self.kill_unresponsive_after,  # type: ignore[attr-defined]
-            on_give_up=self._give_up_unresponsive,
-        )
-        watch.start()
-
-    def _give_up_unresponsive(self, event: GiveUp) -> None:
-        # kill_unresponsive_after: killed (its process group too, through its provisioner) as
-        # a dead heart's process is; its death, seen by its exit or by the restarter, is
-        # recorded with this cause (_unresponsive_death), and restarted as any death.
-        self._kill_cause = Cause(
-            "unresponsive", signal=int(signal.SIGKILL), silence=event.silent_for
-        )
-        self.log.warning(  # type: ignore[attr-defined]
-            "Kernel %s has not answered for %.1f s (kill_unresponsive_after %s s): killing it",
-            self.kernel_id,  # type: ignore[attr-defined]
-            event.silent_for,
-            f"{self.kill_unresponsive_after:g}",  # type: ignore[attr-defined]
-        )
-        IOLoop.current().add_callback(self._kill_and_reap)  # type: ignore[attr-defined]
-
-    def _unresponsive_death(self, death: Death) -> Death:
-        """``death`` with the cause "unresponsive" if it is that of a kill for not answering
-        (a SIGKILL, or a kernel not ours whose cause is not known), as its manager's
-        ``last_death`` too."""
-        cause, self._kill_cause = self._kill_cause, None
-        if cause is None or death.cause.kind not in ("signal", "unknown"):
-            return death
-        if death.cause.kind == "signal" and death.cause.signal != signal.SIGKILL:
-            return death  # it died of something else first (a crash)
-        death = dataclasses.replace(death, cause=cause)
-        self._death_watch.last = death  # type: ignore[attr-defined]
-        return death
-
-    def _stop_responsive_watch(self) -> None:
-        watch, self._responsive = self._responsive, None
-        if watch is not None:
-            self._answers_from = watch.answers_from or self._answers_from
-            watch.stop()

@@ -20,7 +20,7 @@ from heartbeat._cause import Connection, Death
 from heartbeat._judge import Dead
 from heartbeat.jupyter._death import DeathWatch, Witness
 from heartbeat.jupyter._proc import HeartProbe
-from heartbeat.jupyter._responsive import ResponsiveMixin
+from heartbeat.jupyter._responsive_owners import ResponsiveMixin
 from heartbeat.jupyter.events import emit_death, prepare
 from heartbeat.jupyter.kernel import (
     HeartbeatSettings,

@@ -23,6 +23,7 @@ from heartbeat._cause import Death
 from heartbeat._judge import Dead
 from heartbeat.connection import hb_url
 from heartbeat.jupyter._death import DeathWatch, Witness
+from heartbeat.jupyter._responsive_owners import ProvisionerResponsive
 from heartbeat.jupyter._watched import _HeartbeatMixin
 from heartbeat.jupyter.kernel import (
     HeartbeatSettings,
@@ -40,7 +41,7 @@ from heartbeat.monitor import HeartMonitor
 _THEN = "its kernel manager will find it dead"
 
 
-class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore[metaclass]
+class HeartbeatProvisioner(ProvisionerResponsive, LocalProvisioner, HeartbeatSettings):  # type: ignore[metaclass]
     """A local kernel provisioner that kills its kernel once the kernel's heart is dead, and
     tells why its kernel died, heart or process, in one line through the app's logger.
 
@@ -87,6 +88,7 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
             log=KernelLog(self.log, self.kernel_id, self._death_fate),
         )
         self._monitor.start(self._on_heart_dead)
+        self._start_responsive_watch()
 
     async def shutdown_requested(self, restart: bool = False) -> None:
         """The kernel is asked to end (a graceful shutdown or restart): from now on it is
@@ -102,15 +104,17 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
         await super().cleanup(restart=restart)
 
     def _stop_watching(self) -> None:
+        self._stop_responsive_watch()
         monitor, self._monitor = self._monitor, None
         if monitor is not None:
             monitor.stop()
         self._death_watch.stop()
 
     def _record(self, silence: float | None) -> Death:
-        return self._death_watch.record(
+        death = self._death_watch.record(
             self.kernel_id, local_child(self), silence, restarting=False
         )
+        return self._unresponsive_death(death)
 
     def _announce(self, death: Death) -> None:
         """Every death this provisioner sees passes here once, after its line (if its level is
@@ -127,6 +131,7 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
             return
         self._stop_watching()  # its heart would only report this death again, later
         death = self._death_watch.record(self.kernel_id, witness.process, None, restarting=False)
+        death = self._unresponsive_death(death)
         log_process_death(self.log, death, _THEN)
         self._announce(death)
 
