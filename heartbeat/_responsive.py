@@ -21,10 +21,13 @@ The rules (``after`` = ``unresponsive_after``):
   at least ``busy_share`` of one core: ``native`` (its main thread computing in a native call that
   holds the GIL: ipykernel's control thread cannot run either); less: ``hung`` (waiting on
   something that never comes); its CPU time not known (not our process): ``silent``.
-- A kernel whose control is answered from its main loop (not from a thread of its own: IRkernel,
-  or a kernel not known yet) is silent while a cell runs, rightly: it is judged only while it is
-  known to be idle (``running`` False; unknown is not idle), its silence counted from the later
-  of the ask and the moment it was first seen idle (a reply may trail the idle status).
+- A kernel whose control is answered from its main loop (not from a thread of its own) is silent
+  while a cell runs, rightly: it is judged only while it is known to be idle (``running``
+  False; unknown is not idle), its silence counted from the later of the ask and the moment it
+  was first seen idle (a reply may trail the idle status).
+- A kernel that has never answered on its control channel (``answers_from`` None) is not judged
+  at all: some never do (IRkernel does not answer ``kernel_info_request`` there), and silence
+  from a kernel that never spoke says nothing.
 - With ``give_up_after`` (a setting; None: never), a kernel still unresponsive that long (its
   silence counted as above, never less than ``after``) is given up on, once: :class:`GiveUp`.
 - A tick that comes more than ``stall_after`` after the last means the caller's loop stalled:
@@ -231,6 +234,8 @@ class Responsiveness:
         assert self._asked is not None
         if self.answers_from == "own-thread":
             return now - self._asked
+        if self.answers_from is None:
+            return 0.0  # it never answered here: its silence says nothing
         # Its control waits for its main loop: silent while a cell runs, rightly.
         if self._idle_since is None:
             return 0.0

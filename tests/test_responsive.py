@@ -114,10 +114,12 @@ def test_a_main_loop_kernel_is_judged_only_while_known_idle() -> None:
     assert report.silent_for > 100  # the whole silence is told
 
 
-def test_a_kernel_not_known_yet_is_taken_to_answer_from_its_main_loop() -> None:
+def test_a_kernel_that_never_answered_on_control_is_never_judged() -> None:
+    # IRkernel does not answer kernel_info_request on control at all, idle or not.
     r = Responsiveness(5)
     r.start(0.0)
     assert not [e for e in run(r, 0.5, 30.0) if isinstance(e, Unresponsive)]
+    assert not [e for e in run(r, 30.5, 90.0, running=False) if isinstance(e, Unresponsive)]
     r.answered(30.2, "own-thread")  # ipykernel said so in its reply
     assert r.answers_from == "own-thread"
     r.answered(31.0, None)  # once known to answer from its own thread, it does

@@ -238,3 +238,34 @@ def test_a_headless_run_with_the_kernelspec_ends_on_a_hung_kernel_with_its_stack
     assert "cell:2 in <module>" in text, text
     assert "did not answer for" in text and "killed for it" in text, text
     assert gone(int((tmp_path / "pid").read_text()))
+
+
+def test_irkernel_which_never_answers_on_control_is_never_reported_even_idle() -> None:
+    from tests.conftest import kernel_spec_or_skip
+
+    kernel_spec_or_skip("ir")
+
+    async def scenario() -> list[str]:
+        records = Records()
+        log = logging.getLogger(f"test-unresponsive-ir-{id(records)}")
+        log.addHandler(records)
+        # R starts slowly on a loaded machine, and its heart is in its main loop: a long grace.
+        km = HeartbeatKernelManager(kernel_name="ir", unresponsive_after=AFTER, first_beat=60.0)
+        km.log = log
+        client = None
+        try:
+            await km.start_kernel()
+            client = km.client()
+            client.start_channels()
+            await client.wait_for_ready(timeout=120)
+            # As jupyter_server keeps it from the kernel's status: idle, all along.
+            km.execution_state = "idle"
+            await asyncio.sleep(4 * AFTER)
+            assert km._responsive is not None and km._responsive.answers_from is None
+            return records.lines(logging.WARNING)
+        finally:
+            if client is not None:
+                client.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    assert asyncio.run(scenario()) == []

@@ -84,7 +84,7 @@ def answers_from(content: dict[str, Any], running: bool | None) -> AnswersFrom |
         return "own-thread"
     if content.get("implementation") == "ipython":
         return "own-thread"
-    return None
+    return "main-loop"
 
 
 class ResponsiveWatch:
