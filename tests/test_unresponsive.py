@@ -210,7 +210,8 @@ def test_opt_in_a_kernel_unresponsive_too_long_is_killed_and_restarted_its_cause
     assert "did not answer for" in line and "killed for it; restarting it" in line, line
     # Reported (with its stack) before it was killed.
     order = [w for w in warnings if "has not answered" in w or "died" in w]
-    assert "main thread at" in order[0] and "killing it" in order[1] and "died" in order[-1]
+    assert "main thread at" in order[0] and "It is killed if it has not answered after" in order[0]
+    assert "killing it" in order[1] and "died" in order[-1]
 
 
 @pytest.mark.timeout(240)
@@ -269,3 +270,40 @@ def test_irkernel_which_never_answers_on_control_is_never_reported_even_idle() -
             await km.shutdown_kernel(now=True)
 
     assert asyncio.run(scenario()) == []
+
+
+SYNC_MANAGER = """
+import asyncio, json, time
+from heartbeat.jupyter import HeartbeatIOLoopKernelManager
+
+async def main():
+    # The sync manager and its restarter run on the loop that is running here.
+    km = HeartbeatIOLoopKernelManager(kernel_name="python3", unresponsive_after=3.0)
+    km.start_kernel()
+    client = km.client()
+    try:
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        client.execute("import ctypes; ctypes.PyDLL(None).pause()")
+        end = time.monotonic() + 60
+        while km.unresponsive is None:
+            assert time.monotonic() < end, "not reported"
+            await asyncio.sleep(0.05)
+        return {"kind": km.unresponsive.event.kind, "main": km.unresponsive.main_frames()}
+    finally:
+        client.stop_channels()
+        km.shutdown_kernel(now=True)
+
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+def test_the_sync_manager_reports_a_hung_kernel_too() -> None:
+    import json
+
+    from tests.conftest import run_python
+
+    result = run_python(SYNC_MANAGER, timeout=120)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert seen == {"kind": "hung", "main": "cell:1 in <module>"}, seen

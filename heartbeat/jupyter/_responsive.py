@@ -189,6 +189,17 @@ class ResponsiveWatch:
         return content if isinstance(content, dict) else {}
 
     async def _run(self) -> None:
+        try:
+            await self._probe_until_stopped()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Never the kernel's fault, and never the owner's problem: said, and no more asked.
+            self.log.exception(
+                "Kernel %s: its control channel can no longer be asked", self.kernel_id
+            )
+
+    async def _probe_until_stopped(self) -> None:
         socket = self._socket
         assert socket is not None
         self._do(self.core.start(time.monotonic(), self._known))
@@ -254,11 +265,12 @@ class ResponsiveWatch:
             where = ""
         self.log.warning(
             "Kernel %s has not answered on its control channel for %.1f s though its heart "
-            "beats: %s%s. Nothing is done to it (see docs/busy-forever.md)",
+            "beats: %s%s. %s (see docs/busy-forever.md)",
             self.kernel_id,
             event.silent_for,
             event.describe(),
             where,
+            self._what_next(),
             extra={"kernel_id": self.kernel_id, "heartbeat_unresponsive": report},
         )
         stacks = report.stacks()
@@ -269,6 +281,12 @@ class ResponsiveWatch:
                 stacks,
                 extra={"kernel_id": self.kernel_id, "heartbeat_unresponsive": report},
             )
+
+    def _what_next(self) -> str:
+        give_up = self.core.give_up_after
+        if give_up is None:
+            return "Nothing is done to it"
+        return f"It is killed if it has not answered after {give_up:g} s (kill_unresponsive_after)"
 
     def _answering(self, event: Answering) -> None:
         report, self.report = self.report, None
