@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from heartbeat.jupyter import HeartbeatKernelManager
+from heartbeat.jupyter import _responsive_shown as shown
 from tests.conftest import SLOW, gone
 
 AFTER = 3.0
@@ -74,23 +75,53 @@ async def until(condition: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+def sample(name: str, labels: dict[str, str] | None = None) -> float | None:
+    """A value on prometheus_client's default registry (what /metrics shows)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels or {})
+
+
 def warnings_of(records: Records) -> list[str]:
     return [line for line in records.lines(logging.WARNING) if "has not answered" in line]
 
 
 def test_a_main_thread_holding_the_gil_in_pause_is_hung_then_answers_after_an_interrupt() -> None:
+    events: list[dict[str, Any]] = []
+    gauges: list[float | None] = []
+
+    async def listen(logger: Any, schema_id: str, data: Any) -> None:
+        events.append(dict(data))
+
     async def scenario() -> tuple[list[str], list[str], Any]:
         async with kernel() as (km, client, records):
+            km.event_logger.register_event_schema(shown.SCHEMA_PATH)
+            km.event_logger.add_listener(schema_id=shown.SCHEMA_ID, listener=listen)
+            episodes = sample("heartbeat_unresponsive_episodes_total", {"kind": "hung"}) or 0
+            gauges.append(sample("heartbeat_kernels_unresponsive"))
             client.execute("x = 1\n" + PAUSE_MAIN)
             await until(lambda: km.unresponsive is not None, REPORT_WITHIN, "reported")
             report = km.unresponsive
+            await until(lambda: len(events) == 1, 10, "the event")
+            gauges.append(sample("heartbeat_kernels_unresponsive"))
+            hung = sample("heartbeat_unresponsive_episodes_total", {"kind": "hung"})
+            assert hung == episodes + 1
             # SIGINT ends the pause(): the cell ends with KeyboardInterrupt, the kernel answers.
             await km.interrupt_kernel()
             await until(lambda: km.unresponsive is None, 60, "answering again")
             await until(lambda: records.lines(logging.INFO)[-1:] != [], 10, "a line")
+            await until(lambda: len(events) == 2, 10, "the second event")
+            gauges.append(sample("heartbeat_kernels_unresponsive"))
             return warnings_of(records), records.lines(logging.INFO), report
 
     warnings, infos, report = asyncio.run(scenario())
+    # On the event bus: when it stopped answering (with its stacks), when it answered again.
+    assert [e["state"] for e in events] == ["unresponsive", "answering"], events
+    assert events[0]["kind"] == "hung" and "cell:2" in events[0]["main_frames"]
+    assert events[0]["stacks"].startswith("main thread")
+    # On /metrics: one more kernel unresponsive while it was, none after.
+    assert gauges[0] is not None, "not on /metrics while no kernel is unresponsive"
+    assert gauges[1] == gauges[0] + 1 and gauges[2] == gauges[0], gauges
     assert len(warnings) == 1, warnings
     assert "hung" in warnings[0] and "main thread at" in warnings[0]
     assert "cell:2 in <module>" in warnings[0], warnings[0]

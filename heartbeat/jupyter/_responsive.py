@@ -105,10 +105,16 @@ class ResponsiveWatch:
         known: AnswersFrom | None = None,
         give_up_after: float | None = None,
         on_give_up: Callable[[GiveUp], object] | None = None,
+        on_report: Callable[[Report], object] | None = None,
+        on_answer: Callable[[Answering], object] | None = None,
+        on_unwatched: Callable[[], object] | None = None,
     ) -> None:
         self.kernel_id = kernel_id
         self.core = core.Responsiveness(after, give_up_after=give_up_after)
         self._on_give_up = on_give_up
+        self._on_report = on_report
+        self._on_answer = on_answer
+        self._on_unwatched = on_unwatched
         self.log = log
         self._connect = connect
         self._session = session.clone()
@@ -146,6 +152,9 @@ class ResponsiveWatch:
         socket, self._socket = self._socket, None
         if socket is not None:
             socket.close(linger=0)
+        if self.report is not None:
+            self.report = None
+            self._tell(self._on_unwatched)
         if self.stacks is not None:
             crash = self.stacks.crash()
             if crash is not None:
@@ -273,6 +282,7 @@ class ResponsiveWatch:
             self._what_next(),
             extra={"kernel_id": self.kernel_id, "heartbeat_unresponsive": report},
         )
+        self._tell(self._on_report, report)
         stacks = report.stacks()
         if stacks:
             self.log.info(
@@ -298,6 +308,16 @@ class ResponsiveWatch:
             event.silent_for,
             extra={"kernel_id": self.kernel_id, "heartbeat_answering": event},
         )
+        self._tell(self._on_answer, event)
+
+    def _tell(self, callback: Callable[..., object] | None, *args: object) -> None:
+        # Whoever shows it (the event bus, the metrics): one that raises is logged, no more.
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:
+            self.log.exception("Kernel %s: %r failed", self.kernel_id, callback)
 
 
 def connector(manager: Any) -> Callable[[], zmq.asyncio.Socket]:

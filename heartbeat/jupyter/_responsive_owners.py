@@ -22,6 +22,7 @@ from tornado.ioloop import IOLoop
 from heartbeat._cause import Cause, Death
 from heartbeat._responsive import AnswersFrom, GiveUp
 from heartbeat.jupyter._responsive import Report, ResponsiveWatch, connector
+from heartbeat.jupyter._responsive_shown import episodes, show_answer, show_report, show_unwatched
 from heartbeat.jupyter._stacks import StackFile, prepare
 from heartbeat.jupyter.kernel import kill_local_child, local_child
 
@@ -82,6 +83,9 @@ class _Responsive:
         self._stop_responsive_watch()
         if not self._watches_responses():
             return
+        metrics = bool(getattr(self, "metrics", False))
+        if metrics:
+            episodes()  # on /metrics from the first kernel watched: 0 unresponsive, 0 episodes
         watch = self._responsive = ResponsiveWatch(
             kernel_id=kernel_id,
             after=float(self.unresponsive_after),  # type: ignore[attr-defined]
@@ -95,6 +99,9 @@ class _Responsive:
             known=self._answers_from,
             give_up_after=self.kill_unresponsive_after,  # type: ignore[attr-defined]
             on_give_up=self._give_up_unresponsive,
+            on_report=lambda report: show_report(self, report, metrics=metrics),
+            on_answer=lambda event: show_answer(self, kernel_id, event, metrics=metrics),
+            on_unwatched=lambda: show_unwatched(metrics=metrics),
         )
         watch.start()
 
