@@ -59,6 +59,25 @@ class Report:
         """Every thread's stack, main thread first, as lines."""
         return None if self.dump is None else _tracebacks.render(self.dump, self.header)
 
+    def notice(self, queued: bool = False) -> str:
+        """What a cell is told (the running one, or with ``queued`` one sent meanwhile): the
+        kernel's state in words, then its threads' stacks."""
+        event = self.event
+        where = self.main_frames()
+        who = "this cell waits behind a kernel that" if queued else "the kernel"
+        said = (
+            f"KernelUnresponsive: {who} has not answered for {event.silent_for:.0f} s though it "
+            f"is alive: {event.describe()}"
+        )
+        if where is not None:
+            said += f"; main thread at {where}"
+        said += (
+            ". Interrupt it, or restart the kernel (see kernel-heartbeat's page 'My kernel is "
+            "busy forever')."
+        )
+        stacks = self.stacks()
+        return f"{said}\n\n{stacks}\n" if stacks else f"{said}\n"
+
 
 def read_process(pid: int) -> tuple[float | None, str | None]:
     """The process's CPU seconds and its main thread's state letter; None where unreadable."""

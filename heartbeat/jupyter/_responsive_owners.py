@@ -10,9 +10,11 @@ through ``_unresponsive_death``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -20,7 +22,7 @@ import zmq.asyncio
 from tornado.ioloop import IOLoop
 
 from heartbeat._cause import Cause, Death
-from heartbeat._responsive import AnswersFrom, GiveUp
+from heartbeat._responsive import Answering, AnswersFrom, GiveUp
 from heartbeat.jupyter._responsive import Report, ResponsiveWatch, connector
 from heartbeat.jupyter._responsive_shown import episodes, show_answer, show_report, show_unwatched
 from heartbeat.jupyter._stacks import StackFile, prepare
@@ -41,6 +43,30 @@ class _Responsive:
     _why_no_stacks: str | None = None
     _answers_from: AnswersFrom | None = None
     _kill_cause: Cause | None = None  # a kill for not answering, until its death is recorded
+
+    _unresponsive_callbacks: list[Callable[[Report | None], object]] | None = None
+
+    def add_unresponsive_callback(self, callback: Callable[[Report | None], object]) -> None:
+        """Call ``callback(report)`` on the loop when the kernel stops answering (its
+        :class:`~heartbeat.jupyter._responsive.Report`), and ``callback(None)`` when it answers
+        again."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        if self._unresponsive_callbacks is None:
+            self._unresponsive_callbacks = []
+        self._unresponsive_callbacks.append(callback)
+
+    def remove_unresponsive_callback(self, callback: Callable[[Report | None], object]) -> None:
+        """Stop calling ``callback``; one never added is ignored."""
+        with contextlib.suppress(ValueError):
+            (self._unresponsive_callbacks or []).remove(callback)
+
+    def _tell_unresponsive(self, report: Report | None) -> None:
+        for callback in [*(self._unresponsive_callbacks or [])]:
+            try:
+                callback(report)
+            except Exception:
+                self.log.exception("unresponsive callback %r failed", callback)  # type: ignore[attr-defined]
 
     @property
     def unresponsive(self) -> Report | None:
@@ -99,11 +125,19 @@ class _Responsive:
             known=self._answers_from,
             give_up_after=self.kill_unresponsive_after,  # type: ignore[attr-defined]
             on_give_up=self._give_up_unresponsive,
-            on_report=lambda report: show_report(self, report, metrics=metrics),
-            on_answer=lambda event: show_answer(self, kernel_id, event, metrics=metrics),
+            on_report=lambda report: self._shown(report, metrics),
+            on_answer=lambda event: self._answered(kernel_id, event, metrics),
             on_unwatched=lambda: show_unwatched(metrics=metrics),
         )
         watch.start()
+
+    def _shown(self, report: Report, metrics: bool) -> None:
+        show_report(self, report, metrics=metrics)
+        self._tell_unresponsive(report)
+
+    def _answered(self, kernel_id: str | None, event: Answering, metrics: bool) -> None:
+        show_answer(self, kernel_id, event, metrics=metrics)
+        self._tell_unresponsive(None)
 
     def _stop_responsive_watch(self) -> None:
         watch, self._responsive = self._responsive, None
