@@ -62,6 +62,8 @@ class Cause:
     silence: float | None = None
     memory_limit: int | None = None
     likely: bool = False
+    # Where a crash happened: the Python frames the kernel's faulthandler wrote, innermost first.
+    where: str | None = None
 
     @property
     def signal_name(self) -> str | None:
@@ -77,6 +79,8 @@ class Cause:
             return f"exited with code {self.exit_code}"
         if self.kind in ("signal", "oom"):
             text = f"was killed by {self.signal_name} ({self.signal})"
+            if self.where is not None:
+                text += f" at {self.where}"
             if self.kind == "oom":
                 limit = "" if self.memory_limit is None else f" (limit {size(self.memory_limit)})"
                 if self.likely:

@@ -163,8 +163,7 @@ class ResponsiveWatch:
         self._task = loop.create_task(self._run())
 
     def stop(self) -> None:
-        """Stop probing (nothing is logged after this); the crash's frame, if the kernel
-        wrote one, is logged."""
+        """Stop probing (nothing is logged after this)."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -174,23 +173,6 @@ class ResponsiveWatch:
         if self.report is not None:
             self.report = None
             self._tell(self._on_unwatched)
-        if self.stacks is not None:
-            crash = self.stacks.crash()
-            if crash is not None:
-                self._log_crash(crash)
-
-    def _log_crash(self, dump: Dump) -> None:
-        header = self.stacks.header() if self.stacks is not None else None
-        crashed = next((t for t in dump.threads if t.current), None)
-        where = "no Python frame" if crashed is None else _tracebacks.innermost(crashed)
-        self.log.warning(
-            "Kernel %s: Fatal Python error: %s at %s\n%s",
-            self.kernel_id,
-            dump.fatal,
-            where,
-            _tracebacks.render(dump, header),
-            extra={"kernel_id": self.kernel_id},
-        )
 
     def _send_probe(self) -> None:
         if self._socket is None:

@@ -21,6 +21,7 @@ import zmq
 import zmq.asyncio
 from tornado.ioloop import IOLoop
 
+from heartbeat import _tracebacks
 from heartbeat._cause import Cause, Death
 from heartbeat._responsive import Answering, AnswersFrom, GiveUp
 from heartbeat.jupyter._responsive import Report, ResponsiveWatch, connector
@@ -167,16 +168,37 @@ class _Responsive:
         raise NotImplementedError
 
     def _unresponsive_death(self, death: Death) -> Death:
-        """``death`` with the cause "unresponsive" if it is that of a kill for not answering (a
-        SIGKILL, or a kernel not ours whose cause is not known), kept as ``last_death`` too."""
+        """``death`` as this part knows it better, kept as ``last_death`` too: the cause
+        "unresponsive" if it is that of a kill for not answering (a SIGKILL, or a kernel not
+        ours whose cause is not known); for a crash (a fatal signal), the Python frames it died
+        in, which the kernel's faulthandler wrote."""
         cause, self._kill_cause = self._kill_cause, None
-        if cause is None or death.cause.kind not in ("signal", "unknown"):
-            return death
         if death.cause.kind == "signal" and death.cause.signal != signal.SIGKILL:
-            return death  # it died of something else first (a crash)
+            cause = self._crash_cause(death.cause)  # it died of something else: a crash
+        elif death.cause.kind not in ("signal", "unknown"):
+            cause = None
+        if cause is None:
+            return death
         death = dataclasses.replace(death, cause=cause)
         self._death_watch.last = death  # type: ignore[attr-defined]
         return death
+
+    def _crash_cause(self, cause: Cause) -> Cause | None:
+        stacks = self._stack_file
+        crash = None if stacks is None else stacks.crash()
+        if stacks is None or crash is None:
+            return None
+        crashed = next((t for t in crash.threads if t.current), None)
+        if crashed is None or not crashed.frames:
+            return None
+        # Every thread's stack, for whoever debugs it; the line itself names the frames.
+        self.log.debug(  # type: ignore[attr-defined]
+            "Kernel %s: Fatal Python error: %s\n%s",
+            getattr(self, "kernel_id", None),
+            crash.fatal,
+            _tracebacks.render(crash, stacks.header()),
+        )
+        return dataclasses.replace(cause, where=_tracebacks.innermost(crashed))
 
 
 class ResponsiveMixin(_Responsive):
