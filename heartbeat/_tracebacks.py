@@ -29,6 +29,8 @@ _THREAD = re.compile(
 )
 _FRAME = re.compile(r'^\s+File "(.*)", line (\d+|\?\?\?) in (.*)$')
 # A cell's code, as ipykernel (``/tmp/ipykernel_<pid>/<hash>.py``) and IPython name it.
+# A kernel's own threads (its heart, its channels, IOPub, history): not the user's.
+_KERNELS_OWN = re.compile(r"/(ipykernel|IPython)/")
 _CELL = re.compile(r"(^|/)ipykernel_\d+/\d+\.py$|^<ipython-input-")
 
 
@@ -184,18 +186,26 @@ def _short(frame: Frame) -> str:
     return f"{'/'.join(frame.file.split('/')[-2:])}:{line} in {frame.function}"
 
 
-def render(dump: Dump, header: Header | None) -> str:
+def render(dump: Dump, header: Header | None, *, brief: bool = False) -> str:
     """The whole dump as lines for a report: the main thread first, each thread innermost
-    call first."""
+    call first. ``brief`` (for a cell): the main thread down to the cell's line, and the other
+    threads but the kernel's own (those in ipykernel's or IPython's code)."""
     lines: list[str] = []
     if dump.fatal:
         lines.append(f"Fatal Python error: {dump.fatal}")
     main = dump.main(header)
-    ordered = ([main] if main is not None else []) + list(dump.others(header))
+    others = list(dump.others(header))
+    if brief:
+        others = [t for t in others if not any(_KERNELS_OWN.search(f.file) for f in t.frames)]
+    ordered = ([main] if main is not None else []) + others
     for thread in ordered:
         name = "main thread" if main is not None and thread is main else f"thread {thread.ident:#x}"
         if thread.current and dump.fatal:
             name += " (crashed)"
+        frames = list(thread.frames)
+        cell = next((i for i, f in enumerate(frames) if f.in_cell), None)
+        if brief and thread is main and cell is not None:
+            frames = frames[: cell + 1]
         lines.append(f"{name} (most recent call first):")
-        lines.extend(f"  {f.file}, line {f.line} in {f.function}" for f in thread.frames)
+        lines.extend(f"  {f.file}, line {f.line} in {f.function}" for f in frames)
     return "\n".join(lines)

@@ -251,3 +251,21 @@ def test_given_up_on_once_past_give_up_after_never_before_the_report() -> None:
     r = Responsiveness(10, give_up_after=20)
     r.start(0.0, "main-loop")
     assert not [e for e in run(r, 0.5, 100.0, running=True) if isinstance(e, GiveUp)]
+
+
+def test_a_brief_dump_is_the_main_thread_down_to_the_cell_and_the_users_threads() -> None:
+    header = _tracebacks.parse_header(DUMP.splitlines()[0])
+    kernels = (
+        "Thread 0x00007f81aaaaa6c0 (most recent call first):\n"
+        '  File "/usr/lib/python3.11/site-packages/ipykernel/heartbeat.py", line 124 in run\n'
+        '  File "/usr/lib/python3.11/threading.py", line 1002 in _bootstrap\n\n'
+    )
+    head, _, rest = DUMP.partition("\n")
+    (dump,) = _tracebacks.parse(f"{head}\n{kernels}{rest}")
+    brief = _tracebacks.render(dump, header, brief=True)
+    assert "interactiveshell.py" not in brief and "cell" not in brief  # the file's path is shown
+    assert brief.splitlines()[4] == "  /tmp/ipykernel_13706/16411275.py, line 4 in <module>"
+    assert "ipykernel/heartbeat.py" not in brief  # the kernel's own thread
+    assert "thread 0x7f81effff6c0" in brief  # a thread of the user's (threading.py alone)
+    full = _tracebacks.render(dump, header)
+    assert "interactiveshell.py" in full and "ipykernel/heartbeat.py" in full

@@ -55,9 +55,12 @@ class Report:
         main = self.dump.main(self.header)
         return None if main is None else _tracebacks.innermost(main)
 
-    def stacks(self) -> str | None:
-        """Every thread's stack, main thread first, as lines."""
-        return None if self.dump is None else _tracebacks.render(self.dump, self.header)
+    def stacks(self, *, brief: bool = False) -> str | None:
+        """Every thread's stack, main thread first, as lines (``brief``: see
+        :func:`heartbeat._tracebacks.render`)."""
+        if self.dump is None:
+            return None
+        return _tracebacks.render(self.dump, self.header, brief=brief)
 
     def notice(self, queued: bool = False) -> str:
         """What a cell is told (the running one, or with ``queued`` one sent meanwhile): the
@@ -75,7 +78,7 @@ class Report:
             ". Interrupt it, or restart the kernel (see kernel-heartbeat's page 'My kernel is "
             "busy forever')."
         )
-        stacks = self.stacks()
+        stacks = self.stacks(brief=True)
         return f"{said}\n\n{stacks}\n" if stacks else f"{said}\n"
 
 
