@@ -19,8 +19,9 @@ The rules (``after`` = ``unresponsive_after``):
   reply comes, :class:`Answering` says for how long it was unresponsive.
 - What it is doing decides the kind: its process gained CPU time over the silence at a rate of
   at least ``busy_share`` of one core: ``native`` (its main thread computing in a native call that
-  holds the GIL: ipykernel's control thread cannot run either); less: ``hung`` (waiting on
-  something that never comes); its CPU time not known (not our process): ``silent``.
+  holds the GIL: ipykernel's control thread cannot run either), measured from its first reading
+  while the ask waited (``needs_process``: a kernel that answers is not read); less: ``hung``
+  (waiting on something that never comes); its CPU time not known (not ours): ``silent``.
 - A kernel whose control is answered from its main loop (not from a thread of its own) is silent
   while a cell runs, rightly: it is judged only while it is known to be idle (``running``
   False; unknown is not idle), its silence counted from the later of the ask and the moment it
@@ -139,7 +140,8 @@ class Responsiveness:
         self.answers_from: AnswersFrom | None = None
         self._last_tick: float | None = None
         self._asked: float | None = None  # the first unanswered ask's time
-        self._cpu_at_ask: float | None = None
+        # The process's CPU seconds, and when they were read, first read while an ask waits.
+        self._cpu_at: tuple[float, float] | None = None
         self._last_sent: float | None = None
         self._next_probe = 0.0
         self._idle_since: float | None = None  # seen idle since (for a main-loop kernel)
@@ -170,7 +172,7 @@ class Responsiveness:
         reported, asked = self.reported, self._asked
         self.reported = None
         self._given_up = False
-        self._asked = self._cpu_at_ask = None
+        self._asked = self._cpu_at = None
         self._next_probe = now + self.every
         if reported is not None and asked is not None:
             return [Answering(now - asked)]
@@ -195,7 +197,7 @@ class Responsiveness:
             self._idle_since = None
         if last is not None and now - last > self.stall_after:
             # Our stall: whatever was asked before it may be answered and unread. Ask afresh.
-            self._asked = self._cpu_at_ask = None
+            self._asked = self._cpu_at = None
             self.reported = None
             return self._probe(now, cpu)
         events: list[Event] = []
@@ -203,13 +205,13 @@ class Responsiveness:
             if now >= self._next_probe:
                 events += self._probe(now, cpu)
             return events
-        if self._cpu_at_ask is None:
-            self._cpu_at_ask = cpu  # what it had when asked was not known: from now on
+        if self._cpu_at is None and cpu is not None:
+            self._cpu_at = (now, cpu)  # not read when asked: counted from now on
         silent = now - self._asked
         if self.reported is None and self._judged(now) >= self.after:
             gained = None
-            if cpu is not None and self._cpu_at_ask is not None and silent > 0:
-                gained = max(0.0, cpu - self._cpu_at_ask) / silent
+            if cpu is not None and self._cpu_at is not None and now > self._cpu_at[0]:
+                gained = max(0.0, cpu - self._cpu_at[1]) / (now - self._cpu_at[0])
             kind: Kind = (
                 "silent" if gained is None else "native" if gained >= self.busy_share else "hung"
             )
@@ -241,9 +243,15 @@ class Responsiveness:
             return 0.0
         return now - max(self._asked, self._idle_since)
 
+    @property
+    def needs_process(self) -> bool:
+        """Whether the next tick needs the process's CPU time and state: only while an ask
+        waits (a kernel that answers costs no read of its process)."""
+        return self._asked is not None
+
     def _probe(self, now: float, cpu: float | None) -> list[Event]:
         self._asked = self._last_sent = now
-        self._cpu_at_ask = cpu
+        self._cpu_at = None if cpu is None else (now, cpu)
         self._next_probe = now + self.every
         return [Probe()]
 

@@ -232,7 +232,9 @@ class ResponsiveWatch:
                         found = answers_from(content, self.running())
                         self._do(self.core.answered(time.monotonic(), found))
                     continue
-                cpu, state = read_process(self.process.pid) if self.process else (None, None)
+                cpu, state = None, None
+                if self.process is not None and self.core.needs_process:
+                    cpu, state = read_process(self.process.pid)
                 self._do(self.core.tick(time.monotonic(), cpu, state, running=self.running()))
         finally:
             receive.cancel()
