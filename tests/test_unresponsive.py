@@ -343,3 +343,21 @@ def test_the_sync_manager_reports_a_hung_kernel_too() -> None:
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.splitlines()[-1])
     assert seen == {"kind": "hung", "main": "cell:1 in <module>"}, seen
+
+
+@pytest.mark.slow
+def test_the_probe_benchmark_runs_and_reports_no_kernel_that_answers(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "probe.json"
+    argv = [sys.executable, "-m", "benchmarks.probe", "--kernels", "20", "--duration", "2"]
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [*argv, "--json", str(out)], cwd=root, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {row["kind"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows["probe"]["answered"] == 20 and rows["probe"]["false_reports"] == 0, rows
+    assert "the probe costs" in done.stdout
