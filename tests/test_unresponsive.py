@@ -7,6 +7,7 @@ Real kernels, real time, a small ``unresponsive_after``; the long forms behind
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import re
@@ -165,8 +166,8 @@ def test_an_idle_kernel_whose_thread_holds_the_gil_forever_is_reported_with_that
 
 @pytest.mark.slow
 def test_a_kernel_only_busy_is_never_reported() -> None:
-    # Sleeping, a pure-Python loop and a thread pool's sleeps: each answers on control while its
-    # cell runs, for many times the bound. Three kernels at once, so the wait is paid once.
+    # Sleeping, a pure-Python loop, a thread pool's sleeps and numpy: each answers on control
+    # while its cell runs, for many times the bound. The kernels at once: the wait paid once.
     seconds = 60 if SLOW else 15
     cells = [
         f"import time; time.sleep({seconds})",
@@ -174,6 +175,12 @@ def test_a_kernel_only_busy_is_never_reported() -> None:
         "from concurrent.futures import ThreadPoolExecutor\nimport time\n"
         f"with ThreadPoolExecutor(4) as pool: list(pool.map(time.sleep, [{seconds}] * 4))",
     ]
+    if importlib.util.find_spec("numpy") is not None:
+        # Native calls that release the GIL (BLAS), back to back.
+        cells.append(
+            "import time, numpy as np\na = np.random.rand(600, 600)\n"
+            f"end = time.monotonic() + {seconds}\nwhile time.monotonic() < end: a @ a"
+        )
 
     async def one(code: str) -> tuple[list[str], str]:
         async with kernel() as (km, client, records):
