@@ -95,8 +95,8 @@ class HeartbeatSettings(LoggingConfigurable):
         help="Seconds a kernel may go on not answering (counted as unresponsive_after's, and "
         "never before it is reported) before it is killed, its death's cause 'unresponsive' "
         "(and restarted, as any death, by a kernel manager with autorestart; a headless run's "
-        "client then ends with DeadKernelError). Default None: never, as a hung kernel may "
-        "still hold work the user wants.",
+        "client then ends with DeadKernelError). Needs unresponsive_after. Default None: "
+        "never, as a hung kernel may still hold work the user wants.",
     )
 
     @validate("unresponsive_after", "kill_unresponsive_after")
