@@ -185,7 +185,8 @@ class ResponsiveWatch:
         if len(self._asked) > 64:
             self._asked.pop()
         with contextlib.suppress(zmq.ZMQError):
-            self._socket.send_multipart(self._session.serialize(msg))
+            # NOBLOCK: sent at once, no future to wait on (a DEALER queues for its peer).
+            self._socket.send_multipart(self._session.serialize(msg), flags=zmq.NOBLOCK)
 
     def _read(self, frames: list[bytes]) -> dict[str, Any] | None:
         # The content of a reply to one of our probes (signed with the kernel's key), or None.
