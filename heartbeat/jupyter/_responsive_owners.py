@@ -23,7 +23,7 @@ from tornado.ioloop import IOLoop
 
 from heartbeat import _tracebacks
 from heartbeat._cause import Cause, Death
-from heartbeat._responsive import Answering, AnswersFrom, GiveUp
+from heartbeat._responsive import Answering, GiveUp
 from heartbeat.jupyter._responsive import Report, ResponsiveWatch, connector
 from heartbeat.jupyter._responsive_shown import episodes, show_answer, show_report, show_unwatched
 from heartbeat.jupyter._stacks import StackFile, prepare
@@ -42,7 +42,6 @@ class _Responsive:
     _responsive: ResponsiveWatch | None = None
     _stack_file: StackFile | None = None
     _why_no_stacks: str | None = None
-    _answers_from: AnswersFrom | None = None
     _kill_cause: Cause | None = None  # a kill for not answering, until its death is recorded
 
     _unresponsive_callbacks: list[Callable[[Report | None], object]] | None = None
@@ -123,7 +122,9 @@ class _Responsive:
             stacks=self._stack_file if process is not None else None,
             why_no_stacks=self._why_no_stacks if process is not None else _NOT_OURS,
             running=running,
-            known=self._answers_from,
+            # Not carried over from the kernel's last run: a kernel is judged only once it has
+            # answered in this one (a restarted kernel slow to come up is not "hung").
+            known=None,
             give_up_after=self.kill_unresponsive_after,  # type: ignore[attr-defined]
             on_give_up=self._give_up_unresponsive,
             on_report=lambda report: self._shown(report, metrics),
@@ -143,7 +144,6 @@ class _Responsive:
     def _stop_responsive_watch(self) -> None:
         watch, self._responsive = self._responsive, None
         if watch is not None:
-            self._answers_from = watch.answers_from or self._answers_from
             watch.stop()
 
     def _give_up_unresponsive(self, event: GiveUp) -> None:
