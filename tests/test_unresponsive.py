@@ -368,3 +368,48 @@ def test_the_probe_benchmark_runs_and_reports_no_kernel_that_answers(tmp_path: P
     rows = {row["kind"]: row for row in json.loads(out.read_text())["rows"]}
     assert rows["probe"]["answered"] == 20 and rows["probe"]["false_reports"] == 0, rows
     assert "the probe costs" in done.stdout
+
+
+def test_a_kernel_the_hook_cannot_enter_is_reported_without_stacks_saying_why_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import sys
+
+    # ipykernel started otherwise than `python -m ipykernel_launcher`: no hook in it.
+    spec = tmp_path / "kernels" / "python3-other"
+    spec.mkdir(parents=True)
+    launch = "from ipykernel.kernelapp import launch_new_instance; launch_new_instance()"
+    argv = [sys.executable, "-c", launch, "-f", "{connection_file}"]
+    kernel_json = {"argv": argv, "display_name": "other", "language": "python"}
+    (spec / "kernel.json").write_text(json.dumps(kernel_json))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+
+    async def scenario() -> list[str]:
+        records = Records()
+        log = logging.getLogger(f"test-unresponsive-other-{id(records)}")
+        log.addHandler(records)
+        km = HeartbeatKernelManager(kernel_name="python3-other", unresponsive_after=AFTER)
+        km.log = log
+        client = None
+        try:
+            await km.start_kernel()
+            client = km.client()
+            client.start_channels()
+            await client.wait_for_ready(timeout=60)
+            for _ in range(2):  # two episodes
+                client.execute(PAUSE_MAIN, stop_on_error=False)
+                await until(lambda: km.unresponsive is not None, REPORT_WITHIN, "reported")
+                await km.interrupt_kernel()
+                await until(lambda: km.unresponsive is None, 60, "answering again")
+            return warnings_of(records)
+        finally:
+            if client is not None:
+                client.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    warnings = asyncio.run(scenario())
+    assert len(warnings) == 2, warnings
+    why = "its stacks cannot be had: its command is not `python -m ipykernel_launcher ...`"
+    assert why in warnings[0] and "hung" in warnings[0], warnings[0]
+    assert "stacks cannot be had" not in warnings[1] and "main thread at" not in warnings[1]
