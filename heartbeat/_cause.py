@@ -22,6 +22,7 @@ Kind = Literal[
     "remote-refused",
     "remote-silent",
     "remote-unreachable",
+    "unresponsive",
     "unknown",
 ]
 
@@ -62,6 +63,8 @@ class Cause:
     memory_limit: int | None = None
     likely: bool = False
     asked: bool = False  # see asked_for
+    # Where a crash happened: the Python frames the kernel's faulthandler wrote, innermost first.
+    where: str | None = None
 
     @property
     def asked_for(self) -> bool:
@@ -86,6 +89,8 @@ class Cause:
             return f"exited with code {self.exit_code}"
         if self.kind in ("signal", "oom"):
             text = f"was killed by {self.signal_name} ({self.signal})"
+            if self.where is not None:
+                text += f" at {self.where}"
             if self.kind == "oom":
                 limit = "" if self.memory_limit is None else f" (limit {size(self.memory_limit)})"
                 if self.likely:
@@ -115,6 +120,9 @@ class Cause:
                 f"was likely frozen, or its host stalled: its heart was silent{silent} though its "
                 "port accepts connections"
             )
+        if self.kind == "unresponsive":
+            # Ended by its manager (kill_unresponsive_after): its heart beat, it did not answer.
+            return f"did not answer{silent} though its heart beat, and was killed for it"
         if self.kind == "remote-unreachable":
             return (
                 f"could not be reached: its heart was silent{silent} and no connection to its "

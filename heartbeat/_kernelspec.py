@@ -22,9 +22,14 @@ _NAME = re.compile(r"[a-zA-Z0-9._-]+")
 
 
 def spec(
-    display_name: str, time_to_dead: float, first_beat: float, interval: float
+    display_name: str,
+    time_to_dead: float,
+    first_beat: float,
+    interval: float,
+    unresponsive: dict[str, float | None] | None = None,
 ) -> dict[str, object]:
-    """The kernel.json of an ipykernel in this Python, watched by the provisioner."""
+    """The kernel.json of an ipykernel in this Python, watched by the provisioner;
+    ``unresponsive``: its ``unresponsive_after`` and ``kill_unresponsive_after``, where given."""
     return {
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": display_name,
@@ -37,6 +42,7 @@ def spec(
                     "time_to_dead": time_to_dead,
                     "first_beat": first_beat,
                     "interval": interval,
+                    **(unresponsive or {}),
                 },
             },
         },
@@ -52,6 +58,8 @@ def install(
     interval: float | None,
     user: bool,
     prefix: str | None,
+    unresponsive_after: float | None = None,
+    kill_unresponsive_after: float | None = None,
 ) -> Path:
     """Install the kernel spec; returns where. ValueError when it cannot be done here."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -71,7 +79,12 @@ def install(
         interval = min(HEADLESS_INTERVAL, time_to_dead / 2)
     Judge(time_to_dead, first_beat, interval)  # the settings' own errors, before installing
     with tempfile.TemporaryDirectory() as tmp:
-        kernel_json = spec(display_name, time_to_dead, first_beat, interval)
+        unresponsive: dict[str, float | None] = {}
+        if unresponsive_after is not None:
+            unresponsive["unresponsive_after"] = unresponsive_after or None  # 0: off
+        if kill_unresponsive_after is not None:
+            unresponsive["kill_unresponsive_after"] = kill_unresponsive_after
+        kernel_json = spec(display_name, time_to_dead, first_beat, interval, unresponsive)
         (Path(tmp) / "kernel.json").write_text(json.dumps(kernel_json, indent=1))
         destination = KernelSpecManager().install_kernel_spec(
             tmp, kernel_name=name, user=user, prefix=prefix

@@ -140,6 +140,22 @@ def _parser() -> _Parser:
         metavar="S",
         help="seconds between pings (default 0.5, at most time_to_dead / 2)",
     )
+    kernelspec.add_argument(
+        "--unresponsive-after",
+        type=_seconds(allow_zero=True),
+        default=None,
+        metavar="S",
+        help="seconds a kernel whose heart beats may leave its control channel unanswered "
+        "before a WARNING line with its stacks (default 60; 0: not asked)",
+    )
+    kernelspec.add_argument(
+        "--kill-unresponsive-after",
+        type=_seconds(),
+        default=None,
+        metavar="S",
+        help="kill a kernel not answering for this long, so that the run ends with "
+        "DeadKernelError and its stacks (default: never)",
+    )
     where = kernelspec.add_mutually_exclusive_group()
     where.add_argument(
         "--user", action="store_true", default=True, help="for this user (the default)"
@@ -297,6 +313,8 @@ def _kernelspec(args: argparse.Namespace) -> int:
             interval=args.interval,
             user=prefix is None,
             prefix=prefix,
+            unresponsive_after=args.unresponsive_after,
+            kill_unresponsive_after=args.kill_unresponsive_after,
         )
     except (ValueError, OSError) as exc:
         return _bad_input("kernelspec", str(exc))

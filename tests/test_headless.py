@@ -153,7 +153,7 @@ def assert_ended_by_the_death(code: int, lines: list[Any], marks: Path, words: s
         (n, t, line) for n, (t, line) in enumerate(lines) if re.search(r"Kernel \S+: ", line)
     ]
     assert re.search(
-        rf"Kernel [0-9a-f-]{{36}}: process {pid} died: it {re.escape(words)}; "
+        rf"Kernel [0-9a-f-]{{36}}: process {pid} died: it {re.escape(words)}(?: at .+)?; "
         "its kernel manager will find it dead$",
         death.rstrip(),
     ), death

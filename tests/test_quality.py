@@ -34,6 +34,7 @@ def test_ruff_is_clean() -> None:
 
 PURE = ["heartbeat._judge", "heartbeat._schedule", "heartbeat._validate", "heartbeat._stats"]
 PURE += ["heartbeat.transport", "heartbeat._cause", "heartbeat._tally", "heartbeat._names"]
+PURE += ["heartbeat._responsive", "heartbeat._tracebacks"]
 
 
 def module_imports(lazy: bool = False) -> dict[str, set[str]]:

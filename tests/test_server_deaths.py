@@ -35,8 +35,10 @@ DEATHS = [
     (
         "import ctypes; ctypes.string_at(0)",
         "signal",
-        "The kernel was killed by SIGSEGV (11). Restarting it.",
-        r"process \d+ died: it was killed by SIGSEGV \(11\); restarting it",
+        # The Python line it crashed on (the stack hook's faulthandler), the cell's last.
+        "The kernel was killed by SIGSEGV (11) at ctypes/__init__.py:",
+        r"process \d+ died: it was killed by SIGSEGV \(11\) at ctypes/__init__\.py:\d+ in "
+        r"string_at <- cell:1 in <module>; restarting it",
     ),
     (
         "import os; os._exit(3)",

@@ -20,6 +20,7 @@ from heartbeat._cause import Connection, Death
 from heartbeat._judge import Dead
 from heartbeat.jupyter._death import DeathWatch, Witness
 from heartbeat.jupyter._proc import HeartProbe
+from heartbeat.jupyter._responsive_owners import ResponsiveMixin
 from heartbeat.jupyter.events import emit_death, prepare
 from heartbeat.jupyter.kernel import (
     HeartbeatSettings,
@@ -36,7 +37,7 @@ from heartbeat.monitor import HeartMonitor
 _REAP_TIMEOUT = 5.0
 
 
-class _HeartbeatMixin(HeartbeatSettings):
+class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
     _heart_monitor = Instance(HeartMonitor, allow_none=True)
     _heart_dead = Bool(False)
     _deaths = Integer(0)
@@ -169,7 +170,7 @@ class _HeartbeatMixin(HeartbeatSettings):
 
     def _record_death(self, silence: float | None, connection: Connection | None = None) -> Death:
         kernel_id = self.kernel_id  # type: ignore[attr-defined]
-        return self._death_watch.record(
+        death = self._death_watch.record(
             kernel_id,
             self._local_child(),
             silence,
@@ -177,6 +178,7 @@ class _HeartbeatMixin(HeartbeatSettings):
             connection=connection,
             answered=self.heart_has_beaten,
         )
+        return self._unresponsive_death(death)
 
     def _start_exit_watch(self) -> None:
         # Its handling waits for the lifecycle lock: a coroutine, on the next turn of the loop.
@@ -235,8 +237,10 @@ class _HeartbeatMixin(HeartbeatSettings):
         )
         self._heart_monitor = monitor
         monitor.start(self._on_heart_dead)
+        self._start_responsive_watch()
 
     def _stop_heart_monitor(self) -> None:
+        self._stop_responsive_watch()
         if self._heart_monitor is not None:
             self._beaten = self.heart_has_beaten  # read by the restart that follows a death
             self._heart_monitor.stop()

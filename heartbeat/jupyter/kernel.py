@@ -78,6 +78,37 @@ class HeartbeatSettings(LoggingConfigurable):
         "default registry (jupyter_server's /metrics), with no per-kernel label.",
     )
 
+    unresponsive_after = Float(
+        60.0,
+        allow_none=True,
+        config=True,
+        help="Seconds a kernel whose heart beats may leave a kernel_info_request on its control "
+        "channel unanswered before it is reported (once, with what it is doing and, for "
+        "ipykernel, where its threads are; again when it answers). Nothing is done to it. "
+        "None or 0: not asked (docs/busy-forever.md).",
+    )
+
+    kill_unresponsive_after = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help="Seconds a kernel may go on not answering (counted as unresponsive_after's, and "
+        "never before it is reported) before it is killed, its death's cause 'unresponsive' "
+        "(and restarted, as any death, by a kernel manager with autorestart; a headless run's "
+        "client then ends with DeadKernelError). Needs unresponsive_after. Default None: "
+        "never, as a hung kernel may still hold work the user wants.",
+    )
+
+    @validate("unresponsive_after", "kill_unresponsive_after")
+    def _check_unresponsive_after(self, proposal: Any) -> float | None:
+        value = proposal["value"]
+        if value is None or (value == 0 and not isinstance(value, bool)):
+            return None
+        try:
+            return _validate.number(proposal["trait"].name, value)
+        except (TypeError, ValueError) as exc:
+            raise TraitError(str(exc)) from None
+
     @validate("time_to_dead", "first_beat", "interval")
     def _check_timing(self, proposal: Any) -> float | None:
         # A pair the monitor would refuse (interval past time_to_dead / 2) is refused here,

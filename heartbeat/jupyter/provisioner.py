@@ -28,6 +28,7 @@ from heartbeat._judge import Dead
 from heartbeat.connection import hb_url
 from heartbeat.jupyter._death import DeathWatch, Witness
 from heartbeat.jupyter._loop_thread import LoopThread
+from heartbeat.jupyter._responsive_owners import ProvisionerResponsive
 from heartbeat.jupyter._watched import _HeartbeatMixin
 from heartbeat.jupyter.kernel import (
     HeartbeatSettings,
@@ -49,7 +50,7 @@ R = TypeVar("R")
 _REAP_TIMEOUT = 5.0
 
 
-class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore[metaclass]
+class HeartbeatProvisioner(ProvisionerResponsive, LocalProvisioner, HeartbeatSettings):  # type: ignore[metaclass]
     """A local kernel provisioner that kills its kernel once the kernel's heart is dead, and
     tells why its kernel died, heart or process, in one line through the app's logger.
 
@@ -126,6 +127,7 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
             log=KernelLog(self.log, self.kernel_id, self._reaped_apart(self._death_fate)),
         )
         self._monitor.start(self._reaped_apart(self._on_heart_dead))
+        self._start_responsive_watch()
 
     def _reaped_apart(self, fn: Callable[P, R]) -> Callable[P, R]:
         # A watch on a thread of its own reads and signals the process while the manager's
@@ -179,15 +181,17 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
         self._unwatch()
 
     def _unwatch(self) -> None:
+        self._stop_responsive_watch()
         monitor, self._monitor = self._monitor, None
         if monitor is not None:
             monitor.stop()
         self._death_watch.stop()
 
     def _record(self, silence: float | None) -> Death:
-        return self._death_watch.record(
+        death = self._death_watch.record(
             self.kernel_id, local_child(self), silence, restarting=False
         )
+        return self._unresponsive_death(death)
 
     def _announce(self, death: Death) -> None:
         """Every death this provisioner sees passes here once, after its line (if its level is
@@ -208,6 +212,7 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
         death = self._death_watch.record(
             self.kernel_id, witness.process, None, restarting=False, answered=answered
         )
+        death = self._unresponsive_death(death)
         log_process_death(self.log, death, _THEN)
         if not death.cause.asked_for:  # exit() in a cell: its line only, no death
             self._announce(death)

@@ -25,6 +25,7 @@ from jupyter_server.services.kernels.connection.base import (
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 
 from heartbeat._cause import Death
+from heartbeat.jupyter._responsive import Report
 from heartbeat.jupyter._watched import _HeartbeatMixin
 
 _V1 = "v1.kernel.websocket.jupyter.org"
@@ -80,6 +81,10 @@ class RunningCell:
         self._pending.clear()
 
 
+def _unresponsive_notice(text: str) -> tuple[str, dict[str, Any]]:
+    return "stream", {"name": "stderr", "text": text}
+
+
 def death_error(death: Death) -> dict[str, Any]:
     """The content of the IOPub ``error`` message that tells a running cell of its death."""
     notice = death.notice()
@@ -100,10 +105,12 @@ class DeathNoticeConnection(ZMQChannelsWebsocketConnection):
         return self._cell
 
     def connect(self) -> Any:
-        """Connect as jupyter_server does; be told of the kernel's deaths."""
+        """Connect as jupyter_server does; be told of the kernel's deaths, and of its not
+        answering."""
         manager = self.kernel_manager
         if isinstance(manager, _HeartbeatMixin) and self._told is None:
             manager.add_death_callback(self._on_death)
+            manager.add_unresponsive_callback(self._on_unresponsive)
             self._told = manager
         return super().connect()
 
@@ -112,15 +119,21 @@ class DeathNoticeConnection(ZMQChannelsWebsocketConnection):
         told, self._told = self._told, None
         if told is not None:
             told.remove_death_callback(self._on_death)
+            told.remove_unresponsive_callback(self._on_unresponsive)
         super().disconnect()  # type: ignore[no-untyped-call]
 
     def handle_incoming_message(self, incoming_msg: Any) -> None:
-        """Note an execute_request from the client, then pass it on as jupyter_server does."""
+        """Note an execute_request from the client, then pass it on as jupyter_server does;
+        one sent to a kernel known not to answer is told so at once."""
+        header = None
         try:
-            self._note_request(incoming_msg)
+            header = self._note_request(incoming_msg)
         except Exception:  # a malformed message: jupyter_server says so, as it handles it
             self.log.debug("could not read a client's message", exc_info=True)
         super().handle_incoming_message(incoming_msg)
+        report = self._told.unresponsive if self._told is not None else None
+        if report is not None and header is not None:
+            self._tell_cell(header, _unresponsive_notice(report.notice(queued=True)))
 
     def handle_outgoing_message(self, stream: Any, outgoing_msg: list[Any]) -> None:
         """Follow the kernel's replies and IOPub status, then pass the message on as
@@ -134,15 +147,21 @@ class DeathNoticeConnection(ZMQChannelsWebsocketConnection):
                 self.log.debug("could not read a kernel's %s message", name, exc_info=True)
         super().handle_outgoing_message(stream, outgoing_msg)
 
-    def _note_request(self, ws_msg: Any) -> None:
+    def _note_request(self, ws_msg: Any) -> dict[str, Any] | None:
+        # The header of an execute_request, noted; None for anything else.
+        header: dict[str, Any] | None = None
         if self.subprotocol == _V1:
             channel, msg_list = deserialize_msg_from_ws_v1(ws_msg)  # type: ignore[no-untyped-call]
             if channel == "shell":
-                self.cell.requested(self.session.unpack(msg_list[0]))
+                header = self.session.unpack(msg_list[0])
         else:
             msg = json.loads(ws_msg)
             if msg.get("channel") == "shell":
-                self.cell.requested(msg.get("header") or {})
+                header = msg.get("header") or {}
+        if header is None:
+            return None
+        self.cell.requested(header)
+        return header if header.get("msg_type") == "execute_request" else None
 
     def _follow(self, channel: str, msg_list: list[Any]) -> None:
         _, parts = self.session.feed_identities(msg_list)
@@ -166,7 +185,18 @@ class DeathNoticeConnection(ZMQChannelsWebsocketConnection):
         self.cell.clear()
         if running is None:
             return  # no cell was running: the restart dialog says all there is to say
-        msg = self.session.msg("error", content=death_error(death), parent=running)
+        self._tell_cell(running, ("error", death_error(death)))
+
+    def _on_unresponsive(self, report: Report | None) -> None:
+        # The cell the kernel is stuck in is told, as a notice on its stderr: not an error,
+        # the cell may still end well (a long native call returns, an interrupt works).
+        running = self.cell.running
+        if report is not None and running is not None:
+            self._tell_cell(running, _unresponsive_notice(report.notice()))
+
+    def _tell_cell(self, parent: dict[str, Any], message: tuple[str, dict[str, Any]]) -> None:
+        msg_type, content = message
+        msg = self.session.msg(msg_type, content=content, parent=parent)
         if self.subprotocol == _V1:
             packed = serialize_msg_to_ws_v1(msg, "iopub", self.session.pack)  # type: ignore[no-untyped-call]
             self.write_message(packed, binary=True)

@@ -1,0 +1,79 @@
+"""A real JupyterLab in headless Chromium: the cell a kernel is stuck in shows that the kernel
+does not answer, and where it is stuck, while it still runs; after an interrupt it ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tests.test_jupyter_server import serve
+from tests.test_jupyterlab import CHROMIUM, browser_or_skip
+
+CELL = "x = 1\nimport ctypes; ctypes.PyDLL(None).pause()"
+
+NOTICE = (
+    "() => [...document.querySelectorAll('.jp-OutputArea-output')]"
+    ".map((e) => e.textContent).find((t) => t.includes('KernelUnresponsive'))"
+)
+# Still running ([*]) when the notice shows; done (a number) after the interrupt.
+PROMPT = "() => document.querySelector('.jp-InputPrompt')?.textContent"
+
+
+@pytest.mark.timeout(240)
+def test_jupyterlab_shows_a_stuck_cell_where_its_kernel_is_stuck(tmp_path: Path) -> None:
+    browser_or_skip()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import sync_playwright
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(CELL)]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    lab = (
+        "--HeartbeatKernelManager.unresponsive_after=3",
+        "--LabApp.news_url=",  # nothing to fetch: this machine has no network
+        "--LabServerApp.extension_manager=readonly",
+    )
+    with (
+        serve(tmp_path, *lab, extension=True, app="jupyterlab") as server,
+        sync_playwright() as pw,
+    ):
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--headless", "--disable-gpu", "--no-first-run"],
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"{server.base}/lab/tree/nb.ipynb?token={server.token}", timeout=90_000)
+            page.wait_for_selector(".jp-Notebook-cell", timeout=90_000)
+            page.wait_for_function(
+                "() => document.querySelector('.jp-Notebook-ExecutionIndicator')"
+                "?.getAttribute('data-status') === 'idle'",
+                timeout=90_000,
+            )
+            for _ in range(3):  # a first click can land before the toolbar acts on it
+                page.click(".jp-Cell .jp-InputArea-editor")
+                page.click("[data-command='notebook:run-cell-and-select-next']")
+                try:
+                    page.wait_for_function(NOTICE, timeout=30_000)
+                    break
+                except PlaywrightTimeout:
+                    continue
+            notice = page.evaluate(NOTICE)
+            prompt_then = page.evaluate(PROMPT)
+            page.screenshot(path=str(tmp_path / "lab.png"))
+            (kernel,) = server.api("GET", "/api/kernels")
+            server.api("POST", f"/api/kernels/{kernel['id']}/interrupt")
+            page.wait_for_function(f"() => !({PROMPT})().includes('*')", timeout=60_000)
+        finally:
+            browser.close()
+    assert notice is not None, "no notice in the cell"
+    assert "KernelUnresponsive: the kernel has not answered for" in notice, notice
+    assert "main thread at cell:2 in <module>" in notice, notice
+    assert "*" in prompt_then, prompt_then  # told while it still ran
