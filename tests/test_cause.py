@@ -19,7 +19,8 @@ from heartbeat._cause import (
     size,
     stat_state,
 )
-from heartbeat.jupyter import _proc
+from heartbeat._evidence import LogRecord, kmsg_record, pids, process_stat
+from heartbeat.jupyter import _kmsg, _proc
 
 # -- fixture text, as the files read ----------------------------------------------------------
 
@@ -143,46 +144,120 @@ def test_a_negative_returncode_is_the_signal_named() -> None:
     assert decide(returncode=-9).describe() == "was killed by SIGKILL (9)"
 
 
-def test_sigkill_with_an_oom_kill_counted_since_the_start_is_the_oom_killer_v2() -> None:
+def test_sigkill_with_an_oom_kill_counted_since_last_seen_alone_is_the_oom_killer_v2() -> None:
     start = memory(2, V2_EVENTS_NONE, V2_MAX)
     now = memory(2, V2_EVENTS, V2_MAX)
-    cause = decide(returncode=-9, memory_at_start=start, memory_now=now)
-    assert cause == Cause("oom", signal=9, memory_limit=2 << 30)
+    cause = decide(returncode=-9, memory_before=start, memory_now=now, shared=False)
+    assert cause == Cause("oom", signal=9, memory_limit=2 << 30, evidence="cgroup")
     assert cause.describe() == (
         "was killed by SIGKILL (9): its memory cgroup recorded an out-of-memory kill "
         "(limit 2.0 GiB)"
     )
 
 
-def test_sigkill_with_an_oom_kill_counted_since_the_start_is_the_oom_killer_v1() -> None:
+def test_sigkill_with_an_oom_kill_counted_since_last_seen_alone_is_the_oom_killer_v1() -> None:
     start = memory(1, V1_OOM_NONE, V1_LIMIT)
     now = memory(1, V1_OOM, V1_LIMIT)
-    cause = decide(returncode=-9, memory_at_start=start, memory_now=now)
+    cause = decide(returncode=-9, memory_before=start, memory_now=now, shared=False)
     assert cause.kind == "oom" and not cause.likely
     assert cause.describe().endswith("an out-of-memory kill (limit 64.0 MiB)")
 
 
-def test_an_oom_kill_counted_before_the_start_is_not_this_death() -> None:
-    before = memory(1, V1_OOM, V1_LIMIT)  # 2 already at the start, 2 now
-    cause = decide(returncode=-9, memory_at_start=before, memory_now=before)
+def test_an_oom_kill_counted_before_it_was_last_seen_is_not_this_death() -> None:
+    # Issue 24's reproduction: kernels A and B share a cgroup; A is OOM-killed (the count is 2
+    # now), B, read since, is then killed by hand. Its count at its start (0) would have
+    # blamed the OOM killer; the one read last while it lived (2) does not.
+    before = memory(1, V1_OOM, V1_LIMIT)  # 2 already when last read, 2 now
+    for shared in (True, False, None):
+        cause = decide(returncode=-9, memory_before=before, memory_now=before, shared=shared)
+        assert cause == Cause("signal", signal=9)
+
+
+def test_an_oom_kill_counted_in_a_cgroup_shared_with_others_is_only_likely() -> None:
+    before, now = memory(1, V1_OOM_NONE, V1_LIMIT), memory(1, V1_OOM, V1_LIMIT)
+    for shared in (True, None):  # others there, or not known whether
+        cause = decide(returncode=-9, memory_before=before, memory_now=now, shared=shared)
+        assert cause == Cause(
+            "oom", signal=9, memory_limit=64 << 20, likely=True, evidence="cgroup-shared"
+        )
+    assert cause.describe() == (
+        "was killed by SIGKILL (9), likely out of memory: its memory cgroup recorded an "
+        "out-of-memory kill (limit 64.0 MiB) just before, but other processes share that cgroup"
+    )
+
+
+def test_an_oom_kill_with_no_count_from_its_life_is_only_likely() -> None:
+    cause = decide(returncode=-9, memory_before=None, memory_now=memory(1, V1_OOM, V1_LIMIT))
+    assert cause.kind == "oom" and cause.likely and cause.evidence == "cgroup-unknown-before"
+    assert "likely out of memory" in cause.describe() and "maybe before" in cause.describe()
+
+
+def test_the_kernel_log_naming_the_process_is_the_oom_killer_whatever_the_counts() -> None:
+    before = memory(1, V1_OOM, V1_LIMIT)
+    for now, shared in ((before, True), (None, None), (memory(1, V1_OOM, V1_LIMIT), False)):
+        cause = decide(
+            returncode=-9,
+            memory_before=before,
+            memory_now=now,
+            shared=shared,
+            pid=4242,
+            oom_victims=[4100, 4242],
+        )
+        assert cause.kind == "oom" and not cause.likely and cause.evidence == "kernel-log"
+    assert cause.describe() == (
+        "was killed by SIGKILL (9), out of memory: the kernel log names it as the out-of-memory "
+        "killer's victim (limit 64.0 MiB)"
+    )
+
+
+def test_the_kernel_log_naming_only_others_is_no_oom_kill_of_this_one() -> None:
+    before, now = memory(1, V1_OOM_NONE, V1_LIMIT), memory(1, V1_OOM, V1_LIMIT)
+    # The count rose, and it was alone there: yet the log names another victim (a process
+    # that joined the cgroup since it was read, say), and the kill of this one was someone's.
+    cause = decide(
+        returncode=-9,
+        memory_before=before,
+        memory_now=now,
+        shared=False,
+        pid=4242,
+        oom_victims={4100},
+    )
+    assert cause == Cause("signal", signal=9)
+    # A process the kernel started, killed by the OOM killer, is not the kernel.
+    cause = decide(
+        returncode=-9,
+        memory_before=before,
+        memory_now=now,
+        shared=False,
+        pid=4242,
+        descendants={4300},
+        oom_victims={4300},
+    )
     assert cause == Cause("signal", signal=9)
 
 
-def test_an_oom_kill_with_no_start_count_is_only_likely() -> None:
-    cause = decide(returncode=-9, memory_at_start=None, memory_now=memory(1, V1_OOM, V1_LIMIT))
-    assert cause.kind == "oom" and cause.likely
-    assert "likely out of memory" in cause.describe() and "maybe before" in cause.describe()
+def test_a_kernel_log_that_names_no_one_leaves_it_to_the_counts() -> None:
+    # Read, but empty since the start: a record not yet written, or lost; the counts decide.
+    before, now = memory(1, V1_OOM_NONE, V1_LIMIT), memory(1, V1_OOM, V1_LIMIT)
+    alone = decide(
+        returncode=-9, memory_before=before, memory_now=now, shared=False, pid=4242, oom_victims=()
+    )
+    assert alone.kind == "oom" and not alone.likely and alone.evidence == "cgroup"
+    shared = decide(
+        returncode=-9, memory_before=before, memory_now=now, shared=True, pid=4242, oom_victims=()
+    )
+    assert shared.kind == "oom" and shared.likely
 
 
 def test_an_oom_count_does_not_explain_another_signal() -> None:
     start, now = memory(2, V2_EVENTS_NONE, V2_MAX), memory(2, V2_EVENTS, V2_MAX)
-    cause = decide(returncode=-11, memory_at_start=start, memory_now=now)
+    cause = decide(returncode=-11, memory_before=start, memory_now=now)
     assert cause == Cause("signal", signal=11)
 
 
 def test_no_limit_is_not_named() -> None:
     start, now = memory(2, V2_EVENTS_NONE, V2_NO_MAX), memory(2, V2_EVENTS, V2_NO_MAX)
-    described = decide(returncode=-9, memory_at_start=start, memory_now=now).describe()
+    described = decide(returncode=-9, memory_before=start, memory_now=now, shared=False).describe()
     assert described == (
         "was killed by SIGKILL (9): its memory cgroup recorded an out-of-memory kill"
     )
@@ -207,6 +282,105 @@ def test_a_running_process_with_a_silent_heart_was_likely_frozen() -> None:
     )
     # Not Linux (no /proc): not exited, heart silent, the same inference.
     assert decide(returncode=None, state=None, silence=3.1).kind == "frozen"
+
+
+# -- behind a wrapper that does not exec (a shell, conda run, uv run) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "number", "name"),
+    [(137, 9, "SIGKILL"), (139, 11, "SIGSEGV"), (134, 6, "SIGABRT"), (143, 15, "SIGTERM")],
+)
+def test_an_exit_code_128_plus_n_is_likely_signal_n(code: int, number: int, name: str) -> None:
+    cause = decide(returncode=code)
+    assert cause == Cause(
+        "signal", exit_code=code, signal=number, likely=True, evidence="exit-code"
+    )
+    assert cause.describe() == (
+        f"exited with code {code}, likely killed by {name} ({number}) behind a wrapper "
+        f"(128 + {number})"
+    )
+
+
+@pytest.mark.parametrize("code", [0, 1, 3, 127, 128, 255, 128 + 32, 128 + 65])
+def test_other_exit_codes_are_exits(code: int) -> None:
+    assert decide(returncode=code) == Cause("exited", exit_code=code)
+
+
+def test_a_wrappers_137_with_the_kernel_log_naming_what_it_ran_is_the_oom_killer() -> None:
+    cause = decide(returncode=137, pid=4242, descendants={4243}, oom_victims={4243})
+    assert cause == Cause("oom", exit_code=137, signal=9, evidence="kernel-log")
+    assert cause.describe() == (
+        "exited with code 137, killed by SIGKILL (9) behind a wrapper (128 + 9), out of "
+        "memory: the kernel log names the process it wraps as the out-of-memory killer's victim"
+    )
+
+
+def test_a_wrapper_that_exits_0_after_what_it_ran_was_oom_killed() -> None:
+    # A shell script that cleans up after the kernel ends, and exits 0.
+    cause = decide(returncode=0, pid=4242, descendants={4243}, oom_victims={4243})
+    assert cause == Cause("oom", exit_code=0, signal=9, evidence="kernel-log")
+    assert cause.describe() == (
+        "exited with code 0 after what it wraps was killed by SIGKILL (9), out of memory: the "
+        "kernel log names the process it wraps as the out-of-memory killer's victim"
+    )
+    # Named: another; or nothing under it seen: an exit.
+    assert decide(returncode=0, pid=4242, descendants={4243}, oom_victims={4100}).kind == "exited"
+    assert decide(returncode=0, pid=4242, oom_victims={4243}).kind == "exited"
+
+
+def test_a_wrappers_137_with_its_cgroups_count_risen_is_likely_the_oom_killer() -> None:
+    before, now = memory(1, V1_OOM_NONE, V1_LIMIT), memory(1, V1_OOM, V1_LIMIT)
+    for shared in (False, True):
+        cause = decide(returncode=137, memory_before=before, memory_now=now, shared=shared)
+        assert cause.kind == "oom" and cause.likely and cause.exit_code == 137
+    alone = decide(returncode=137, memory_before=before, memory_now=now, shared=False)
+    assert alone.describe() == (
+        "exited with code 137, likely killed by SIGKILL (9) behind a wrapper (128 + 9), likely "
+        "out of memory: its memory cgroup recorded an out-of-memory kill (limit 64.0 MiB)"
+    )
+    # Another signal's code is no memory matter.
+    assert decide(returncode=139, memory_before=before, memory_now=now).kind == "signal"
+
+
+def test_a_wrappers_137_and_a_kernel_log_naming_others() -> None:
+    before, now = memory(1, V1_OOM_NONE, V1_LIMIT), memory(1, V1_OOM, V1_LIMIT)
+    # What it ran was seen, and is not named: not the OOM killer.
+    seen = decide(
+        returncode=137,
+        memory_before=before,
+        memory_now=now,
+        shared=False,
+        pid=4242,
+        descendants={4243},
+        oom_victims={4100},
+    )
+    assert seen.kind == "signal" and seen.likely
+    # Nothing under it was ever seen (it died young): the named one may be it; the counts say.
+    unseen = decide(
+        returncode=137,
+        memory_before=before,
+        memory_now=now,
+        shared=False,
+        pid=4242,
+        oom_victims={4100},
+    )
+    assert unseen.kind == "oom" and unseen.likely
+
+
+def test_a_stopped_process_under_a_running_wrapper_is_likely_the_frozen_kernel() -> None:
+    cause = decide(returncode=None, state="S", descendant_states=["S", "T"], silence=2.5)
+    assert cause == Cause("stopped", silence=2.5, likely=True, evidence="descendant")
+    assert cause.describe() == (
+        "was likely frozen: a process under its own (the kernel behind a wrapper) was stopped "
+        "(SIGSTOP, or a debugger) while its heart was silent for 2.5 s"
+    )
+    # Its own process stopped: that, certain.
+    assert decide(returncode=None, state="T", descendant_states=["S"], silence=2.5) == Cause(
+        "stopped", silence=2.5
+    )
+    running = decide(returncode=None, state="S", descendant_states=["S", "R"], silence=2.5)
+    assert running.kind == "frozen"
 
 
 def test_a_zombie_exited_with_its_status_unknown() -> None:
@@ -258,6 +432,11 @@ def test_nothing_known_is_unknown() -> None:
         ({"returncode": None, "silence": -1.0}, ValueError),
         ({"returncode": None, "silence": float("nan")}, ValueError),
         ({"returncode": None, "local": False, "connection": "refused"}, TypeError),
+        ({"returncode": -9, "shared": "yes"}, TypeError),
+        ({"returncode": -9, "pid": "4242"}, TypeError),
+        ({"returncode": -9, "descendants": "4243"}, TypeError),
+        ({"returncode": -9, "oom_victims": [4242.0]}, TypeError),
+        ({"returncode": -9, "oom_victims": [True]}, TypeError),
     ],
 )
 def test_bad_input_is_a_clear_error(kwargs: dict[str, object], error: type) -> None:
@@ -268,6 +447,72 @@ def test_bad_input_is_a_clear_error(kwargs: dict[str, object], error: type) -> N
 def test_names_and_sizes() -> None:
     assert signal_name(9) == "SIGKILL" and signal_name(99) == "signal 99"
     assert size(2 << 30) == "2.0 GiB" and size(64 << 20) == "64.0 MiB" and size(512) == "512 B"
+
+
+# -- /proc/<pid>/stat's other fields, pid lists, the kernel log --------------------------------
+
+# state, ppid, pgrp, session, tty, tpgid, flags (9th), 21 more, signal (31st: pending), blocked
+STAT_FIELDS = "4242 (python) {state} 4200 4242 4200 0 -1 {flags} " + "0 " * 21 + "{pending} 0"
+KMSG_OOM = (
+    "3,416,1354893005,-;Memory cgroup out of memory: Killed process 15689 (python3) "
+    "total-vm:221392kB, anon-rss:65248kB, file-rss:6640kB, shmem-rss:0kB, UID:0 pgtables:204kB "
+    "oom_score_adj:0\n"
+)
+KMSG_GLOBAL = "3,12,99,-;Out of memory: Killed process 77 (a b) total-vm:1kB\n SUBSYSTEM=x\n"
+KMSG_OTHER = "4,339,1354888610,-;python3 invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL)\n"
+KMSG_FROM_USER = "12,500,1,-;Memory cgroup out of memory: Killed process 1 (init)\n"
+
+
+@pytest.mark.parametrize(
+    ("state", "flags", "pending", "dying"),
+    [
+        ("S", 4194560, 0, False),
+        ("R", 4194560 | 0x4, 0, True),  # PF_EXITING
+        ("D", 4194560, 1 << 8, True),  # SIGKILL pending
+        ("S", 4194560, 1 << 14, False),  # SIGALRM pending: nothing
+        ("Z", 4227084, 0, True),
+    ],
+)
+def test_a_dying_process_is_exiting_a_zombie_or_has_sigkill_pending(
+    state: str, flags: int, pending: int, dying: bool
+) -> None:
+    stat = process_stat(STAT_FIELDS.format(state=state, flags=flags, pending=pending))
+    assert stat.state == state and stat.flags == flags and stat.dying is dying
+
+
+def test_bad_stat_pid_lists_and_records_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="/proc/<pid>/stat"):
+        process_stat(STAT_RUNNING)  # too short to hold the pending signals
+    with pytest.raises(ValueError, match="not a list of pids"):
+        pids("12\nx\n")
+    with pytest.raises(ValueError, match="/dev/kmsg"):
+        kmsg_record("no prefix here")
+    with pytest.raises(TypeError):
+        pids(b"12")  # type: ignore[arg-type]
+
+
+def test_pid_lists_are_read_whatever_the_separator() -> None:
+    assert pids("12\n13\n") == {12, 13} and pids("12 13 ") == {12, 13} and pids("") == set()
+
+
+@pytest.mark.parametrize(
+    ("text", "seq", "victim"),
+    [
+        (KMSG_OOM, 416, 15689),
+        (KMSG_GLOBAL, 12, 77),
+        (KMSG_OTHER, 339, None),
+        (KMSG_FROM_USER, 500, None),  # written from user space (facility 1): never a victim
+    ],
+)
+def test_the_kernel_log_names_the_oom_killers_victims(
+    text: str, seq: int, victim: int | None
+) -> None:
+    assert kmsg_record(text) == LogRecord(seq, victim)
+
+
+def test_an_unreadable_kernel_log_says_nothing(tmp_path: Path) -> None:
+    log = _kmsg.OomLog(str(tmp_path / "no-kmsg"))
+    assert log.mark() is None and log.since(None) is None and log.since(0) is None
 
 
 # -- the readers, on a fake cgroup tree and on this process ------------------------------------
@@ -293,3 +538,31 @@ def test_this_process_is_read_where_proc_exists() -> None:
     if not Path("/proc/self/stat").exists():
         pytest.skip("no /proc here")
     assert _proc.read_state(os.getpid()) == "R"  # it is reading it
+
+
+def test_this_processs_children_and_its_cgroups_processes_are_read() -> None:
+    import os
+    import subprocess
+    import sys
+
+    if not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists():
+        pytest.skip("no /proc/<pid>/task/<tid>/children here")
+    # A shell that runs a python that does not exit: two levels under this process.
+    shell = subprocess.Popen(
+        ["sh", "-c", f"{sys.executable} -c 'import time; time.sleep(60)'; echo done"]
+    )
+    try:
+        end = __import__("time").monotonic() + 30
+        while len(below := _proc.descendants(os.getpid())) < 2:
+            assert __import__("time").monotonic() < end, below
+        assert shell.pid in below
+        [python] = _proc.descendants(shell.pid)
+        stat = _proc.read_stat(python)
+        assert stat is not None and not stat.dying
+        group = _proc.memory_cgroup_of(python)
+        if group is not None:
+            procs = group.procs()
+            assert procs is None or python in procs
+    finally:
+        shell.kill()
+        shell.wait()
