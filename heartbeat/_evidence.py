@@ -163,6 +163,16 @@ def _counter(text: str, key: str, what: str) -> int:
     raise ValueError(f"no {key!r} count in {what}: {text[:80]!r}")
 
 
+def oom_kills(version: int, events: str) -> int:
+    """The out-of-memory kills a memory cgroup has counted, from the text of its
+    ``memory.events`` (version 2) or ``memory.oom_control`` (version 1)."""
+    if version not in (1, 2):
+        raise ValueError(f"cgroup version must be 1 or 2, not {version!r}")
+    if not isinstance(events, str):
+        raise TypeError("cgroup file contents must be str")
+    return _counter(events, "oom_kill", "memory.events" if version == 2 else "memory.oom_control")
+
+
 def memory(version: int, events: str, limit: str) -> Memory:
     """A memory cgroup's counters from its files' text.
 
@@ -174,8 +184,7 @@ def memory(version: int, events: str, limit: str) -> Memory:
         raise ValueError(f"cgroup version must be 1 or 2, not {version!r}")
     if not isinstance(events, str) or not isinstance(limit, str):
         raise TypeError("cgroup file contents must be str")
-    what = "memory.events" if version == 2 else "memory.oom_control"
-    kills = _counter(events, "oom_kill", what)
+    kills = oom_kills(version, events)
     text = limit.strip()
     if version == 2 and text == "max":
         return Memory(kills, None)

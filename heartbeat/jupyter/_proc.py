@@ -26,16 +26,19 @@ class MemoryCgroup:
     version: int
     path: Path
 
-    def read(self) -> cause.Memory | None:
-        """Its counters now; None when its files cannot be read (gone, or not these)."""
+    def read(self, *, limit: bool = True) -> cause.Memory | None:
+        """Its counters now; None when its files cannot be read (gone, or not these). Without
+        ``limit``, its limit is not read (None in what is returned)."""
         names = (
             ("memory.events", "memory.max")
             if self.version == 2
             else ("memory.oom_control", "memory.limit_in_bytes")
         )
         try:
-            events, limit = ((self.path / name).read_text() for name in names)
-            return cause.memory(self.version, events, limit)
+            events = (self.path / names[0]).read_text()
+            if not limit:
+                return cause.Memory(_evidence.oom_kills(self.version, events), None)
+            return cause.memory(self.version, events, (self.path / names[1]).read_text())
         except (OSError, ValueError):
             return None
 
