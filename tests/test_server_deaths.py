@@ -296,6 +296,8 @@ def test_a_wrapped_kernels_deaths_and_its_oom_kill_in_a_cgroup_it_moved_to_are_n
     deaths = [e for e in received if e.get("schema_id") == SCHEMA_ID]
     assert [e["cause"] for e in deaths] == [kind for _, kind, _ in WRAPPED_DEATHS], received
     assert [e["likely"] for e in deaths] == [True, True, not readable], deaths
+    oom_evidence = "kernel-log" if readable else "cgroup"
+    assert [e["evidence"] for e in deaths] == ["exit-code", "descendant", oom_evidence], deaths
     assert [e["exit_code"] for e in deaths] == [137, None, 137], deaths
     assert [e["signal"] for e in deaths] == [9, None, 9], deaths
     assert deaths[2]["memory_limit"] == WRAPPED_LIMIT, deaths
