@@ -566,3 +566,34 @@ def test_this_processs_children_and_its_cgroups_processes_are_read() -> None:
     finally:
         shell.kill()
         shell.wait()
+
+
+def test_a_reading_taken_while_the_process_dies_is_not_kept() -> None:
+    # A count read after the kill it is to be compared with would hide that kill: a reading
+    # with the process exiting (here, a zombie not yet reaped) is thrown away, the one before
+    # kept, and the process is read no more.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from heartbeat.jupyter._death import Witness
+
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("no /proc here")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        witness = Witness(child)
+        first = witness.where
+        assert witness.sample() and witness.where is not first  # alive: a new reading kept
+        kept = witness.where
+        os.kill(child.pid, signal.SIGKILL)  # our own child, not reaped: its pid is ours
+        end = time.monotonic() + 30
+        while _proc.read_state(child.pid) != "Z":
+            assert time.monotonic() < end, "not a zombie"
+            time.sleep(0.01)
+        assert not witness.sample() and witness.where is kept
+    finally:
+        child.kill()
+        child.wait()
