@@ -1,10 +1,10 @@
-"""The cause of a kernel's death, decided from fixture text (cgroup v1 and v2, /proc), and the
-small readers beside it (the probe of a heart's port: tests/test_heart_probe.py)."""
+"""The cause of a kernel's death, decided from fixture text (cgroup v1 and v2, /proc); the
+evidence's parsers and readers: tests/test_evidence.py (the probe of a heart's port:
+tests/test_heart_probe.py)."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -19,8 +19,6 @@ from heartbeat._cause import (
     size,
     stat_state,
 )
-from heartbeat._evidence import LogRecord, kmsg_record, pids, process_stat
-from heartbeat.jupyter import _kmsg, _proc
 
 # -- fixture text, as the files read ----------------------------------------------------------
 
@@ -284,105 +282,6 @@ def test_a_running_process_with_a_silent_heart_was_likely_frozen() -> None:
     assert decide(returncode=None, state=None, silence=3.1).kind == "frozen"
 
 
-# -- behind a wrapper that does not exec (a shell, conda run, uv run) ---------------------------
-
-
-@pytest.mark.parametrize(
-    ("code", "number", "name"),
-    [(137, 9, "SIGKILL"), (139, 11, "SIGSEGV"), (134, 6, "SIGABRT"), (143, 15, "SIGTERM")],
-)
-def test_an_exit_code_128_plus_n_is_likely_signal_n(code: int, number: int, name: str) -> None:
-    cause = decide(returncode=code)
-    assert cause == Cause(
-        "signal", exit_code=code, signal=number, likely=True, evidence="exit-code"
-    )
-    assert cause.describe() == (
-        f"exited with code {code}, likely killed by {name} ({number}) behind a wrapper "
-        f"(128 + {number})"
-    )
-
-
-@pytest.mark.parametrize("code", [0, 1, 3, 127, 128, 255, 128 + 32, 128 + 65])
-def test_other_exit_codes_are_exits(code: int) -> None:
-    assert decide(returncode=code) == Cause("exited", exit_code=code)
-
-
-def test_a_wrappers_137_with_the_kernel_log_naming_what_it_ran_is_the_oom_killer() -> None:
-    cause = decide(returncode=137, pid=4242, descendants={4243}, oom_victims={4243})
-    assert cause == Cause("oom", exit_code=137, signal=9, evidence="kernel-log")
-    assert cause.describe() == (
-        "exited with code 137, killed by SIGKILL (9) behind a wrapper (128 + 9), out of "
-        "memory: the kernel log names the process it wraps as the out-of-memory killer's victim"
-    )
-
-
-def test_a_wrapper_that_exits_0_after_what_it_ran_was_oom_killed() -> None:
-    # A shell script that cleans up after the kernel ends, and exits 0.
-    cause = decide(returncode=0, pid=4242, descendants={4243}, oom_victims={4243})
-    assert cause == Cause("oom", exit_code=0, signal=9, evidence="kernel-log")
-    assert cause.describe() == (
-        "exited with code 0 after what it wraps was killed by SIGKILL (9), out of memory: the "
-        "kernel log names the process it wraps as the out-of-memory killer's victim"
-    )
-    # Named: another; or nothing under it seen: an exit.
-    assert decide(returncode=0, pid=4242, descendants={4243}, oom_victims={4100}).kind == "exited"
-    assert decide(returncode=0, pid=4242, oom_victims={4243}).kind == "exited"
-
-
-def test_a_wrappers_137_with_its_cgroups_count_risen_is_likely_the_oom_killer() -> None:
-    before, now = memory(1, V1_OOM_NONE, V1_LIMIT), memory(1, V1_OOM, V1_LIMIT)
-    for shared in (False, True):
-        cause = decide(returncode=137, memory_before=before, memory_now=now, shared=shared)
-        assert cause.kind == "oom" and cause.likely and cause.exit_code == 137
-    alone = decide(returncode=137, memory_before=before, memory_now=now, shared=False)
-    assert alone.describe() == (
-        "exited with code 137, likely killed by SIGKILL (9) behind a wrapper (128 + 9), likely "
-        "out of memory: its memory cgroup recorded an out-of-memory kill (limit 64.0 MiB)"
-    )
-    # Another signal's code is no memory matter.
-    assert decide(returncode=139, memory_before=before, memory_now=now).kind == "signal"
-
-
-def test_a_wrappers_137_and_a_kernel_log_naming_others() -> None:
-    before, now = memory(1, V1_OOM_NONE, V1_LIMIT), memory(1, V1_OOM, V1_LIMIT)
-    # What it ran was seen, and is not named: not the OOM killer.
-    seen = decide(
-        returncode=137,
-        memory_before=before,
-        memory_now=now,
-        shared=False,
-        pid=4242,
-        descendants={4243},
-        oom_victims={4100},
-    )
-    assert seen.kind == "signal" and seen.likely
-    # Nothing under it was ever seen (it died young): the named one may be it; the counts say.
-    unseen = decide(
-        returncode=137,
-        memory_before=before,
-        memory_now=now,
-        shared=False,
-        pid=4242,
-        oom_victims={4100},
-    )
-    assert unseen.kind == "oom" and unseen.likely
-
-
-def test_a_stopped_process_under_a_running_wrapper_is_likely_the_frozen_kernel() -> None:
-    cause = decide(returncode=None, state="S", descendant_states=["S", "T"], silence=2.5)
-    assert cause == Cause("stopped", silence=2.5, likely=True, evidence="descendant")
-    assert cause.describe() == (
-        "was likely frozen: a process under its own (the kernel behind a wrapper) was stopped "
-        "(SIGSTOP, or a debugger) while its heart was silent for 2.5 s"
-    )
-    # Its own process stopped: that, certain.
-    assert decide(returncode=None, state="T", descendant_states=["S"], silence=2.5) == Cause(
-        "stopped", silence=2.5
-    )
-    running = decide(returncode=None, state="S", descendant_states=["S", "R"], silence=2.5)
-    assert running.kind == "frozen"
-
-
 def test_a_zombie_exited_with_its_status_unknown() -> None:
     cause = decide(returncode=None, state=stat_state(STAT_ZOMBIE), silence=1.0)
     assert cause.kind == "exited" and cause.exit_code is None
@@ -447,153 +346,3 @@ def test_bad_input_is_a_clear_error(kwargs: dict[str, object], error: type) -> N
 def test_names_and_sizes() -> None:
     assert signal_name(9) == "SIGKILL" and signal_name(99) == "signal 99"
     assert size(2 << 30) == "2.0 GiB" and size(64 << 20) == "64.0 MiB" and size(512) == "512 B"
-
-
-# -- /proc/<pid>/stat's other fields, pid lists, the kernel log --------------------------------
-
-# state, ppid, pgrp, session, tty, tpgid, flags (9th), 21 more, signal (31st: pending), blocked
-STAT_FIELDS = "4242 (python) {state} 4200 4242 4200 0 -1 {flags} " + "0 " * 21 + "{pending} 0"
-KMSG_OOM = (
-    "3,416,1354893005,-;Memory cgroup out of memory: Killed process 15689 (python3) "
-    "total-vm:221392kB, anon-rss:65248kB, file-rss:6640kB, shmem-rss:0kB, UID:0 pgtables:204kB "
-    "oom_score_adj:0\n"
-)
-KMSG_GLOBAL = "3,12,99,-;Out of memory: Killed process 77 (a b) total-vm:1kB\n SUBSYSTEM=x\n"
-KMSG_OTHER = "4,339,1354888610,-;python3 invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL)\n"
-KMSG_FROM_USER = "12,500,1,-;Memory cgroup out of memory: Killed process 1 (init)\n"
-
-
-@pytest.mark.parametrize(
-    ("state", "flags", "pending", "dying"),
-    [
-        ("S", 4194560, 0, False),
-        ("R", 4194560 | 0x4, 0, True),  # PF_EXITING
-        ("D", 4194560, 1 << 8, True),  # SIGKILL pending
-        ("S", 4194560, 1 << 14, False),  # SIGALRM pending: nothing
-        ("Z", 4227084, 0, True),
-    ],
-)
-def test_a_dying_process_is_exiting_a_zombie_or_has_sigkill_pending(
-    state: str, flags: int, pending: int, dying: bool
-) -> None:
-    stat = process_stat(STAT_FIELDS.format(state=state, flags=flags, pending=pending))
-    assert stat.state == state and stat.flags == flags and stat.dying is dying
-
-
-def test_bad_stat_pid_lists_and_records_are_clear_errors() -> None:
-    with pytest.raises(ValueError, match="/proc/<pid>/stat"):
-        process_stat(STAT_RUNNING)  # too short to hold the pending signals
-    with pytest.raises(ValueError, match="not a list of pids"):
-        pids("12\nx\n")
-    with pytest.raises(ValueError, match="/dev/kmsg"):
-        kmsg_record("no prefix here")
-    with pytest.raises(TypeError):
-        pids(b"12")  # type: ignore[arg-type]
-
-
-def test_pid_lists_are_read_whatever_the_separator() -> None:
-    assert pids("12\n13\n") == {12, 13} and pids("12 13 ") == {12, 13} and pids("") == set()
-
-
-@pytest.mark.parametrize(
-    ("text", "seq", "victim"),
-    [
-        (KMSG_OOM, 416, 15689),
-        (KMSG_GLOBAL, 12, 77),
-        (KMSG_OTHER, 339, None),
-        (KMSG_FROM_USER, 500, None),  # written from user space (facility 1): never a victim
-    ],
-)
-def test_the_kernel_log_names_the_oom_killers_victims(
-    text: str, seq: int, victim: int | None
-) -> None:
-    assert kmsg_record(text) == LogRecord(seq, victim)
-
-
-def test_an_unreadable_kernel_log_says_nothing(tmp_path: Path) -> None:
-    log = _kmsg.OomLog(str(tmp_path / "no-kmsg"))
-    assert log.mark() is None and log.since(None) is None and log.since(0) is None
-
-
-# -- the readers, on a fake cgroup tree and on this process ------------------------------------
-
-
-def test_memory_cgroup_files_are_read_for_v1_and_v2(tmp_path: Path) -> None:
-    v1 = tmp_path / "memory" / "jobs"
-    v1.mkdir(parents=True)
-    (v1 / "memory.oom_control").write_text(V1_OOM)
-    (v1 / "memory.limit_in_bytes").write_text(V1_LIMIT)
-    assert _proc.MemoryCgroup(1, v1).read() == Memory(2, 64 << 20)
-    v2 = tmp_path / "k"
-    v2.mkdir()
-    (v2 / "memory.events").write_text(V2_EVENTS)
-    (v2 / "memory.max").write_text(V2_MAX)
-    assert _proc.MemoryCgroup(2, v2).read() == Memory(1, 2 << 30)
-    assert _proc.MemoryCgroup(2, tmp_path / "gone").read() is None
-
-
-def test_this_process_is_read_where_proc_exists() -> None:
-    import os
-
-    if not Path("/proc/self/stat").exists():
-        pytest.skip("no /proc here")
-    assert _proc.read_state(os.getpid()) == "R"  # it is reading it
-
-
-def test_this_processs_children_and_its_cgroups_processes_are_read() -> None:
-    import os
-    import subprocess
-    import sys
-
-    if not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists():
-        pytest.skip("no /proc/<pid>/task/<tid>/children here")
-    # A shell that runs a python that does not exit: two levels under this process.
-    shell = subprocess.Popen(
-        ["sh", "-c", f"{sys.executable} -c 'import time; time.sleep(60)'; echo done"]
-    )
-    try:
-        end = __import__("time").monotonic() + 30
-        while len(below := _proc.descendants(os.getpid())) < 2:
-            assert __import__("time").monotonic() < end, below
-        assert shell.pid in below
-        [python] = _proc.descendants(shell.pid)
-        stat = _proc.read_stat(python)
-        assert stat is not None and not stat.dying
-        group = _proc.memory_cgroup_of(python)
-        if group is not None:
-            procs = group.procs()
-            assert procs is None or python in procs
-    finally:
-        shell.kill()
-        shell.wait()
-
-
-def test_a_reading_taken_while_the_process_dies_is_not_kept() -> None:
-    # A count read after the kill it is to be compared with would hide that kill: a reading
-    # with the process exiting (here, a zombie not yet reaped) is thrown away, the one before
-    # kept, and the process is read no more.
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from heartbeat.jupyter._death import Witness
-
-    if not Path("/proc/self/stat").exists():
-        pytest.skip("no /proc here")
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        witness = Witness(child)
-        first = witness.where
-        assert witness.sample() and witness.where is not first  # alive: a new reading kept
-        kept = witness.where
-        os.kill(child.pid, signal.SIGKILL)  # our own child, not reaped: its pid is ours
-        end = time.monotonic() + 30
-        while _proc.read_state(child.pid) != "Z":
-            assert time.monotonic() < end, "not a zombie"
-            time.sleep(0.01)
-        assert not witness.sample() and witness.where is kept
-    finally:
-        child.kill()
-        child.wait()
