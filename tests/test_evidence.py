@@ -99,6 +99,10 @@ def test_memory_cgroup_files_are_read_for_v1_and_v2(tmp_path: Path) -> None:
     (v2 / "memory.events").write_text(V2_EVENTS)
     (v2 / "memory.max").write_text(V2_MAX)
     assert _proc.MemoryCgroup(2, v2).read() == Memory(1, 2 << 30)
+    # Where it has its own count (Linux 5.2+), that one: not the kills of the cgroups below.
+    (v2 / "memory.events.local").write_text(V2_EVENTS.replace("oom_kill 1", "oom_kill 0"))
+    assert _proc.MemoryCgroup(2, v2).read() == Memory(0, 2 << 30)
+    assert _proc.MemoryCgroup(2, v2).read(limit=False) == Memory(0, None)
     assert _proc.MemoryCgroup(2, tmp_path / "gone").read() is None
 
 

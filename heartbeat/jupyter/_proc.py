@@ -35,12 +35,22 @@ class MemoryCgroup:
             else ("memory.oom_control", "memory.limit_in_bytes")
         )
         try:
-            events = (self.path / names[0]).read_text()
+            events = self._events(names[0])
             if not limit:
                 return cause.Memory(_evidence.oom_kills(self.version, events), None)
             return cause.memory(self.version, events, (self.path / names[1]).read_text())
         except (OSError, ValueError):
             return None
+
+    def _events(self, name: str) -> str:
+        if self.version == 2:
+            # Its own processes' kills (Linux 5.2+): memory.events counts those of the cgroups
+            # below it too, whose processes cgroup.procs does not list.
+            try:
+                return (self.path / "memory.events.local").read_text()
+            except FileNotFoundError:
+                pass
+        return (self.path / name).read_text()
 
     def procs(self) -> frozenset[int] | None:
         """The processes in it now (``cgroup.procs``: in it, not in those below it); None when
