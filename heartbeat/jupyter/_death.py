@@ -81,8 +81,8 @@ def watch_exit(pid: int, callback: Callable[[], None]) -> ExitWatch | None:
 #: Seconds between two readings of a living kernel's memory cgroup: where it is (it may be
 #: moved into another), what its out-of-memory count is and who else is in it. A death is
 #: compared with the last reading, up to this old: an out-of-memory kill of another process in a
-#: shared cgroup within that time makes a SIGKILL only "likely" out of memory (a kill no earlier
-#: is told apart); a kernel moved less than this before its kill is judged by its former cgroup.
+#: shared cgroup within that time makes a SIGKILL only "likely" out of memory (an earlier one is
+#: told apart); a kernel moved less than this before its kill is judged by its former cgroup.
 #: Each time: three small reads of /proc files a kernel process, and two of each memory cgroup
 #: (measured: 80 us of CPU a kernel alone in its cgroup, 40 us for kernels sharing one: 4% of
 #: a core for 1000 kernels, in ten slices a period).
@@ -133,9 +133,11 @@ class Witness:
 
     def sample(self, groups: dict[Path, _GroupReading] | None = None) -> bool:
         """Read where its processes are and their cgroups' counts (from ``groups``, those read
-        already in this round, where there); kept only if none of its processes was dying
-        meanwhile (a count read after the kill it is to be compared with would hide it). False
-        once its process is gone or dying: nothing more to read."""
+        already in this round, where there). A count read after a kill it is to be compared
+        with would hide that kill: a cgroup in which one of its processes is dying (SIGKILL
+        pending, exiting, gone) keeps its reading from before if its count has risen since.
+        False once its own process is dying or gone: nothing more to read, the last reading
+        kept."""
         process = self.process
         if process is None or process.returncode is not None:
             return False
@@ -154,12 +156,27 @@ class Witness:
             memory, procs = groups[group.path]
             shared = None if procs is None else bool(procs - tree)
             where[each] = _Group(group, memory, shared)
-        # After the counts: a kill counted before they were read is seen here as SIGKILL
-        # pending, or the process exiting or gone.
+        # After the counts: a kill counted before they were read shows here.
+        dying = set()
         for each in tree:
             stat = read_stat(each)
             if stat is None or stat.dying:
-                return each != pid  # its own: done; one under it: try again next time
+                if each == pid:
+                    return False
+                dying.add(each)
+        if dying:
+            before = {kept.cgroup.path: kept for kept in self.where.values()}
+            for path in {where[each].cgroup.path for each in dying if each in where}:
+                old = before.get(path)
+                for each, found in list(where.items()):
+                    if found.cgroup.path != path:
+                        continue
+                    if old is None:
+                        del where[each]  # first seen as one of its processes dies: next time
+                    elif _risen(old.memory, found.memory):
+                        where[each] = old
+            for each in dying:
+                where.pop(each, None)
         self.where = where
         self.descendants |= below
         return True
@@ -221,10 +238,13 @@ class Witness:
         assert self.process is not None
         if code >= 0 and wrapped_signal(code) == signal.SIGKILL:
             for group in self.where.values():
-                now = group.cgroup.read()
-                if group.memory and now and now.oom_kills > group.memory.oom_kills:
+                if _risen(group.memory, group.cgroup.read()):
                     return group
         return self.where.get(self.process.pid)
+
+
+def _risen(before: _cause.Memory | None, now: _cause.Memory | None) -> bool:
+    return before is not None and now is not None and now.oom_kills > before.oom_kills
 
 
 class _Sampler:
