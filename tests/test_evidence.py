@@ -160,14 +160,15 @@ def test_a_reading_taken_while_the_process_dies_is_not_kept() -> None:
         child.wait()
 
 
+@pytest.mark.parametrize("reaped", [False, True])
 def test_a_count_risen_as_a_process_under_the_kernel_dies_is_not_taken_in(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    reaped: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Behind a wrapper, the kernel is a process under the manager's child: a reading of the
     # cgroup's count after the OOM killer counted its kill, but before the wrapper exits, would
-    # hide that kill. The reading from before is kept while one of its processes dies. Here a
-    # fake v1 cgroup (its files written by the test) and a real process under the child, made
-    # a zombie (it died; its parent has not reaped it).
+    # hide that kill. The reading from before is kept, for one more reading, when one of its
+    # processes is dying or gone. Here a fake v1 cgroup (its files written by the test) and a
+    # real process under the child, killed: a zombie its parent has not reaped, or reaped.
     if not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists():
         pytest.skip("no /proc/<pid>/task/<tid>/children here")
     group = _proc.MemoryCgroup(1, tmp_path)
@@ -175,7 +176,8 @@ def test_a_count_risen_as_a_process_under_the_kernel_dies_is_not_taken_in(
     (tmp_path / "memory.limit_in_bytes").write_text(V1_LIMIT)
     (tmp_path / "cgroup.procs").write_text("")
     monkeypatch.setattr(Witness, "_cgroup_of", lambda self, pid: group)
-    code = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
+    run = "subprocess.run" if reaped else "subprocess.Popen"
+    code = f"import subprocess, time; {run}(['sleep', '60']); time.sleep(60)"
     child = subprocess.Popen([sys.executable, "-c", code])
     try:
         end = time.monotonic() + 30
@@ -186,14 +188,18 @@ def test_a_count_risen_as_a_process_under_the_kernel_dies_is_not_taken_in(
         [sleeper] = below
         witness = Witness(child)
         assert witness.where[child.pid].memory == Memory(0, None)
-        os.kill(sleeper, signal.SIGKILL)  # the test's own grandchild, not reaped by its parent
-        while _proc.read_state(sleeper) != "Z":
-            assert time.monotonic() < end, "not a zombie"
+        os.kill(sleeper, signal.SIGKILL)  # the test's own grandchild
+        while _proc.read_state(sleeper) != (None if reaped else "Z"):
+            assert time.monotonic() < end, "not dead"
             time.sleep(0.01)
         (tmp_path / "memory.oom_control").write_text(V1_OOM)  # 2 kills counted
         assert witness.sample()
         assert witness.where[child.pid].memory == Memory(0, None)  # the reading from before
         assert sleeper in witness.descendants
+        if reaped:
+            # One more reading, and it is taken in: the kill was not the kernel's death.
+            assert witness.sample()
+            assert witness.where[child.pid].memory == Memory(2, None)
     finally:
         child.kill()
         child.wait()

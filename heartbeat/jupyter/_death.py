@@ -4,8 +4,6 @@ decided from, gathered at its start and at its death, and the death recorded."""
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import os
 import signal
 import subprocess
@@ -119,6 +117,7 @@ class Witness:
         self.where: dict[int, _Group] = {}
         self.descendants: frozenset[int] = frozenset()  # every process seen under it
         self._paths: dict[str, MemoryCgroup | None] = {}  # /proc/<pid>/cgroup text: its group
+        self._held: set[int] = set()  # processes gone, kept in the last reading (see _hold)
         self.log_mark = None if process is None else oom_log().mark()
         self._sampler: _Sampler | None = None
         if process is not None and self.sample() and sample:
@@ -134,10 +133,8 @@ class Witness:
     def sample(self, groups: dict[Path, _GroupReading] | None = None) -> bool:
         """Read where its processes are and their cgroups' counts (from ``groups``, those read
         already in this round, where there). A count read after a kill it is to be compared
-        with would hide that kill: a cgroup in which one of its processes is dying (SIGKILL
-        pending, exiting, gone) keeps its reading from before if its count has risen since.
-        False once its own process is dying or gone: nothing more to read, the last reading
-        kept."""
+        with would hide that kill: see :meth:`_hold`. False once its own process is dying or
+        gone: nothing more to read, the last reading kept."""
         process = self.process
         if process is None or process.returncode is not None:
             return False
@@ -164,22 +161,37 @@ class Witness:
                 if each == pid:
                     return False
                 dying.add(each)
-        if dying:
-            before = {kept.cgroup.path: kept for kept in self.where.values()}
-            for path in {where[each].cgroup.path for each in dying if each in where}:
-                old = before.get(path)
-                for each, found in list(where.items()):
-                    if found.cgroup.path != path:
-                        continue
-                    if old is None:
-                        del where[each]  # first seen as one of its processes dies: next time
-                    elif _risen(old.memory, found.memory):
-                        where[each] = old
-            for each in dying:
-                where.pop(each, None)
-        self.where = where
+        self.where = self._hold(where, dying | (self.where.keys() - tree), groups)
         self.descendants |= below
         return True
+
+    def _hold(
+        self, where: dict[int, _Group], suspects: set[int], groups: dict[Path, _GroupReading]
+    ) -> dict[int, _Group]:
+        """The reading to keep, of ``where`` read now, given the processes under the kernel's
+        own that are dying or have gone since the last reading (``suspects``): behind a
+        wrapper, one of them may be the kernel, killed out of memory, its wrapper not yet
+        exited. Where a suspect's cgroup counted a kill since, the reading from before is kept
+        for that cgroup, and the suspect with it, for one more reading (then it is gone)."""
+        held: set[int] = set()
+        risen: dict[Path, _Group] = {}
+        for each in suspects:
+            where.pop(each, None)
+            kept = self.where.get(each)
+            if kept is None or each in self._held:
+                continue
+            path = kept.cgroup.path
+            if path not in groups:
+                groups[path] = (kept.cgroup.read(limit=False), kept.cgroup.procs())
+            if _risen(kept.memory, groups[path][0]):
+                where[each] = risen[path] = kept
+                held.add(each)
+        for each, found in list(where.items()):
+            kept = risen.get(found.cgroup.path)
+            if kept is not None:
+                where[each] = kept
+        self._held = held
+        return where
 
     def _cgroup_of(self, pid: int) -> MemoryCgroup | None:
         text = memory_cgroup_text(pid)
@@ -249,34 +261,37 @@ def _risen(before: _cause.Memory | None, now: _cause.Memory | None) -> bool:
 
 class _Sampler:
     """Reads every living witness of one event loop once every :data:`SAMPLE_PERIOD` seconds,
-    on one timer, which runs only while there is a witness to read: a tenth of them every tenth
-    of the period, so that many kernels' readings never hold up the loop at once, and a cgroup
-    the kernels share is read once a tick, not once a kernel."""
+    on one timer, which runs only while there is a witness to read: the witnesses are dealt
+    into ten slots, one read every tenth of the period, so that many kernels' readings never
+    hold up the loop at once; a cgroup the kernels of a slot share is read once, not once a
+    kernel."""
 
     def __init__(self) -> None:
-        self.witnesses: collections.deque[Witness] = collections.deque()
+        self.slots: list[list[Witness]] = [[] for _ in range(_SLICES)]
+        self.turn = 0
         self.timer = PeriodicCallback(self._tick, SAMPLE_PERIOD * 1000 / _SLICES)
 
     def add(self, witness: Witness) -> None:
-        self.witnesses.append(witness)
+        min(self.slots, key=len).append(witness)
         if not self.timer.is_running():
             self.timer.start()
 
     def discard(self, witness: Witness) -> None:
-        with contextlib.suppress(ValueError):
-            self.witnesses.remove(witness)
-        if not self.witnesses:
+        for slot in self.slots:
+            if witness in slot:
+                slot.remove(witness)
+        if not any(self.slots):
             self.timer.stop()
 
     def _tick(self) -> None:
-        groups: dict[Path, _GroupReading] = {}  # this tick's readings of each cgroup
-        for _ in range(-(-len(self.witnesses) // _SLICES)):
-            witness = self.witnesses.popleft()
-            if witness.sample(groups):
-                self.witnesses.append(witness)
-            else:
+        slot = self.slots[self.turn]
+        self.turn = (self.turn + 1) % _SLICES
+        groups: dict[Path, _GroupReading] = {}  # this slot's readings of each cgroup
+        for witness in list(slot):
+            if not witness.sample(groups):
+                slot.remove(witness)
                 witness._sampler = None
-        if not self.witnesses:
+        if not any(self.slots):
             self.timer.stop()
 
 
