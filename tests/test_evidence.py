@@ -176,7 +176,8 @@ def test_a_count_risen_as_a_process_under_the_kernel_dies_is_not_taken_in(
     (tmp_path / "memory.limit_in_bytes").write_text(V1_LIMIT)
     (tmp_path / "cgroup.procs").write_text("")
     monkeypatch.setattr(Witness, "_cgroup_of", lambda self, pid: group)
-    run = "subprocess.run" if reaped else "subprocess.Popen"
+    # Not reaped: its Popen kept (one dropped polls once, and would reap a zombie).
+    run = "subprocess.run" if reaped else "p = subprocess.Popen"
     code = f"import subprocess, time; {run}(['sleep', '60']); time.sleep(60)"
     child = subprocess.Popen([sys.executable, "-c", code])
     try:
