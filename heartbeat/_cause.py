@@ -2,16 +2,35 @@
 
 Nothing here reads a file, a clock or a socket. The caller gives what it could learn (the
 process's exit status as ``Popen.returncode`` has it, the text of ``/proc/<pid>/stat``, the text
-of the kernel's memory cgroup files at its start and at its death, what the heart's connection
-said) and gets a :class:`Cause` back; ``heartbeat.jupyter._proc`` does the reading.
+of the kernel's memory cgroup files last read while it lived and at its death, the victims the
+kernel log named, what the heart's connection said) and gets a :class:`Cause` back;
+``heartbeat.jupyter._proc`` does the reading (``heartbeat._evidence`` parses the rest).
 """
 
 from __future__ import annotations
 
 import enum
 import signal
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
+
+from heartbeat import _evidence
+from heartbeat._evidence import Evidence, Memory, memory, memory_cgroup, stat_state
+
+__all__ = [
+    "Cause",
+    "Connection",
+    "Death",
+    "Evidence",
+    "Memory",
+    "decide",
+    "memory",
+    "memory_cgroup",
+    "signal_name",
+    "size",
+    "stat_state",
+]
 
 Kind = Literal[
     "exited",
@@ -25,10 +44,6 @@ Kind = Literal[
     "unresponsive",
     "unknown",
 ]
-
-# A memory limit this high is the kernel's way of saying "none" (cgroup v1 writes the largest
-# page-aligned 64-bit number).
-_NO_LIMIT = 1 << 62
 
 
 class Connection(str, enum.Enum):
@@ -44,17 +59,9 @@ class Connection(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class Memory:
-    """A memory cgroup's counters: out-of-memory kills so far, and its limit in bytes (None:
-    no limit)."""
-
-    oom_kills: int
-    limit: int | None
-
-
-@dataclass(frozen=True)
 class Cause:
-    """Why a kernel died. ``likely`` is True where this is inferred rather than seen."""
+    """Why a kernel died. ``likely`` is True where this is inferred rather than seen;
+    ``evidence`` says what it rests on where more than one thing could (:data:`Evidence`)."""
 
     kind: Kind
     exit_code: int | None = None
@@ -62,6 +69,7 @@ class Cause:
     silence: float | None = None
     memory_limit: int | None = None
     likely: bool = False
+    evidence: Evidence | None = None
     asked: bool = False  # see asked_for
     # Where a crash happened: the Python frames the kernel's faulthandler wrote, innermost first.
     where: str | None = None
@@ -88,19 +96,13 @@ class Cause:
                 return "ended itself: it exited with code 0 (exit() or quit() in a cell, say)"
             return f"exited with code {self.exit_code}"
         if self.kind in ("signal", "oom"):
-            text = f"was killed by {self.signal_name} ({self.signal})"
-            if self.where is not None:
-                text += f" at {self.where}"
-            if self.kind == "oom":
-                limit = "" if self.memory_limit is None else f" (limit {size(self.memory_limit)})"
-                if self.likely:
-                    return (
-                        f"{text}, likely out of memory: its memory cgroup has recorded an "
-                        f"out-of-memory kill{limit}, maybe before this kernel started"
-                    )
-                text += f": its memory cgroup recorded an out-of-memory kill{limit}"
-            return text
+            return self._killed()
         if self.kind == "stopped":
+            if self.evidence == "descendant":
+                return (
+                    "was likely frozen: a process under its own (the kernel behind a wrapper) "
+                    f"was stopped (SIGSTOP, or a debugger) while its heart was silent{silent}"
+                )
             return (
                 "was frozen: its process was stopped (SIGSTOP, or a debugger) "
                 f"while its heart was silent{silent}"
@@ -132,6 +134,43 @@ class Cause:
             return "died of a cause not known here"
         return f"died of a cause not known here (its heart was silent{silent})"
 
+    def _killed(self) -> str:
+        named = f"{self.signal_name} ({self.signal})"
+        if self.where is not None:
+            named += f" at {self.where}"  # a crash's Python frame, as faulthandler wrote it
+        if self.exit_code is None:
+            text = f"was killed by {named}"
+        elif self.exit_code != 128 + (self.signal or 0):
+            text = f"exited with code {self.exit_code} after what it wraps was killed by {named}"
+        else:
+            # A wrapper that does not exec (a shell, conda run) exits 128 + N for signal N.
+            likely = "" if self.kind == "oom" and not self.likely else "likely "
+            text = (
+                f"exited with code {self.exit_code}, {likely}killed by {named} behind a "
+                f"wrapper (128 + {self.signal})"
+            )
+        if self.kind != "oom":
+            return text
+        limit = "" if self.memory_limit is None else f" (limit {size(self.memory_limit)})"
+        if self.evidence == "kernel-log":
+            which = "it" if self.exit_code is None else "the process it wraps"
+            return (
+                f"{text}, out of memory: the kernel log names {which} as the out-of-memory "
+                f"killer's victim{limit}"
+            )
+        if self.evidence == "cgroup-unknown-before":
+            return (
+                f"{text}, likely out of memory: its memory cgroup has recorded an "
+                f"out-of-memory kill{limit}, maybe before this kernel started"
+            )
+        if self.evidence == "cgroup-shared":
+            return (
+                f"{text}, likely out of memory: its memory cgroup recorded an out-of-memory "
+                f"kill{limit} just before, but other processes share that cgroup"
+            )
+        recorded = f"its memory cgroup recorded an out-of-memory kill{limit}"
+        return f"{text}, likely out of memory: {recorded}" if self.likely else f"{text}: {recorded}"
+
 
 def signal_name(number: int) -> str:
     """``SIGKILL`` for 9; ``signal 64`` for a number with no name here."""
@@ -149,92 +188,42 @@ def size(n: int) -> str:
     return f"{n} B"
 
 
-def stat_state(text: str) -> str:
-    """The state letter (R, S, D, T, t, Z, X...) in the text of ``/proc/<pid>/stat``."""
-    if not isinstance(text, str):
-        raise TypeError(f"stat text must be a str, not {type(text).__name__}")
-    # The state follows the command name, which is in parentheses and may hold anything.
-    head, paren, rest = text.rpartition(")")
-    fields = rest.split()
-    if not paren or "(" not in head or not fields or len(fields[0]) != 1:
-        raise ValueError(f"not the text of /proc/<pid>/stat: {text[:80]!r}")
-    return fields[0]
-
-
-def memory_cgroup(text: str) -> tuple[int, str] | None:
-    """Which memory cgroup ``/proc/<pid>/cgroup`` names: (1, path) for a v1 memory hierarchy,
-    else (2, path) for the unified one; None when it names neither."""
-    if not isinstance(text, str):
-        raise TypeError(f"cgroup text must be a str, not {type(text).__name__}")
-    unified = None
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        parts = line.split(":", 2)
-        if len(parts) != 3 or not parts[2].startswith("/"):
-            raise ValueError(f"not a line of /proc/<pid>/cgroup: {line!r}")
-        number, controllers, path = parts
-        if "memory" in controllers.split(","):
-            return 1, path
-        if number == "0" and controllers == "":
-            unified = (2, path)
-    return unified
-
-
-def _counter(text: str, key: str, what: str) -> int:
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name == key:
-            try:
-                return int(value)
-            except ValueError:
-                break
-    raise ValueError(f"no {key!r} count in {what}: {text[:80]!r}")
-
-
-def memory(version: int, events: str, limit: str) -> Memory:
-    """A memory cgroup's counters from its files' text.
-
-    Version 2: ``memory.events`` (its ``oom_kill N`` line) and ``memory.max`` (bytes or
-    ``max``). Version 1: ``memory.oom_control`` (its ``oom_kill N`` line) and
-    ``memory.limit_in_bytes``.
-    """
-    if version not in (1, 2):
-        raise ValueError(f"cgroup version must be 1 or 2, not {version!r}")
-    if not isinstance(events, str) or not isinstance(limit, str):
-        raise TypeError("cgroup file contents must be str")
-    what = "memory.events" if version == 2 else "memory.oom_control"
-    kills = _counter(events, "oom_kill", what)
-    text = limit.strip()
-    if version == 2 and text == "max":
-        return Memory(kills, None)
-    try:
-        value = int(text)
-    except ValueError:
-        name = "memory.max" if version == 2 else "memory.limit_in_bytes"
-        raise ValueError(f"not a limit in {name}: {limit[:80]!r}") from None
-    return Memory(kills, None if value >= _NO_LIMIT else value)
-
-
 def decide(
     *,
     returncode: int | None,
     state: str | None = None,
     local: bool = True,
     silence: float | None = None,
-    memory_at_start: Memory | None = None,
+    memory_before: Memory | None = None,
     memory_now: Memory | None = None,
+    shared: bool | None = None,
+    pid: int | None = None,
+    descendants: Collection[int] = (),
+    oom_victims: Collection[int] | None = None,
+    descendant_states: Collection[str] = (),
     connection: Connection | None = None,
     answered: bool = False,
 ) -> Cause:
     """The cause of a kernel's death, from what could be learned of it.
 
     ``returncode``: the exit status as ``Popen.returncode`` has it (negative: killed by that
-    signal), None when the process has not exited or is not ours. ``state``: the state letter
-    of its process (:func:`stat_state`), if read. ``local``: whether the process is our child
-    at all; for one that is not, ``connection`` says what its heart's port answered.
-    ``silence``: for a heart death, how long the heart was silent. ``memory_at_start`` and
-    ``memory_now``: its memory cgroup's counters (:func:`memory`) at its start and now.
+    signal; 128 + N: likely signal N, as a shell or another wrapper that does not ``exec``
+    reports one), None when the process has not exited or is not ours. ``state``: the state
+    letter of its process (:func:`stat_state`), if read; ``descendant_states``: those of the
+    processes under it (the kernel behind a wrapper). ``local``: whether the process is our
+    child at all; for one that is not, ``connection`` says what its heart's port answered.
+    ``silence``: for a heart death, how long the heart was silent.
+
+    What tells a SIGKILL from the out-of-memory killer's: ``oom_victims``, the pids the kernel
+    log named as its victims since the kernel started (None: the log was not read), against
+    ``pid``, the kernel's process (behind a wrapper: its ``descendants`` too, seen while it
+    lived). The log naming it: the OOM killer, certain (behind a wrapper, whatever its exit
+    code); naming others only: not the OOM killer. Else the kernel's memory cgroup's counters
+    (:func:`memory`) sampled last while it lived (``memory_before``) and now (``memory_now``),
+    with ``shared``: whether other processes were in that cgroup then (None: not known). A
+    count risen since is this death only when nothing else could have been the victim (the
+    kernel alone there): otherwise it is only likely, as is anything behind a wrapper's exit
+    code.
     ``answered``: whether its heart had answered: a running kernel that exits with code 0
     ended itself as asked (``Cause.asked_for``).
     """
@@ -244,18 +233,62 @@ def decide(
         raise ValueError(f"silence must be a number >= 0 or None, not {silence!r}")
     if connection is not None and not isinstance(connection, Connection):
         raise TypeError(f"connection must be a Connection or None, not {connection!r}")
-    if returncode is not None and returncode >= 0:
-        asked = returncode == 0 and answered is True
-        return Cause("exited", exit_code=returncode, silence=silence, asked=asked)
+    if shared is not None and not isinstance(shared, bool):
+        raise TypeError(f"shared must be a bool or None, not {shared!r}")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
+        raise TypeError(f"pid must be an int or None, not {pid!r}")
+    descendants = _evidence.pid_set("descendants", descendants)
+    victims = None if oom_victims is None else _evidence.pid_set("oom_victims", oom_victims)
     if returncode is not None:
-        number = -returncode
-        if number == signal.SIGKILL and memory_now is not None and memory_now.oom_kills > 0:
-            if memory_at_start is not None and memory_now.oom_kills > memory_at_start.oom_kills:
-                return Cause("oom", signal=number, silence=silence, memory_limit=memory_now.limit)
-            if memory_at_start is None:
-                # Counted, but maybe before this kernel started: said as likely.
-                limit = memory_now.limit
-                return Cause("oom", signal=number, silence=silence, memory_limit=limit, likely=True)
+        wrapped = _evidence.wrapped_signal(returncode)
+        if returncode >= 0 and wrapped is None:
+            if victims and victims & descendants:
+                # A wrapper that says nothing of how what it ran ended (a shell script whose
+                # last command succeeded): the kernel log names what it ran.
+                limit = None if memory_now is None else memory_now.limit
+                return Cause(
+                    "oom",
+                    exit_code=returncode,
+                    signal=signal.SIGKILL,
+                    silence=silence,
+                    memory_limit=limit,
+                    evidence="kernel-log",
+                )
+            asked = returncode == 0 and answered is True
+            return Cause("exited", exit_code=returncode, silence=silence, asked=asked)
+        number = -returncode if wrapped is None else wrapped
+        code = None if wrapped is None else returncode
+        if number == signal.SIGKILL:
+            evidence = _evidence.oom(
+                memory_before,
+                memory_now,
+                shared,
+                pid,
+                descendants,
+                victims,
+                wrapped=wrapped is not None,
+            )
+            if evidence is not None:
+                how, likely = evidence
+                limit = None if memory_now is None else memory_now.limit
+                return Cause(
+                    "oom",
+                    exit_code=code,
+                    signal=number,
+                    silence=silence,
+                    memory_limit=limit,
+                    likely=likely,
+                    evidence=how,
+                )
+        if wrapped is not None:
+            return Cause(
+                "signal",
+                exit_code=code,
+                signal=number,
+                silence=silence,
+                likely=True,
+                evidence="exit-code",
+            )
         return Cause("signal", signal=number, silence=silence)
     if not local:
         kinds: dict[Connection | None, Kind] = {
@@ -269,6 +302,10 @@ def decide(
         return Cause("exited", silence=silence)
     if state in ("T", "t"):
         return Cause("stopped", silence=silence)
+    if silence is not None and any(s in ("T", "t") for s in descendant_states):
+        # Its own process runs (a wrapper waiting), one under it is stopped: the kernel it
+        # wraps, most likely, whose heart it is that is silent.
+        return Cause("stopped", silence=silence, likely=True, evidence="descendant")
     if silence is not None:
         # Our child, not exited, its heart silent: whatever it is doing, it is not answering.
         return Cause("frozen", silence=silence, likely=True)

@@ -1,10 +1,10 @@
-"""The cause of a kernel's death, decided from fixture text (cgroup v1 and v2, /proc), and the
-small readers beside it (the probe of a heart's port: tests/test_heart_probe.py)."""
+"""The cause of a kernel's death, decided from fixture text (cgroup v1 and v2, /proc); the
+evidence's parsers and readers: tests/test_evidence.py (the probe of a heart's port:
+tests/test_heart_probe.py)."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +19,6 @@ from heartbeat._cause import (
     size,
     stat_state,
 )
-from heartbeat.jupyter import _proc
 
 # -- fixture text, as the files read ----------------------------------------------------------
 
@@ -156,46 +155,120 @@ def test_a_negative_returncode_is_the_signal_named() -> None:
     assert decide(returncode=-9).describe() == "was killed by SIGKILL (9)"
 
 
-def test_sigkill_with_an_oom_kill_counted_since_the_start_is_the_oom_killer_v2() -> None:
+def test_sigkill_with_an_oom_kill_counted_since_last_seen_alone_is_the_oom_killer_v2() -> None:
     start = memory(2, V2_EVENTS_NONE, V2_MAX)
     now = memory(2, V2_EVENTS, V2_MAX)
-    cause = decide(returncode=-9, memory_at_start=start, memory_now=now)
-    assert cause == Cause("oom", signal=9, memory_limit=2 << 30)
+    cause = decide(returncode=-9, memory_before=start, memory_now=now, shared=False)
+    assert cause == Cause("oom", signal=9, memory_limit=2 << 30, evidence="cgroup")
     assert cause.describe() == (
         "was killed by SIGKILL (9): its memory cgroup recorded an out-of-memory kill "
         "(limit 2.0 GiB)"
     )
 
 
-def test_sigkill_with_an_oom_kill_counted_since_the_start_is_the_oom_killer_v1() -> None:
+def test_sigkill_with_an_oom_kill_counted_since_last_seen_alone_is_the_oom_killer_v1() -> None:
     start = memory(1, V1_OOM_NONE, V1_LIMIT)
     now = memory(1, V1_OOM, V1_LIMIT)
-    cause = decide(returncode=-9, memory_at_start=start, memory_now=now)
+    cause = decide(returncode=-9, memory_before=start, memory_now=now, shared=False)
     assert cause.kind == "oom" and not cause.likely
     assert cause.describe().endswith("an out-of-memory kill (limit 64.0 MiB)")
 
 
-def test_an_oom_kill_counted_before_the_start_is_not_this_death() -> None:
-    before = memory(1, V1_OOM, V1_LIMIT)  # 2 already at the start, 2 now
-    cause = decide(returncode=-9, memory_at_start=before, memory_now=before)
+def test_an_oom_kill_counted_before_it_was_last_seen_is_not_this_death() -> None:
+    # Issue 24's reproduction: kernels A and B share a cgroup; A is OOM-killed (the count is 2
+    # now), B, read since, is then killed by hand. Its count at its start (0) would have
+    # blamed the OOM killer; the one read last while it lived (2) does not.
+    before = memory(1, V1_OOM, V1_LIMIT)  # 2 already when last read, 2 now
+    for shared in (True, False, None):
+        cause = decide(returncode=-9, memory_before=before, memory_now=before, shared=shared)
+        assert cause == Cause("signal", signal=9)
+
+
+def test_an_oom_kill_counted_in_a_cgroup_shared_with_others_is_only_likely() -> None:
+    before, now = memory(1, V1_OOM_NONE, V1_LIMIT), memory(1, V1_OOM, V1_LIMIT)
+    for shared in (True, None):  # others there, or not known whether
+        cause = decide(returncode=-9, memory_before=before, memory_now=now, shared=shared)
+        assert cause == Cause(
+            "oom", signal=9, memory_limit=64 << 20, likely=True, evidence="cgroup-shared"
+        )
+    assert cause.describe() == (
+        "was killed by SIGKILL (9), likely out of memory: its memory cgroup recorded an "
+        "out-of-memory kill (limit 64.0 MiB) just before, but other processes share that cgroup"
+    )
+
+
+def test_an_oom_kill_with_no_count_from_its_life_is_only_likely() -> None:
+    cause = decide(returncode=-9, memory_before=None, memory_now=memory(1, V1_OOM, V1_LIMIT))
+    assert cause.kind == "oom" and cause.likely and cause.evidence == "cgroup-unknown-before"
+    assert "likely out of memory" in cause.describe() and "maybe before" in cause.describe()
+
+
+def test_the_kernel_log_naming_the_process_is_the_oom_killer_whatever_the_counts() -> None:
+    before = memory(1, V1_OOM, V1_LIMIT)
+    for now, shared in ((before, True), (None, None), (memory(1, V1_OOM, V1_LIMIT), False)):
+        cause = decide(
+            returncode=-9,
+            memory_before=before,
+            memory_now=now,
+            shared=shared,
+            pid=4242,
+            oom_victims=[4100, 4242],
+        )
+        assert cause.kind == "oom" and not cause.likely and cause.evidence == "kernel-log"
+    assert cause.describe() == (
+        "was killed by SIGKILL (9), out of memory: the kernel log names it as the out-of-memory "
+        "killer's victim (limit 64.0 MiB)"
+    )
+
+
+def test_the_kernel_log_naming_only_others_is_no_oom_kill_of_this_one() -> None:
+    before, now = memory(1, V1_OOM_NONE, V1_LIMIT), memory(1, V1_OOM, V1_LIMIT)
+    # The count rose, and it was alone there: yet the log names another victim (a process
+    # that joined the cgroup since it was read, say), and the kill of this one was someone's.
+    cause = decide(
+        returncode=-9,
+        memory_before=before,
+        memory_now=now,
+        shared=False,
+        pid=4242,
+        oom_victims={4100},
+    )
+    assert cause == Cause("signal", signal=9)
+    # A process the kernel started, killed by the OOM killer, is not the kernel.
+    cause = decide(
+        returncode=-9,
+        memory_before=before,
+        memory_now=now,
+        shared=False,
+        pid=4242,
+        descendants={4300},
+        oom_victims={4300},
+    )
     assert cause == Cause("signal", signal=9)
 
 
-def test_an_oom_kill_with_no_start_count_is_only_likely() -> None:
-    cause = decide(returncode=-9, memory_at_start=None, memory_now=memory(1, V1_OOM, V1_LIMIT))
-    assert cause.kind == "oom" and cause.likely
-    assert "likely out of memory" in cause.describe() and "maybe before" in cause.describe()
+def test_a_kernel_log_that_names_no_one_leaves_it_to_the_counts() -> None:
+    # Read, but empty since the start: a record not yet written, or lost; the counts decide.
+    before, now = memory(1, V1_OOM_NONE, V1_LIMIT), memory(1, V1_OOM, V1_LIMIT)
+    alone = decide(
+        returncode=-9, memory_before=before, memory_now=now, shared=False, pid=4242, oom_victims=()
+    )
+    assert alone.kind == "oom" and not alone.likely and alone.evidence == "cgroup"
+    shared = decide(
+        returncode=-9, memory_before=before, memory_now=now, shared=True, pid=4242, oom_victims=()
+    )
+    assert shared.kind == "oom" and shared.likely
 
 
 def test_an_oom_count_does_not_explain_another_signal() -> None:
     start, now = memory(2, V2_EVENTS_NONE, V2_MAX), memory(2, V2_EVENTS, V2_MAX)
-    cause = decide(returncode=-11, memory_at_start=start, memory_now=now)
+    cause = decide(returncode=-11, memory_before=start, memory_now=now)
     assert cause == Cause("signal", signal=11)
 
 
 def test_no_limit_is_not_named() -> None:
     start, now = memory(2, V2_EVENTS_NONE, V2_NO_MAX), memory(2, V2_EVENTS, V2_NO_MAX)
-    described = decide(returncode=-9, memory_at_start=start, memory_now=now).describe()
+    described = decide(returncode=-9, memory_before=start, memory_now=now, shared=False).describe()
     assert described == (
         "was killed by SIGKILL (9): its memory cgroup recorded an out-of-memory kill"
     )
@@ -271,6 +344,11 @@ def test_nothing_known_is_unknown() -> None:
         ({"returncode": None, "silence": -1.0}, ValueError),
         ({"returncode": None, "silence": float("nan")}, ValueError),
         ({"returncode": None, "local": False, "connection": "refused"}, TypeError),
+        ({"returncode": -9, "shared": "yes"}, TypeError),
+        ({"returncode": -9, "pid": "4242"}, TypeError),
+        ({"returncode": -9, "descendants": "4243"}, TypeError),
+        ({"returncode": -9, "oom_victims": [4242.0]}, TypeError),
+        ({"returncode": -9, "oom_victims": [True]}, TypeError),
     ],
 )
 def test_bad_input_is_a_clear_error(kwargs: dict[str, object], error: type) -> None:
@@ -281,28 +359,3 @@ def test_bad_input_is_a_clear_error(kwargs: dict[str, object], error: type) -> N
 def test_names_and_sizes() -> None:
     assert signal_name(9) == "SIGKILL" and signal_name(99) == "signal 99"
     assert size(2 << 30) == "2.0 GiB" and size(64 << 20) == "64.0 MiB" and size(512) == "512 B"
-
-
-# -- the readers, on a fake cgroup tree and on this process ------------------------------------
-
-
-def test_memory_cgroup_files_are_read_for_v1_and_v2(tmp_path: Path) -> None:
-    v1 = tmp_path / "memory" / "jobs"
-    v1.mkdir(parents=True)
-    (v1 / "memory.oom_control").write_text(V1_OOM)
-    (v1 / "memory.limit_in_bytes").write_text(V1_LIMIT)
-    assert _proc.MemoryCgroup(1, v1).read() == Memory(2, 64 << 20)
-    v2 = tmp_path / "k"
-    v2.mkdir()
-    (v2 / "memory.events").write_text(V2_EVENTS)
-    (v2 / "memory.max").write_text(V2_MAX)
-    assert _proc.MemoryCgroup(2, v2).read() == Memory(1, 2 << 30)
-    assert _proc.MemoryCgroup(2, tmp_path / "gone").read() is None
-
-
-def test_this_process_is_read_where_proc_exists() -> None:
-    import os
-
-    if not Path("/proc/self/stat").exists():
-        pytest.skip("no /proc here")
-    assert _proc.read_state(os.getpid()) == "R"  # it is reading it

@@ -21,7 +21,7 @@ from traitlets.config import Config
 
 from benchmarks.crash import answers
 from heartbeat._cause import Death
-from heartbeat.jupyter import HeartbeatKernelManager, HeartbeatKernelRestarter, _proc
+from heartbeat.jupyter import HeartbeatKernelManager, HeartbeatKernelRestarter, _kmsg, _proc
 from tests.conftest import run_python
 
 # The restarter's own poll, as jupyter_client has it: a death it alone saw would take up to this.
@@ -451,11 +451,19 @@ def test_an_out_of_memory_kill_is_named_with_its_cgroups_limit(
     assert death is not None and death.signal == signal.SIGKILL, death
     assert death.cause.kind == "oom" and not death.cause.likely, death
     assert death.cause.memory_limit == OOM_LIMIT
+    # Named by the kernel log where this process may read it, else by the cgroup it was alone
+    # in (tests/test_death_causes.py runs both).
+    readable = _kmsg.oom_log().mark() is not None
+    assert death.cause.evidence == ("kernel-log" if readable else "cgroup"), death
+    told = {
+        "kernel-log": ", out of memory: the kernel log names it as the out-of-memory killer's "
+        "victim (limit 256.0 MiB)",
+        "cgroup": ": its memory cgroup recorded an out-of-memory kill (limit 256.0 MiB)",
+    }[death.cause.evidence]
     [line] = death_lines(caplog)
     assert line.getMessage() == (
-        f"Kernel {km.kernel_id}: process {pid} died: it was killed by SIGKILL (9): its memory "
-        "cgroup recorded an out-of-memory kill (limit 256.0 MiB); not restarting it "
-        "(autorestart is off)"
+        f"Kernel {km.kernel_id}: process {pid} died: it was killed by SIGKILL (9){told}; not "
+        "restarting it (autorestart is off)"
     )
 
 

@@ -15,7 +15,9 @@ from typing import Any
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from heartbeat.jupyter import _kmsg
 from heartbeat.jupyter.events import SCHEMA_ID
+from tests.test_death_causes import WRAPPED
 from tests.test_deaths import a_memory_cgroup, joiner
 from tests.test_jupyter_server import Server, execute_request, serve
 from tests.test_metrics import metrics_of, scrape
@@ -191,14 +193,114 @@ def test_an_out_of_memory_kill_is_explained_with_its_cgroups_limit(tmp_path: Pat
         metrics = scrape(metrics_of(server))["values"]
         server.delete_kernel(kid)  # just after a restart
     assert deaths_by_cause(metrics) == {"oom": 1}, metrics
-    notice = (
-        "The kernel was killed by SIGKILL (9): its memory cgroup recorded an out-of-memory kill "
-        "(limit 512.0 MiB). Restarting it."
+    # The server shares the kernel's cgroup: its count alone makes it only likely; the kernel
+    # log, where the server may read it, names the kernel itself.
+    said = (
+        ", out of memory: the kernel log names it as the out-of-memory killer's victim "
+        "(limit 512.0 MiB)"
+        if kernel_log_readable()
+        else ", likely out of memory: its memory cgroup recorded an out-of-memory kill "
+        "(limit 512.0 MiB) just before, but other processes share that cgroup"
     )
+    notice = f"The kernel was killed by SIGKILL (9){said}. Restarting it."
     assert notices(seen, msg_id) == [f"KernelDied: {notice}"], seen
     lines = server.log.read_text(errors="replace").splitlines()
     [line] = [line for line in lines if f"Kernel {kid}: " in line]
-    assert line.endswith(
-        "died: it was killed by SIGKILL (9): its memory cgroup recorded an out-of-memory kill "
-        "(limit 512.0 MiB); restarting it"
-    ), line
+    assert line.endswith(f"died: it was killed by SIGKILL (9){said}; restarting it"), line
+
+
+def kernel_log_readable() -> bool:
+    """Whether the kernel log names out-of-memory victims to this process (and so to a server
+    it starts, as the same user in the same pid namespace)."""
+    return _kmsg.oom_log().mark() is not None
+
+
+# (cell, cause kind, likely, the server log line's ending): a wrapped kernel kills itself, then
+# stops itself, then moves itself into a limited cgroup (as a cgroup rules engine, matching its
+# name, would move it and not its wrapper) and asks for more than the limit there.
+WRAPPED_LIMIT = 256 << 20
+WRAPPED_DEATHS = [
+    (
+        "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+        "signal",
+        r"process \d+ died: it exited with code 137, likely killed by SIGKILL \(9\) behind a "
+        r"wrapper \(128 \+ 9\); restarting it",
+    ),
+    (
+        "import os, signal, time; time.sleep(1.5); os.kill(os.getpid(), signal.SIGSTOP)",
+        "stopped",
+        r"heart at tcp://\S+ is dead: no reply for [\d.]+ s \(time_to_dead 1 s\); it was likely "
+        r"frozen: a process under its own \(the kernel behind a wrapper\) was stopped "
+        r"\(SIGSTOP, or a debugger\) while its heart was silent for [\d.]+ s; killed its "
+        r"process \d+; restarting it",
+    ),
+    (
+        # Its move is read within SAMPLE_PERIOD (1 s): the cell waits five times that first.
+        "import os, time; open({procs!r}, 'w').write(str(os.getpid())); time.sleep(5); "
+        f"x = bytearray({2 * WRAPPED_LIMIT})",
+        "oom",
+        r"process \d+ died: it exited with code 137, (likely )?killed by SIGKILL \(9\) behind a "
+        r"wrapper \(128 \+ 9\), ",
+    ),
+]
+
+
+def test_a_wrapped_kernels_deaths_and_its_oom_kill_in_a_cgroup_it_moved_to_are_named(
+    tmp_path: Path,
+) -> None:
+    spec = tmp_path / "data" / "kernels" / "wrapped"
+    spec.mkdir(parents=True)
+    argv = ["bash", "-c", WRAPPED, "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "wrapped"}))
+    with (
+        a_memory_cgroup(WRAPPED_LIMIT) as group,
+        serve(
+            tmp_path,
+            *SETTINGS,
+            "--MappingKernelManager.default_kernel_name=wrapped",
+            extension=True,
+        ) as server,
+    ):
+        kid = server.api("POST", "/api/kernels")["id"]
+        cells = [cell.format(procs=str(group / "cgroup.procs")) for cell, *_ in WRAPPED_DEATHS]
+
+        async def scenario() -> list[Any]:
+            events = await connect(server, "/api/events/subscribe")
+            received: list[Any] = []
+            reader = asyncio.ensure_future(collect(events, received))
+            try:
+                for cell in cells:
+                    await run_until_restart(server, kid, cell)
+                await close(await connect(server, f"/api/kernels/{kid}/channels"))
+                return received
+            finally:
+                events.close()
+                await asyncio.wait_for(reader, 10)
+
+        received = asyncio.run(scenario())
+        metrics = scrape(metrics_of(server))["values"]
+        server.delete_kernel(kid)
+    lines = server.log.read_text(errors="replace").splitlines()
+    everything = "\n".join(lines)
+    ours = [line for line in lines if f"Kernel {kid}: " in line]
+    assert len(ours) == len(WRAPPED_DEATHS), everything
+    for line, (_, _, ending) in zip(ours, WRAPPED_DEATHS, strict=True):
+        assert re.search(rf"Kernel {kid}: {ending}", line), line
+    readable = kernel_log_readable()
+    oom_said = (
+        "out of memory: the kernel log names the process it wraps as the out-of-memory killer's "
+        "victim (limit 256.0 MiB); restarting it"
+        if readable
+        else "likely out of memory: its memory cgroup recorded an out-of-memory kill (limit "
+        "256.0 MiB); restarting it"
+    )
+    assert ours[2].endswith(oom_said), ours[2]
+    deaths = [e for e in received if e.get("schema_id") == SCHEMA_ID]
+    assert [e["cause"] for e in deaths] == [kind for _, kind, _ in WRAPPED_DEATHS], received
+    assert [e["likely"] for e in deaths] == [True, True, not readable], deaths
+    oom_evidence = "kernel-log" if readable else "cgroup"
+    assert [e["evidence"] for e in deaths] == ["exit-code", "descendant", oom_evidence], deaths
+    assert [e["exit_code"] for e in deaths] == [137, None, 137], deaths
+    assert [e["signal"] for e in deaths] == [9, None, 9], deaths
+    assert deaths[2]["memory_limit"] == WRAPPED_LIMIT, deaths
+    assert deaths_by_cause(metrics) == {"signal": 1, "stopped": 1, "oom": 1}, metrics

@@ -1,6 +1,7 @@
 """What the cause of a death is decided from, read from the system: ``/proc``, the memory
 cgroup's files, a connect to a remote heart's port (on the event loop). Each reader returns
-None (or says "unreachable") where it cannot tell; the deciding is in :mod:`heartbeat._cause`."""
+None (or says "unreachable") where it cannot tell; the deciding is in :mod:`heartbeat._cause`
+(the kernel log's victims: :mod:`heartbeat.jupyter._kmsg`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from heartbeat import _cause as cause
-from heartbeat import _validate
+from heartbeat import _evidence, _validate
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -25,16 +26,37 @@ class MemoryCgroup:
     version: int
     path: Path
 
-    def read(self) -> cause.Memory | None:
-        """Its counters now; None when its files cannot be read (gone, or not these)."""
+    def read(self, *, limit: bool = True) -> cause.Memory | None:
+        """Its counters now; None when its files cannot be read (gone, or not these). Without
+        ``limit``, its limit is not read (None in what is returned)."""
         names = (
             ("memory.events", "memory.max")
             if self.version == 2
             else ("memory.oom_control", "memory.limit_in_bytes")
         )
         try:
-            events, limit = ((self.path / name).read_text() for name in names)
-            return cause.memory(self.version, events, limit)
+            events = self._events(names[0])
+            if not limit:
+                return cause.Memory(_evidence.oom_kills(self.version, events), None)
+            return cause.memory(self.version, events, (self.path / names[1]).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _events(self, name: str) -> str:
+        if self.version == 2:
+            # Its own processes' kills (Linux 5.2+): memory.events counts those of the cgroups
+            # below it too, whose processes cgroup.procs does not list.
+            try:
+                return (self.path / "memory.events.local").read_text()
+            except FileNotFoundError:
+                pass
+        return (self.path / name).read_text()
+
+    def procs(self) -> frozenset[int] | None:
+        """The processes in it now (``cgroup.procs``: in it, not in those below it); None when
+        that cannot be read."""
+        try:
+            return _evidence.pids((self.path / "cgroup.procs").read_text())
         except (OSError, ValueError):
             return None
 
@@ -48,12 +70,57 @@ def read_state(pid: int) -> str | None:
         return None
 
 
-def memory_cgroup_of(pid: int, root: Path = CGROUP_ROOT) -> MemoryCgroup | None:
-    """The memory cgroup of a live process ``pid`` (an exited one has left its cgroup: ask at
-    its start); None where there is none to read."""
+def read_stat(pid: int) -> _evidence.ProcessStat | None:
+    """What ``/proc/<pid>/stat`` says of process ``pid`` (state, and whether it is dying);
+    None: not Linux, or gone."""
     try:
-        found = cause.memory_cgroup(Path(f"/proc/{pid}/cgroup").read_text())
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return _evidence.process_stat(stat.read())
     except (OSError, ValueError):
+        return None
+
+
+def descendants(pid: int, limit: int = 64) -> frozenset[int]:
+    """The processes under ``pid`` (children, theirs...), at most ``limit`` of them, as the
+    children files of their main threads list them (Linux 3.5+, ``CONFIG_PROC_CHILDREN``);
+    empty where they cannot be read. A process started from another of its threads is missed:
+    a wrapper (a shell, ``conda run``) runs its kernel from its main thread."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo and len(found) < limit:
+        parent = todo.pop()
+        try:
+            text = Path(f"/proc/{parent}/task/{parent}/children").read_text()
+            below = _evidence.pids(text) - found - {pid}
+        except (OSError, ValueError):
+            continue
+        found |= below
+        todo.extend(below)
+    return frozenset(found)
+
+
+def memory_cgroup_text(pid: int) -> str | None:
+    """The text of ``/proc/<pid>/cgroup`` (where process ``pid`` is now); None: gone, or no
+    cgroups here."""
+    try:
+        return Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return None
+
+
+def memory_cgroup_of(pid: int, root: Path = CGROUP_ROOT) -> MemoryCgroup | None:
+    """The memory cgroup of a live process ``pid`` (an exited one has left its cgroup: ask
+    while it lives); None where there is none to read."""
+    text = memory_cgroup_text(pid)
+    return None if text is None else memory_cgroup_in(text, root)
+
+
+def memory_cgroup_in(text: str, root: Path = CGROUP_ROOT) -> MemoryCgroup | None:
+    """The memory cgroup that the text of ``/proc/<pid>/cgroup`` names, its files found under
+    ``root``; None where there is none to read."""
+    try:
+        found = cause.memory_cgroup(text)
+    except ValueError:
         return None
     if found is None:
         return None

@@ -28,6 +28,7 @@ def event_data(death: Death) -> dict[str, Any]:
         "kernel_id": death.kernel_id,
         "cause": cause.kind,
         "likely": cause.likely,
+        "evidence": cause.evidence,
         "msg": death.notice(),
         "exit_code": cause.exit_code,
         "signal": cause.signal,
