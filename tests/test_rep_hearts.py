@@ -2,7 +2,7 @@
 Kernel's REP socket") and hearts that are ROUTERs (ipykernel's, xeus') alike, under every way of
 watching one: a lone monitor, the pool (plain and CURVE), the probe, ``HBChannel`` and the kernel
 spec's provisioner. ZMTP lets a REP peer talk only to REQ and DEALER, so the pool, whose socket
-is a ROUTER, reaches a REP heart by DEALERs of its own (heartbeat/pool.py)."""
+is a ROUTER, reaches a REP heart by DEALERs of its own (heartbeat/_pool_rep.py)."""
 
 from __future__ import annotations
 
