@@ -13,6 +13,8 @@ import signal
 from dataclasses import dataclass
 from typing import Literal
 
+from heartbeat import _memory
+
 Kind = Literal[
     "exited",
     "signal",
@@ -62,6 +64,11 @@ class Cause:
     memory_limit: int | None = None
     likely: bool = False
     asked: bool = False  # see asked_for
+    # For an out-of-memory kill: the most its kernel was seen to use, and how many other
+    # processes its memory cgroup held at its death (heartbeat.jupyter._memory_watch).
+    memory_peak: int | None = None
+    memory_others: int | None = None
+    memory_peak_exact: bool = False  # the peak is its own cgroup's, not sampled
 
     @property
     def asked_for(self) -> bool:
@@ -93,6 +100,14 @@ class Cause:
                         f"{text}, likely out of memory: its memory cgroup has recorded an "
                         f"out-of-memory kill{limit}, maybe before this kernel started"
                     )
+                used = _memory.used(
+                    self.memory_peak,
+                    self.memory_limit,
+                    self.memory_others,
+                    exact=self.memory_peak_exact,
+                )
+                if used and (self.memory_peak is not None or self.memory_others is not None):
+                    return f"{text}: its memory cgroup recorded an out-of-memory kill: {used}"
                 text += f": its memory cgroup recorded an out-of-memory kill{limit}"
             return text
         if self.kind == "stopped":

@@ -14,6 +14,7 @@ from tornado.ioloop import IOLoop
 
 from heartbeat import _cause
 from heartbeat._cause import Death
+from heartbeat.jupyter._memory_watch import MemoryGuard
 from heartbeat.jupyter._proc import memory_cgroup_of, read_state
 
 
@@ -108,6 +109,7 @@ class DeathWatch:
         self.witness: Witness | None = None
         self.exit_watch: ExitWatch | None = None
         self.last: Death | None = None
+        self.memory = MemoryGuard()  # its memory: peak, warning (started by the owner)
 
     def watch(
         self, process: subprocess.Popen[Any] | None, on_exit: Callable[[Witness], None]
@@ -145,7 +147,7 @@ class DeathWatch:
             witness = Witness(process)  # a process it was not watching: counted only now
         death = Death(
             kernel_id=kernel_id,
-            cause=witness.cause(silence, connection, answered=answered),
+            cause=self.memory.explain(witness.cause(silence, connection, answered=answered)),
             time=time.time(),
             pid=None if process is None else process.pid,
             restarting=restarting,

@@ -13,6 +13,7 @@ kernelspec`` installs a kernel spec that selects it.
 
 from __future__ import annotations
 
+from signal import SIGINT
 from typing import Any
 
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
@@ -79,6 +80,14 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
             self.log.debug("Kernel %s is watched by its kernel manager", self.kernel_id)
             return
         self._death_watch.watch(local_child(self), self._on_exit)
+        self._death_watch.memory.start(
+            local_child(self),
+            oom_score_adj=self.kernel_oom_score_adj,
+            warning=self.memory_warning,
+            interrupt=self.memory_interrupt,
+            log=KernelLog(self.log, self.kernel_id, lambda dead: (None, None)),
+            interrupt_kernel=lambda: IOLoop.current().add_callback(self.send_signal, SIGINT),
+        )
         heart = hb_url(dict(self.connection_info), f"kernel {self.kernel_id}")
         self._monitor = self.watch(
             heart.url,
@@ -106,6 +115,7 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
         if monitor is not None:
             monitor.stop()
         self._death_watch.stop()
+        self._death_watch.memory.stop()
 
     def _record(self, silence: float | None) -> Death:
         return self._death_watch.record(
