@@ -181,7 +181,7 @@ class MemorySchedule:
 
     One warning and one interrupt an episode: each is armed again once usage has fallen back
     below ``rearm`` of its threshold (the memory freed, the kernel restarted), or at
-    :meth:`rearm_now` (a new cell).
+    :meth:`rearm_now` (a new cell; see there for the interrupt).
     """
 
     def __init__(
@@ -225,10 +225,17 @@ class MemorySchedule:
         self._rate = 0.0  # the fastest growth seen lately, bytes a second (decays)
         self._warned = False
         self._interrupted = False
+        self._interrupt_floor = 0.0  # raised by a new cell after an interrupt (rearm_now)
+        self._last_limit = 0
 
     def rearm_now(self) -> None:
-        """Warn (and interrupt) again at the next crossing: a new cell runs."""
-        self._warned = self._interrupted = False
+        """A new cell runs: warn again at the next reading past the warning. Interrupt it only
+        if it grows halfway from where the last interrupt left usage to the limit: memory kept
+        by the interrupted cell (its variables) must not interrupt every cell after it."""
+        self._warned = False
+        if self._interrupted and self._last is not None:
+            self._interrupted = False
+            self._interrupt_floor = self._last[1] + (self._last_limit - self._last[1]) / 2
 
     def sample(
         self, now: float, usage: int, limit: int | None
@@ -254,17 +261,21 @@ class MemorySchedule:
                 events.append(Warn(usage, limit))
             elif usage < self.rearm * level:
                 self._warned = False
+        self._last_limit = limit
         if self.interrupt is not None:
-            level = self.interrupt * limit
+            level = max(self.interrupt * limit, self._interrupt_floor)
             if usage >= level and not self._interrupted:
                 self._interrupted = True
                 events.append(Interrupt(usage, limit))
-            elif usage < self.rearm * level:
+            elif usage < self.rearm * self.interrupt * limit:
                 self._interrupted = False
+                self._interrupt_floor = 0.0
         # The next threshold above usage (the warning, the interrupt), read for soon enough;
         # past them, readings are only for the peak before a kill: a kernel sitting just below
         # its limit is not read many times a second.
-        levels = [f * limit for f in (self.warning, self.interrupt) if f is not None]
+        levels = [] if self.warning is None else [self.warning * limit]
+        if self.interrupt is not None:
+            levels.append(max(self.interrupt * limit, self._interrupt_floor))
         pending = [level for level in levels if level > usage]
         if pending:
             target, soonest = min(pending), self.fastest

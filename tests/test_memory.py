@@ -150,14 +150,14 @@ def test_one_warning_an_episode_or_a_cell() -> None:
     assert schedule.sample(2, 920 * MIB, limit)[0] == []  # once
     assert schedule.sample(3, 960 * MIB, limit)[0] == [Interrupt(960 * MIB, limit)]
     assert schedule.sample(4, 990 * MIB, limit)[0] == []
-    schedule.rearm_now()  # a new cell
-    assert schedule.sample(5, 960 * MIB, limit)[0] == [
-        Warn(960 * MIB, limit),
-        Interrupt(960 * MIB, limit),
-    ]
-    # Freed (below 0.9 of the warning): armed again.
-    assert schedule.sample(6, 700 * MIB, limit)[0] == []
-    assert schedule.sample(7, 905 * MIB, limit)[0] == [Warn(905 * MIB, limit)]
+    schedule.rearm_now()  # a new cell: warned again; interrupted only if it grows halfway on
+    assert schedule.sample(5, 960 * MIB, limit)[0] == [Warn(960 * MIB, limit)]
+    assert schedule.sample(6, 994 * MIB, limit)[0] == []
+    assert schedule.sample(7, 996 * MIB, limit)[0] == [Interrupt(996 * MIB, limit)]
+    # Freed (below 0.9 of each threshold): armed again, at its own level.
+    assert schedule.sample(8, 700 * MIB, limit)[0] == []
+    assert schedule.sample(9, 905 * MIB, limit)[0] == [Warn(905 * MIB, limit)]
+    assert schedule.sample(10, 950 * MIB, limit)[0] == [Interrupt(950 * MIB, limit)]
     assert "uses 905.0 MiB of its 1000.0 MiB limit" in Warn(905 * MIB, limit).words()
     assert Interrupt(960 * MIB, limit).words().startswith("interrupted: ")
 

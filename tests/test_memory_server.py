@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tornado.httpclient import HTTPRequest
@@ -21,7 +23,7 @@ from tornado.websocket import websocket_connect
 from heartbeat.jupyter import _proc
 from tests.test_deaths import joiner
 from tests.test_jupyter_server import Server, execute_request, serve
-from tests.test_server_deaths import SETTINGS, close, connect, run_until_restart
+from tests.test_server_deaths import SETTINGS, close, connect, notices, run_until_restart
 
 # The server holds BALLAST besides its own ~100 MiB; an idle ipykernel ~60 MiB. The cell grows
 # its kernel by 80 MiB/s until the cgroup's LIMIT: the kernel is then ~200 MiB, the server ~400.
@@ -127,12 +129,13 @@ def test_the_oom_killer_takes_the_kernel_not_the_server_which_says_how_much(
     ):
         kid = server.api("POST", "/api/kernels")["id"]
 
-        async def scenario() -> None:
+        async def scenario() -> tuple[str, list[Any]]:
             await ready(server, kid)
-            await run_until_restart(server, kid, GROW)
+            found = await run_until_restart(server, kid, GROW)
             await close(await connect(server, f"/api/kernels/{kid}/channels"))
+            return found
 
-        asyncio.run(scenario())
+        msg_id, seen = asyncio.run(scenario())
         assert server.proc.poll() is None, "the server died"
         assert server.api("GET", f"/api/kernels/{kid}")["id"] == kid
         server.delete_kernel(kid)
@@ -155,3 +158,67 @@ def test_the_oom_killer_takes_the_kernel_not_the_server_which_says_how_much(
     # More than an idle kernel: its growth was read, up to near what the server left it.
     assert 150 < float(found.group(1)) < 640, died
     assert ours.index(warned) < ours.index(died)
+    # The running cell: warned on its stderr, once, then told of its death with its peak.
+    told = [
+        m["content"]["text"]
+        for m in seen
+        if m.get("msg_type") == "stream" and m["parent_header"].get("msg_id") == msg_id
+    ]
+    assert len(told) == 1, seen
+    assert re.fullmatch(
+        r"KernelMemory: This kernel's memory cgroup uses [\d.]+ MiB of its 640.0 MiB limit; at "
+        r"the limit the largest kernel is killed by the out-of-memory killer.\n",
+        told[0],
+    ), told
+    [notice] = notices(seen, msg_id)
+    assert "this kernel used at least" in notice and "shared with 1 other process" in notice
+
+
+def test_memory_interrupt_interrupts_the_cell_and_the_kernel_lives_on(tmp_path: Path) -> None:
+    # Opted in at 0.8 of the limit: the cell ends with KeyboardInterrupt before the OOM killer
+    # acts, and the kernel's earlier state survives.
+    ballast(tmp_path)
+    interrupt = "--HeartbeatKernelManager.memory_interrupt=0.8"
+    with (
+        memory_cgroup(LIMIT) as group,
+        serve(tmp_path, *SETTINGS, interrupt, extension=True, preexec_fn=joiner(group)) as server,
+    ):
+        kid = server.api("POST", "/api/kernels")["id"]
+
+        async def scenario() -> list[Any]:
+            await ready(server, kid)
+            conn = await connect(server, f"/api/kernels/{kid}/channels")
+            try:
+                replies = []
+                for code in ("kept = 42", GROW, "print(kept)"):
+                    request = execute_request(code)
+                    msg_id = json.loads(request)["header"]["msg_id"]
+                    await conn.write_message(request)
+                    seen = []
+                    while True:
+                        raw = await asyncio.wait_for(conn.read_message(), timeout=60)
+                        assert raw is not None, "websocket closed"
+                        msg = json.loads(raw)
+                        if msg["parent_header"].get("msg_id") == msg_id:
+                            seen.append(msg)
+                            if msg["msg_type"] == "execute_reply":
+                                break
+                    replies.append(seen)
+                return replies
+            finally:
+                await close(conn)
+
+        replies = asyncio.run(scenario())
+        oom = (group / "memory.oom_control").read_text()
+        server.delete_kernel(kid)
+    assert re.search(r"^oom_kill 0$", oom, re.M), oom
+    grown = replies[1]
+    assert grown[-1]["content"]["status"] == "error"
+    assert grown[-1]["content"]["ename"] == "KeyboardInterrupt", grown[-1]
+    streams = [m["content"]["text"] for m in grown if m["msg_type"] == "stream"]
+    assert any(t.startswith("KernelMemory: Interrupted: this kernel's memory") for t in streams)
+    printed = [m["content"]["text"] for m in replies[2] if m["msg_type"] == "stream"]
+    assert printed == ["42\n"], replies[2]
+    lines = server.log.read_text(errors="replace").splitlines()
+    assert any(f"Kernel {kid}: interrupted: " in line for line in lines)
+    assert not any(" died: " in line for line in lines)

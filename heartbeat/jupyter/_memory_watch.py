@@ -127,14 +127,17 @@ def mark_for_oom(process: subprocess.Popen[Any], adj: int) -> int:
 _oom_group_checked = False
 
 
-def warn_if_oom_group(log: logging.Logger | logging.LoggerAdapter[Any]) -> bool:
-    """Once a process: warn (and return True) when this process's cgroup v2 memory cgroup has
-    ``memory.oom.group`` on, where one OOM kill of a kernel ends the server too."""
+def warn_if_oom_group(
+    log: logging.Logger | logging.LoggerAdapter[Any], group: MemoryCgroup | None = None
+) -> bool:
+    """Once a process: warn (and return True) when this process's memory cgroup (``group``:
+    found from ``/proc/self/cgroup`` unless given) is cgroup v2's with ``memory.oom.group`` on,
+    where one OOM kill of a kernel ends the server too."""
     global _oom_group_checked
     if _oom_group_checked:
         return False
     _oom_group_checked = True
-    mine = memory_cgroup_of(os.getpid())
+    mine = group if group is not None else memory_cgroup_of(os.getpid())
     if mine is None or mine.version != 2:
         return False
     try:

@@ -20,6 +20,7 @@ from typing import Any
 from jupyter_server.gateway.gateway_client import GatewayClient
 from traitlets.config import Config
 
+from heartbeat.jupyter._memory_watch import warn_if_oom_group
 from heartbeat.jupyter.events import register
 
 MANAGER = "heartbeat.jupyter.manager.HeartbeatKernelManager"
@@ -74,6 +75,7 @@ def _link_jupyter_server_extension(serverapp: Any) -> None:
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     # Registered now, so that the event bus lists it before the first death.
     register(serverapp.event_logger)
+    warn_if_oom_group(serverapp.log)  # one OOM kill ending the server with a kernel, once
     serverapp.log.info(
         "kernel-heartbeat: kernels' hearts watched by %s; a dying kernel's running cell is "
         "told why (%s)",

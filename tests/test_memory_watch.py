@@ -1,0 +1,122 @@
+"""heartbeat.jupyter._memory_watch on real processes: a kernel's processes (our child and its
+session, a wrapper's later fork too) made the OOM killer's preferred victims, and nothing else;
+the memory.oom.group warning."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from heartbeat.jupyter import _memory_watch
+from heartbeat.jupyter._memory_watch import kernel_pids, mark_for_oom, warn_if_oom_group
+from heartbeat.jupyter._proc import MemoryCgroup
+
+
+def adj(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/oom_score_adj").read_text())
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def until(predicate: object, what: str, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < end, what
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_kernel_and_its_session_are_marked_and_nothing_else(
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    # A wrapper (a shell) that forks one process now and its real kernel later: in its own
+    # session, as jupyter_client starts kernels.
+    wrapper = subprocess.Popen(
+        ["sh", "-c", "sleep 60 & sleep 0.5; exec sleep 61"], start_new_session=True
+    )
+    processes.append(wrapper)
+    # Ours too, but no kernel's: started in this process's session.
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    processes.append(bystander)
+
+    def forked() -> list[int]:
+        return [p for p in children(wrapper.pid) if cmdline(p) == b"sleep\x0060\x00"]
+
+    until(forked, "the wrapper forked nothing")
+    [early] = forked()
+    found = kernel_pids(wrapper)
+    assert {wrapper.pid, early} <= set(found) <= {wrapper.pid, *children(wrapper.pid)}
+    assert bystander.pid not in found
+    assert mark_for_oom(wrapper, 1000) >= 2
+    assert adj(wrapper.pid) == adj(early) == 1000
+    assert adj(bystander.pid) == 0  # not in the kernel's session: left alone
+    assert mark_for_oom(wrapper, 1000) == 0  # already: nothing written
+    assert mark_for_oom(wrapper, 500) == 0  # never lowered
+    assert adj(wrapper.pid) == 1000
+    # Its real kernel, exec'd after the mark, keeps it (and so would any later fork).
+    until(lambda: Path(f"/proc/{wrapper.pid}/cmdline").read_bytes().startswith(b"sleep"), "exec")
+    assert adj(wrapper.pid) == 1000
+
+
+def test_an_exited_kernel_is_never_marked(processes: list[subprocess.Popen[bytes]]) -> None:
+    child = subprocess.Popen(["true"], start_new_session=True)
+    child.wait()  # reaped: its pid may be anyone's by now
+    assert kernel_pids(child) == []
+    assert mark_for_oom(child, 1000) == 0
+
+
+def test_zero_marks_nothing(processes: list[subprocess.Popen[bytes]]) -> None:
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    processes.append(child)
+    assert mark_for_oom(child, 0) == 0
+    assert adj(child.pid) == 0
+
+
+@pytest.mark.parametrize(("text", "warned"), [("1\n", True), ("0\n", False)])
+def test_memory_oom_group_is_warned_of_once(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    text: str,
+    warned: bool,
+) -> None:
+    monkeypatch.setattr(_memory_watch, "_oom_group_checked", False)
+    (tmp_path / "memory.oom.group").write_text(text)
+    group = MemoryCgroup(2, tmp_path)
+    log = logging.getLogger("test-oom-group")
+    with caplog.at_level(logging.WARNING):
+        assert warn_if_oom_group(log, group) is warned
+        assert warn_if_oom_group(log, group) is False  # once a process
+    lines = [r.getMessage() for r in caplog.records if r.name == "test-oom-group"]
+    assert len(lines) == (1 if warned else 0)
+    if warned:
+        assert "memory.oom.group=1" in lines[0] and "singleProcessOOMKill" in lines[0]
+    # cgroup v1 has no such file: nothing to warn of.
+    monkeypatch.setattr(_memory_watch, "_oom_group_checked", False)
+    assert warn_if_oom_group(log, MemoryCgroup(1, tmp_path)) is False
