@@ -8,8 +8,9 @@ import re
 import pytest
 
 from heartbeat import _memory
-from heartbeat._cause import Cause
+from heartbeat._cause import Cause, Death
 from heartbeat._memory import Interrupt, MemorySchedule, Warn
+from heartbeat.jupyter.events import event_data
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -98,6 +99,14 @@ def test_an_oom_cause_says_how_much_when_known() -> None:
         "was killed by SIGKILL (9): its memory cgroup recorded an out-of-memory kill: its "
         "cgroup's limit is 512.0 MiB, shared with 1 other process"
     )
+
+
+def test_the_death_event_carries_the_peak() -> None:
+    cause = Cause("oom", signal=9, memory_limit=GIB, memory_peak=900 * MIB, memory_others=3)
+    data = event_data(Death("k", cause, time=0.0, restarting=True))
+    assert data["memory_peak"] == 900 * MIB and data["memory_others"] == 3
+    assert data["memory_limit"] == GIB
+    assert "this kernel used at least 900.0 MiB at its peak" in data["msg"]
 
 
 def run(

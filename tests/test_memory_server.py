@@ -23,6 +23,7 @@ from tornado.websocket import websocket_connect
 from heartbeat.jupyter import _proc
 from tests.test_deaths import joiner
 from tests.test_jupyter_server import Server, execute_request, serve
+from tests.test_metrics import metrics_of, scrape
 from tests.test_server_deaths import SETTINGS, close, connect, notices, run_until_restart
 
 # The server holds BALLAST besides its own ~100 MiB; an idle ipykernel ~60 MiB. The cell grows
@@ -137,12 +138,16 @@ def test_the_oom_killer_takes_the_kernel_not_the_server_which_says_how_much(
 
         msg_id, seen = asyncio.run(scenario())
         assert server.proc.poll() is None, "the server died"
+        metrics = scrape(metrics_of(server))["values"]
         assert server.api("GET", f"/api/kernels/{kid}")["id"] == kid
         server.delete_kernel(kid)
         oom = (group / "memory.oom_control").read_text()
     assert server.proc.returncode == 0 or server.proc.returncode == -signal.SIGTERM
     assert re.search(r"^oom_kill 1$", oom, re.M), oom
-    lines = server.log.read_text(errors="replace").splitlines()
+    log = server.log.read_text(errors="replace")
+    # The event (its peak) emitted as its schema says: no callback of the death failed.
+    assert "ValidationError" not in log and "callback" not in log, log
+    lines = log.splitlines()
     ours = [line for line in lines if f"Kernel {kid}: " in line]
     # Warned before the kill (the log; memory_warning 0.9), then its death with its peak.
     [warned] = [line for line in ours if "(memory_warning)" in line]
@@ -172,6 +177,9 @@ def test_the_oom_killer_takes_the_kernel_not_the_server_which_says_how_much(
     ), told
     [notice] = notices(seen, msg_id)
     assert "this kernel used at least" in notice and "shared with 1 other process" in notice
+    # /metrics: its peak in the histogram, no kernel named.
+    assert metrics["heartbeat_oom_peak_bytes_count", ()] == 1
+    assert 150 << 20 < metrics["heartbeat_oom_peak_bytes_sum", ()] < LIMIT
 
 
 def test_memory_interrupt_interrupts_the_cell_and_the_kernel_lives_on(tmp_path: Path) -> None:
