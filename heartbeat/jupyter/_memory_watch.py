@@ -33,6 +33,11 @@ from heartbeat.jupyter._proc import CGROUP_ROOT, MemoryCgroup, memory_cgroup_of
 REMARK_AFTER = (1.0, 5.0)
 
 
+#: From this fraction of its limit on, a kernel's memory is read in full (its cgroup's cache,
+#: its processes' peak): below, it is far from any threshold (0.5 below the lowest sensible
+#: warning) and from an out-of-memory kill worth a peak.
+PEAK_FROM = 0.5
+
 #: A peak read longer than this (seconds) before an out-of-memory death is not said: the kernel
 #: may have grown by anything since (a single allocation past its limit, read 5 s before).
 STALE = 1.0
@@ -72,29 +77,44 @@ def _in_session(fd: int, leader: int) -> bool:
 
 
 def kernel_pids(process: subprocess.Popen[Any]) -> list[int]:
-    """The pids of a kernel: our local child and every process of the session or the process
+    """The pids of a kernel: our local child and its descendants in the session or the process
     group it leads (jupyter_client starts a kernel in a new session: a wrapper's real kernel,
-    forked later, is in it).
+    forked later, is one), found through ``/proc/<pid>/task/<tid>/children``: the cost is the
+    kernel's own processes, not the machine's.
 
     Provably ours: while our child is not reaped (``poll()`` is None) its pid is no one
     else's, and a session or process group with its id can only have been made by it and
-    inherited by its descendants. Empty once it has exited.
+    inherited by its descendants; each pid is checked against it through its own
+    ``/proc/<pid>`` directory (a pid reused meanwhile is not in it). Empty once it has exited.
     """
     if process.poll() is not None:
         return []
     leader = process.pid
-    found = [leader]
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.isdigit() or int(entry) == leader:
-            continue
-        with _proc_dir(int(entry)) as fd:
-            if fd is not None and _in_session(fd, leader):
-                found.append(int(entry))
+    found, todo = [leader], [leader]
+    while todo and len(found) < _MOST:
+        pid = todo.pop()
+        with _proc_dir(pid) as fd:
+            if fd is None:
+                continue
+            try:
+                tasks = os.listdir(f"/proc/self/fd/{fd}/task")
+            except OSError:
+                continue
+            for tid in tasks:
+                try:
+                    kids = _read_at(fd, f"task/{tid}/children").split()
+                except OSError:
+                    continue
+                for kid in kids:
+                    with _proc_dir(int(kid)) as kid_fd:
+                        if kid_fd is not None and _in_session(kid_fd, leader):
+                            found.append(int(kid))
+                            todo.append(int(kid))
     return found
+
+
+# A kernel's processes followed at most: a fork bomb in a cell is not walked for ever.
+_MOST = 1000
 
 
 def mark_for_oom(process: subprocess.Popen[Any], adj: int) -> int:
@@ -182,12 +202,16 @@ class Reader:
         except (OSError, ValueError):
             return None
 
-    def usage(self) -> int | None:
-        """Its usage less inactive file cache (:func:`heartbeat._memory.working_set`)."""
+    def usage(self, exact_from: float = 0.0) -> int | None:
+        """Its usage less inactive file cache (:func:`heartbeat._memory.working_set`); the
+        cache (``memory.stat``, the larger file) only read from ``exact_from`` bytes on: below,
+        usage itself (never less than what it stands for) is enough."""
         try:
             used = _memory.usage(
                 self.version, self._file("memory.usage_in_bytes", "memory.current")
             )
+            if used < exact_from:
+                return used
             return _memory.working_set(self.version, used, self._file("memory.stat", "memory.stat"))
         except (OSError, ValueError):
             return None
@@ -248,6 +272,7 @@ class MemoryGuard:
         self._next: object = None  # the next reading
         self._last_reader: Reader | None = None  # the last process's, kept for its death
         self._read_at: float | None = None  # when its peak was last read
+        self._full_from = PEAK_FROM  # the fraction of its limit from which it is read in full
         self._pids: list[int] = []
         self._log: logging.LoggerAdapter[Any] | logging.Logger | None = None
         self._adj = 0
@@ -299,6 +324,7 @@ class MemoryGuard:
             return
         self._reader = self._last_reader = Reader.of(group)
         self._schedule = MemorySchedule(warning=warning or None, interrupt=interrupt or None)
+        self._full_from = min(PEAK_FROM, warning or 1.0, interrupt or 1.0)
         self._sample()
 
     def stop(self) -> None:
@@ -324,13 +350,17 @@ class MemoryGuard:
         if process is None or reader is None or schedule is None:
             return
         now = time.monotonic()
-        usage = reader.usage()
         limit = reader.limit()
+        # Far below every threshold (and its limit), an idle kernel costs two small reads:
+        # its cache and its processes' peak are read only nearer (PEAK_FROM of its limit).
+        near = None if limit is None else self._full_from * limit
+        usage = reader.usage(exact_from=near if near is not None else float("inf"))
         if usage is None or process.poll() is not None:
             return  # its cgroup is gone, or it exited: nothing more to read
-        peak = _peak(self._pids, process.pid)
-        self.peak = max(self.peak or 0, peak) or None
-        self._read_at = time.monotonic()
+        if near is not None and usage >= near:
+            peak = _peak(self._pids, process.pid)
+            self.peak = max(self.peak or 0, peak) or None
+            self._read_at = time.monotonic()
         self.limit = limit
         events, at = schedule.sample(now, usage, limit)
         for event in events:
