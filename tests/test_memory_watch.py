@@ -4,6 +4,7 @@ the memory.oom.group warning."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 import sys
@@ -12,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jupyter_client.manager import AsyncKernelManager
 
 from heartbeat.jupyter import _memory_watch
 from heartbeat.jupyter._memory_watch import kernel_pids, mark_for_oom, warn_if_oom_group
 from heartbeat.jupyter._proc import MemoryCgroup
+from tests.test_provisioner import beating, kernelspec  # noqa: F401
 
 
 def adj(pid: int) -> int:
@@ -120,3 +123,19 @@ def test_memory_oom_group_is_warned_of_once(
     # cgroup v1 has no such file: nothing to warn of.
     monkeypatch.setattr(_memory_watch, "_oom_group_checked", False)
     assert warn_if_oom_group(log, MemoryCgroup(1, tmp_path)) is False
+
+
+def test_the_provisioners_kernel_is_the_oom_killers_choice(kernelspec: dict[str, str]) -> None:  # noqa: F811
+    # A headless run's kernel (the kernel spec's provisioner under a stock manager) is marked as
+    # the managers' kernels are (tests/test_memory_server.py).
+    async def scenario() -> int:
+        km = AsyncKernelManager(kernel_name="python3-heartbeat")
+        provisioner = await beating(km, judged=False)
+        try:
+            process = provisioner.process
+            assert process is not None
+            return adj(process.pid)
+        finally:
+            await km.shutdown_kernel(now=True)
+
+    assert asyncio.run(scenario()) == 1000
