@@ -15,8 +15,13 @@ from pathlib import Path
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
-from heartbeat.jupyter import _memory_watch
-from heartbeat.jupyter._memory_watch import kernel_pids, mark_for_oom, warn_if_oom_group
+from heartbeat.jupyter import _kernel_memory
+from heartbeat.jupyter._kernel_memory import (
+    Reader,
+    kernel_pids,
+    mark_for_oom,
+    warn_if_oom_group,
+)
 from heartbeat.jupyter._proc import MemoryCgroup
 from tests.test_provisioner import beating, kernelspec  # noqa: F401
 
@@ -109,7 +114,7 @@ def test_memory_oom_group_is_warned_of_once(
     text: str,
     warned: bool,
 ) -> None:
-    monkeypatch.setattr(_memory_watch, "_oom_group_checked", False)
+    monkeypatch.setattr(_kernel_memory, "_oom_group_checked", False)
     (tmp_path / "memory.oom.group").write_text(text)
     group = MemoryCgroup(2, tmp_path)
     log = logging.getLogger("test-oom-group")
@@ -121,7 +126,7 @@ def test_memory_oom_group_is_warned_of_once(
     if warned:
         assert "memory.oom.group=1" in lines[0] and "singleProcessOOMKill" in lines[0]
     # cgroup v1 has no such file: nothing to warn of.
-    monkeypatch.setattr(_memory_watch, "_oom_group_checked", False)
+    monkeypatch.setattr(_kernel_memory, "_oom_group_checked", False)
     assert warn_if_oom_group(log, MemoryCgroup(1, tmp_path)) is False
 
 
@@ -139,3 +144,45 @@ def test_the_provisioners_kernel_is_the_oom_killers_choice(kernelspec: dict[str,
             await km.shutdown_kernel(now=True)
 
     assert asyncio.run(scenario()) == 1000
+
+
+V2_STAT = "anon 300000000\nfile 100000000\ninactive_file 60000000\n"
+V1_STAT = "rss 300000000\ncache 100000000\ntotal_inactive_file 60000000\n"
+
+
+def test_the_binding_limit_is_read_v2_fixture(tmp_path: Path) -> None:
+    # cgroup v2 (fixture files: this machine's memory controller is v1's): a pod's limit above
+    # the container's own "max"; the kernel in a child of the container.
+    pod, container = tmp_path / "pod", tmp_path / "pod" / "c1"
+    for where, limit in ((pod, "1073741824\n"), (container, "max\n")):
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "memory.max").write_text(limit)
+        (where / "memory.current").write_text("400000000\n")
+        (where / "memory.stat").write_text(V2_STAT)
+        (where / "memory.peak").write_text("500000000\n")
+        (where / "cgroup.procs").write_text("")
+    (container / "cgroup.procs").write_text("12\n13\n")
+    reader = Reader.of(MemoryCgroup(2, container), root=tmp_path)
+    assert reader == Reader(2, pod)  # the limit that binds
+    assert reader.limit() == 1 << 30
+    assert reader.usage() == 340_000_000  # less inactive file cache
+    assert reader.usage(exact_from=500_000_000) == 400_000_000  # far below: the cache unread
+    assert reader.processes() == 2  # the container's, below the pod
+    assert reader.peak() == 500_000_000
+
+
+def test_the_binding_limit_is_read_v1_fixture(tmp_path: Path) -> None:
+    top = tmp_path / "memory"
+    group = top / "jupyter" / "kernel"
+    for where, limit in ((top, "9223372036854771712\n"), (top / "jupyter", "536870912\n")):
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "memory.limit_in_bytes").write_text(limit)
+    group.mkdir()
+    (group / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    reader = Reader.of(MemoryCgroup(1, group), root=tmp_path)
+    assert reader == Reader(1, top / "jupyter")
+    (reader.path / "memory.usage_in_bytes").write_text("400000000\n")
+    (reader.path / "memory.stat").write_text(V1_STAT)
+    assert reader.usage() == 340_000_000
+    # Nowhere a limit: the kernel's own cgroup, read for nothing but its usage.
+    assert Reader.of(MemoryCgroup(1, top), root=tmp_path) == Reader(1, top)

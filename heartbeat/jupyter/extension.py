@@ -20,7 +20,7 @@ from typing import Any
 from jupyter_server.gateway.gateway_client import GatewayClient
 from traitlets.config import Config
 
-from heartbeat.jupyter._memory_watch import warn_if_oom_group
+from heartbeat.jupyter._kernel_memory import warn_if_oom_group
 from heartbeat.jupyter.events import register
 
 MANAGER = "heartbeat.jupyter.manager.HeartbeatKernelManager"
