@@ -6,11 +6,13 @@ from __future__ import annotations
 import re
 
 import pytest
+from traitlets import TraitError
 
 from heartbeat import _memory
 from heartbeat._cause import Cause, Death
 from heartbeat._memory import Interrupt, MemorySchedule, Warn
 from heartbeat.jupyter.events import event_data
+from heartbeat.jupyter.kernel import HeartbeatSettings
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -197,3 +199,26 @@ def test_bad_readings_are_refused() -> None:
         schedule.sample(0, -1, MIB)
     with pytest.raises(ValueError, match="limit must be an int > 0 or None, not 0"):
         schedule.sample(0, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("kernel_oom_score_adj", 2000, "kernel_oom_score_adj must be from 0 to 1000, not 2000"),
+        ("kernel_oom_score_adj", -1, "kernel_oom_score_adj must be from 0 to 1000, not -1"),
+        ("memory_warning", 1.5, "memory_warning must be a fraction in (0, 1] or None, not 1.5"),
+        ("memory_interrupt", 0.0, "memory_interrupt must be a fraction in (0, 1] or None, not 0.0"),
+    ],
+)
+def test_bad_memory_settings_are_refused(name: str, value: object, message: str) -> None:
+    settings = HeartbeatSettings()
+    with pytest.raises(TraitError, match=re.escape(message)):
+        setattr(settings, name, value)
+
+
+def test_the_memory_settings_defaults() -> None:
+    settings = HeartbeatSettings()
+    assert settings.kernel_oom_score_adj == 1000
+    assert settings.memory_warning == 0.9 and settings.memory_interrupt is None
+    settings.memory_warning = None  # off
+    settings.kernel_oom_score_adj = 0  # left as they are
