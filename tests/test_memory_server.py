@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -17,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jupyter_client.manager import AsyncKernelManager
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from heartbeat.jupyter import _proc
 from tests.test_deaths import joiner
+from tests.test_headless import install_kernelspec
 from tests.test_jupyter_server import Server, execute_request, serve
 from tests.test_metrics import metrics_of, scrape
 from tests.test_server_deaths import SETTINGS, close, connect, notices, run_until_restart
@@ -230,3 +233,42 @@ def test_memory_interrupt_interrupts_the_cell_and_the_kernel_lives_on(tmp_path: 
     lines = server.log.read_text(errors="replace").splitlines()
     assert any(f"Kernel {kid}: interrupted: " in line for line in lines)
     assert not any(" died: " in line for line in lines)
+
+
+def test_a_headless_kernels_memory_interrupt_through_its_provisioner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The kernel spec's provisioner (jupyter execute, papermill, nbclient) under a stock
+    # manager: memory_interrupt from the kernel spec's provisioner config.
+    install_kernelspec(tmp_path, monkeypatch, first_beat=10.0)
+    spec = tmp_path / "data" / "kernels" / "python3-heartbeat" / "kernel.json"
+    data = json.loads(spec.read_text())
+    data["metadata"]["kernel_provisioner"]["config"]["memory_interrupt"] = 0.7
+    spec.write_text(json.dumps(data))
+
+    async def scenario(group: Path) -> list[dict[str, Any]]:
+        km = AsyncKernelManager(kernel_name="python3-heartbeat")
+        await km.start_kernel(preexec_fn=joiner(group))
+        client = km.client()
+        try:
+            client.start_channels()
+            await client.wait_for_ready(timeout=120)
+            replies = []
+            for code in ("kept = 42", GROW, "kept"):
+                reply = await client.execute(code, reply=True, timeout=120)
+                replies.append(reply["content"])
+            return replies
+        finally:
+            client.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    with memory_cgroup(256 << 20) as group, caplog.at_level(logging.WARNING):
+        replies = asyncio.run(scenario(group))
+        oom = (group / "memory.oom_control").read_text()
+    assert re.search(r"^oom_kill 0$", oom, re.M), oom
+    assert replies[0]["status"] == "ok"
+    assert replies[1]["status"] == "error" and replies[1]["ename"] == "KeyboardInterrupt"
+    assert replies[2]["status"] == "ok"  # the kernel lived on, `kept` with it (no NameError)
+    said = [r.getMessage() for r in caplog.records]
+    assert any(": interrupted: this kernel's memory cgroup uses" in m for m in said), said
+    assert not any(" died: " in m for m in said), said
