@@ -46,6 +46,19 @@ class Endpoint:
         return self.host.startswith("[")
 
     @property
+    def is_name(self) -> bool:
+        """True for a tcp host given by name (``localhost``, ``kernels.example``): it is
+        resolved off the loop (heartbeat/_resolve.py), never by zmq, which would block its I/O
+        thread, and every other socket's, on each connection attempt."""
+        if self.transport != "tcp":
+            return False
+        try:
+            ipaddress.ip_address(self.host.strip("[]"))
+        except ValueError:
+            return True
+        return False
+
+    @property
     def is_loopback(self) -> bool:
         """True for endpoints only this machine can reach."""
         if self.transport != "tcp":
@@ -104,6 +117,20 @@ def time_to_dead(value: object) -> float:
         raise ValueError(
             f"time_to_dead must be at least {MIN_TIME_TO_DEAD} s, the shortest a monitor's "
             f"loop can time (its timers wake a millisecond or more late), got {value!r}"
+        )
+    return result
+
+
+def interval(value: object, time_to_dead: float) -> float:
+    """``value`` as the seconds between pings to a heart judged after ``time_to_dead`` (already
+    checked): a finite number > 0, at most ``time_to_dead / 2``, so that a heart is pinged
+    twice before it is judged."""
+    result = number("interval", value)
+    most = time_to_dead / 2
+    if result > most:
+        raise ValueError(
+            f"interval must be at most time_to_dead / 2 = {most:g} s (time_to_dead "
+            f"{time_to_dead:g} s) so a heart is pinged twice before it is judged, got {value!r}"
         )
     return result
 

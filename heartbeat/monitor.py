@@ -62,7 +62,9 @@ class HeartMonitor:
     Parameters
     ----------
     url:
-        The heart's endpoint: ``tcp://host:port``, ``ipc://path`` or ``inproc://name``.
+        The heart's endpoint: ``tcp://host:port``, ``ipc://path`` or ``inproc://name``. A host
+        name is resolved off the loop to every address it has, both families, and the heart
+        reached at the one that accepts (docs/beyond-one-machine.md); until then it is silent.
     time_to_dead:
         Seconds of silence, after the grace, that mean death.
     first_beat:

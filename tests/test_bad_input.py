@@ -251,3 +251,17 @@ def test_an_external_kernel_with_bad_connection_info_is_one_line_naming_it(
     assert line.exc_info is None
     text = line.getMessage()
     assert text.startswith(f"Kernel {kernel_id} is not watched") and "ip '-foo'" in text, text
+
+
+@pytest.mark.parametrize("kind", ["lone", "pool"])
+def test_a_huge_time_to_dead_watches_and_stops(kind: str) -> None:
+    # Its reconnection interval (half the ping interval) would overflow zmq's C int.
+    async def scenario() -> None:
+        url = f"tcp://127.0.0.1:{free_port()}"
+        pool = HeartbeatPool() if kind == "pool" else None
+        monitor = HeartMonitor(url, time_to_dead=1e300, pool=pool)
+        monitor.start()
+        assert monitor.running
+        monitor.stop()
+
+    asyncio.run(scenario())

@@ -29,6 +29,8 @@ from tests.conftest import free_port
 CONFIG_LINE = (
     "--AsyncMappingKernelManager.kernel_manager_class=heartbeat.jupyter.HeartbeatKernelManager"
 )
+# The server extension off, whatever the environment's config says: installed is on.
+NO_EXTENSION = "--ServerApp.jpserver_extensions=heartbeat.jupyter=False"
 
 
 @dataclass
@@ -72,9 +74,9 @@ def serve(
     app: str = "jupyter_server",
 ) -> Iterator[Server]:
     """A real ``jupyter server`` on a free port with these arguments, stopped after. With
-    ``extension``, its config enables ours as ``jupyter server extension enable heartbeat.jupyter``
-    does (the same file, in its config dir). ``app``: the module run (``jupyterlab``: JupyterLab
-    on a server the same flags configure)."""
+    ``extension``, its config enables ours as installing it does (the same file, in its config
+    dir); without, it is disabled (installed is on). ``app``: the module run (``jupyterlab``:
+    JupyterLab on a server the same flags configure)."""
     port = free_port()
     token = secrets.token_hex(16)
     config = tmp_path / "config"
@@ -102,6 +104,7 @@ def serve(
             "--ServerApp.open_browser=False",
             "--ServerApp.allow_root=True",  # CI runs as root
             f"--ServerApp.root_dir={tmp_path}",
+            *(() if extension else (NO_EXTENSION,)),
             *args,
         ],
         env=env,
@@ -297,8 +300,10 @@ def test_each_process_death_is_one_line_of_the_server_log_with_its_cause(server:
 
     # Seen at once, not at the restarter's poll every 3 s (tests/test_deaths.py proves that by
     # killing just after a poll; here the phase is chance, so this bound is only a sanity check).
+    # The time counts the cell's own round trip through the server too: 2.5 s holds on a
+    # loaded 2-core machine (1.8 s was seen with four other suites running beside this one).
     took = [asyncio.run(die(code)) for code, _ in DEATHS]
-    assert max(took) <= 1.5, took
+    assert max(took) <= 2.5, took
     # A DELETE while jupyter_client's restart is under way fails in MultiKernelManager
     # (km.ready not done: InvalidStateError): first wait for the last restart to finish.
     asyncio.run(die(None))

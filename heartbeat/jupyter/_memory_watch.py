@@ -63,6 +63,7 @@ class MemoryGuard:
         self._timers: list[object] = []  # the marks after a start
         self._next: object = None  # the next reading
         self._loop: IOLoop | None = None
+        self._lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         self._last_reader: Reader | None = None  # the last process's, kept for its death
         self._read_at: float | None = None  # when its peak was last read
         self._full_from = PEAK_FROM  # the fraction of its limit from which it is read in full
@@ -99,9 +100,13 @@ class MemoryGuard:
         interrupt: float | None,
         log: logging.LoggerAdapter[Any] | logging.Logger,
         interrupt_kernel: Callable[[], object] | None = None,
+        lock: contextlib.AbstractContextManager[Any] | None = None,
     ) -> None:
-        """Watch ``process`` (our local child; None: nothing to watch here) from now on."""
+        """Watch ``process`` (our local child; None: nothing to watch here) from now on.
+        ``lock``, if given, is held by each reading and mark (which poll the process): its
+        owner's, where another thread may reap it."""
         self.stop()
+        self._lock = lock if lock is not None else contextlib.nullcontext()
         self.peak = self.limit = None
         self._last_reader = self._read_at = None
         warn_if_oom_group(log if not isinstance(log, logging.LoggerAdapter) else log.logger)
@@ -131,6 +136,10 @@ class MemoryGuard:
         self._process = self._reader = self._schedule = None
 
     def _mark(self) -> None:
+        with self._lock:
+            self._mark_now()
+
+    def _mark_now(self) -> None:
         process = self._process
         if process is None:
             return
@@ -139,6 +148,10 @@ class MemoryGuard:
         self._pids = kernel_pids(process)
 
     def _sample(self) -> None:
+        with self._lock:
+            self._sample_now()
+
+    def _sample_now(self) -> None:
         process, reader, schedule = self._process, self._reader, self._schedule
         if process is None or reader is None or schedule is None:
             return

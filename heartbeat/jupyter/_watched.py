@@ -362,6 +362,32 @@ class _HeartbeatMixin(HeartbeatSettings):
                 return
             await asyncio.sleep(0.05)
 
+    async def _async_post_start_kernel(self, **kw: Any) -> None:
+        # What fails once the kernel's process is launched (its watch: out of file descriptors,
+        # a heart's url refused; its provisioner's post_launch) would leave that process
+        # running, listed nowhere, until this process exits: it is ended and reaped, and what
+        # its start made released, before the error goes on.
+        try:
+            await super()._async_post_start_kernel(**kw)  # type: ignore[misc]
+        except BaseException:
+            try:
+                await self._end_launched()
+            except Exception:
+                kernel_id = self.kernel_id  # type: ignore[attr-defined]
+                self.log.exception("Kernel %s: could not end it after its start failed", kernel_id)
+            raise
+
+    async def _end_launched(self) -> None:
+        # For good: nothing restarts a kernel whose start failed.
+        await self._async_cleanup_resources()
+        provisioner = self.provisioner  # type: ignore[attr-defined]
+        if (
+            provisioner is not None
+            and provisioner.has_process
+            and await provisioner.poll() is not None
+        ):
+            await provisioner.wait()  # reaped already: this closes its pipes
+
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         if not restart:
             # For good (nbclient does this without a shutdown when it finds the kernel dead):

@@ -13,9 +13,13 @@ kernelspec`` installs a kernel spec that selects it.
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Callable
 from signal import SIGINT
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
+from jupyter_client.manager import AsyncKernelManager, KernelManager
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from tornado.ioloop import IOLoop
 from traitlets import Instance
@@ -24,6 +28,7 @@ from heartbeat._cause import Death
 from heartbeat._judge import Dead
 from heartbeat.connection import hb_url
 from heartbeat.jupyter._death import DeathWatch, Witness
+from heartbeat.jupyter._loop_thread import LoopThread
 from heartbeat.jupyter._watched import _HeartbeatMixin
 from heartbeat.jupyter.kernel import (
     HeartbeatSettings,
@@ -39,6 +44,10 @@ from heartbeat.monitor import HeartMonitor
 # What happens next, as far as a provisioner knows: whether the kernel is restarted is its
 # kernel manager's decision, taken when it next looks.
 _THEN = "its kernel manager will find it dead"
+P = ParamSpec("P")
+R = TypeVar("R")
+# How long a killed kernel process may take to be reaped.
+_REAP_TIMEOUT = 5.0
 
 
 class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore[metaclass]
@@ -52,8 +61,13 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
     """
 
     _monitor: HeartMonitor | None = None
+    _thread: LoopThread | None = None  # the watch's loop, under a blocking kernel manager
     _death_watch = Instance(DeathWatch, args=())
     _death_of_heart: Death | None = None  # recorded by the heart's death line, if it was written
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._reaping = threading.RLock()
 
     @property
     def last_death(self) -> Death | None:
@@ -79,7 +93,32 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
             # a SIGKILL). The manager also knows what happens next.
             self.log.debug("Kernel %s is watched by its kernel manager", self.kernel_id)
             return
-        self._death_watch.watch(local_child(self), self._on_exit)
+        try:
+            if self._calls_block():
+                self._thread = LoopThread(f"heartbeat: kernel {self.kernel_id}")
+                self._thread.start()
+                self._thread.call(self._start_watching)
+            else:
+                self._start_watching()
+        except BaseException:
+            # Out of file descriptors, a heart's url refused...: the process just launched
+            # would run on, unwatched and listed nowhere (its manager's start fails with
+            # this). It is ended and reaped first.
+            self._stop_watching()
+            await self._end_launched()
+            raise
+
+    def _calls_block(self) -> bool:
+        # jupyter_client's blocking KernelManager (and its subclasses: the IOLoop one,
+        # qtconsole's) runs this provisioner's coroutines on a loop that may run only during
+        # its calls: the watch then runs on a loop of its own (heartbeat.jupyter._loop_thread).
+        parent = self.parent
+        return isinstance(parent, KernelManager) and not isinstance(parent, AsyncKernelManager)
+
+    def _start_watching(self) -> None:
+        # On the loop the watch runs on; what it calls back runs there too, one at a time with
+        # this provisioner's reaping (see _reaped_apart).
+        self._death_watch.watch(local_child(self), self._reaped_apart(self._on_exit))
         self._death_watch.memory.start(
             local_child(self),
             oom_score_adj=self.kernel_oom_score_adj,
@@ -87,15 +126,41 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
             interrupt=self.memory_interrupt,
             log=KernelLog(self.log, self.kernel_id, lambda dead: (None, None)),
             interrupt_kernel=lambda: IOLoop.current().add_callback(self.send_signal, SIGINT),
+            lock=self._reaping,  # it polls the process, as the exit watch does
         )
         heart = hb_url(dict(self.connection_info), f"kernel {self.kernel_id}")
         self._monitor = self.watch(
             heart.url,
             curve_serverkey=heart.curve_serverkey,
             context=None,
-            log=KernelLog(self.log, self.kernel_id, self._death_fate),
+            log=KernelLog(self.log, self.kernel_id, self._reaped_apart(self._death_fate)),
         )
-        self._monitor.start(self._on_heart_dead)
+        self._monitor.start(self._reaped_apart(self._on_heart_dead))
+
+    def _reaped_apart(self, fn: Callable[P, R]) -> Callable[P, R]:
+        # A watch on a thread of its own reads and signals the process while the manager's
+        # thread may poll it (which reaps it): one at a time, so that the kill of a process
+        # found not reaped cannot land on its pid reused meanwhile.
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            with self._reaping:
+                return fn(*args, **kwargs)
+
+        return guarded
+
+    async def poll(self) -> int | None:
+        """As a local provisioner's, one at a time with what the watch does to the process."""
+        with self._reaping:
+            return await super().poll()
+
+    async def _end_launched(self) -> None:
+        process = local_child(self)
+        if process is not None:
+            kill_local_child(process)  # now, whatever the kill below does
+        try:
+            await self.kill()  # its process group
+            await asyncio.wait_for(self.wait(), _REAP_TIMEOUT)  # reaped, its pipes closed
+        except Exception:
+            self.log.exception("Kernel %s: could not end it after its start failed", self.kernel_id)
 
     async def shutdown_requested(self, restart: bool = False) -> None:
         """The kernel is asked to end (a graceful shutdown or restart): from now on it is
@@ -111,6 +176,19 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
         await super().cleanup(restart=restart)
 
     def _stop_watching(self) -> None:
+        # Once this returns nothing fires: on a loop thread, the watch is stopped there (after
+        # whatever callback is running), then the thread ends (not from its own callbacks: it
+        # ends at the next stop from outside, a clean-up or a new launch).
+        thread = self._thread
+        if thread is not None and not thread.in_thread():
+            self._thread = None
+            if thread.running:
+                thread.call(self._unwatch)
+                thread.stop()
+                return
+        self._unwatch()
+
+    def _unwatch(self) -> None:
         monitor, self._monitor = self._monitor, None
         if monitor is not None:
             monitor.stop()
