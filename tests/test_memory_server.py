@@ -205,16 +205,22 @@ def test_memory_interrupt_interrupts_the_cell_and_the_kernel_lives_on(tmp_path: 
                     request = execute_request(code)
                     msg_id = json.loads(request)["header"]["msg_id"]
                     await conn.write_message(request)
-                    seen = []
-                    while True:
+                    seen: list[Any] = []
+                    # Its reply (shell) and its idle status (iopub: after its outputs), in
+                    # whichever order the two channels bring them.
+                    while not (
+                        any(m["msg_type"] == "execute_reply" for m in seen)
+                        and any(
+                            m["msg_type"] == "status" and m["content"]["execution_state"] == "idle"
+                            for m in seen
+                        )
+                    ):
                         raw = await asyncio.wait_for(conn.read_message(), timeout=60)
                         assert raw is not None, "websocket closed"
                         msg = json.loads(raw)
                         if msg["parent_header"].get("msg_id") == msg_id:
                             seen.append(msg)
-                            if msg["msg_type"] == "execute_reply":
-                                break
-                    replies.append(seen)
+                    replies.append(sorted(seen, key=lambda m: m["msg_type"] == "execute_reply"))
                 return replies
             finally:
                 await close(conn)
