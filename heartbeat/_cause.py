@@ -15,7 +15,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
-from heartbeat import _evidence
+from heartbeat import _evidence, _memory
 from heartbeat._evidence import Evidence, Memory, memory, memory_cgroup, stat_state
 
 __all__ = [
@@ -73,6 +73,11 @@ class Cause:
     asked: bool = False  # see asked_for
     # Where a crash happened: the Python frames the kernel's faulthandler wrote, innermost first.
     where: str | None = None
+    # For an out-of-memory kill: the most its kernel was seen to use, and how many other
+    # processes its memory cgroup held at its death (heartbeat.jupyter._memory_watch).
+    memory_peak: int | None = None
+    memory_others: int | None = None
+    memory_peak_exact: bool = False  # the peak is its own cgroup's, not sampled
 
     @property
     def asked_for(self) -> bool:
@@ -151,7 +156,27 @@ class Cause:
             )
         if self.kind != "oom":
             return text
-        limit = "" if self.memory_limit is None else f" (limit {size(self.memory_limit)})"
+        return self._out_of_memory(text)
+
+    def _out_of_memory(self, text: str) -> str:
+        # How much the kernel used, where it was seen (heartbeat.jupyter._memory_watch), ends
+        # the line and says the limit; else the limit alone is said.
+        used = ""
+        if self.memory_peak is not None or self.memory_others is not None:
+            used = _memory.used(
+                self.memory_peak,
+                self.memory_limit,
+                self.memory_others,
+                exact=self.memory_peak_exact,
+            )
+        return self._oom_evidence(text, "" if used else self._limit()) + (
+            f": {used}" if used else ""
+        )
+
+    def _limit(self) -> str:
+        return "" if self.memory_limit is None else f" (limit {size(self.memory_limit)})"
+
+    def _oom_evidence(self, text: str, limit: str) -> str:
         if self.evidence == "kernel-log":
             which = "it" if self.exit_code is None else "the process it wraps"
             return (

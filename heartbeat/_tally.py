@@ -23,6 +23,12 @@ from heartbeat._judge import State
 #: within the default ``time_to_dead`` of 3 s: the buckets cover all three.
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
+#: Upper bounds (bytes) of the histogram of kernels' peak memory at an out-of-memory death: from
+#: a small container's limit to a large machine's.
+OOM_PEAK_BUCKETS = tuple(
+    float(m << 20) for m in (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+)
+
 #: Every cause a death is counted under (``heartbeat._cause.Kind``), each from zero.
 KINDS: tuple[Kind, ...] = typing.get_args(Kind)
 
@@ -43,7 +49,17 @@ class Tally:
     """
 
     # __slots__: touched on every beat of every monitor.
-    __slots__ = ("_bounds", "_counts", "deaths", "late", "rtt_sum", "stalls", "watched")
+    __slots__ = (
+        "_bounds",
+        "_counts",
+        "_oom_counts",
+        "deaths",
+        "late",
+        "oom_peak_sum",
+        "rtt_sum",
+        "stalls",
+        "watched",
+    )
 
     def __init__(self, buckets: Sequence[float] = RTT_BUCKETS) -> None:
         bounds = tuple(float(b) for b in buckets)
@@ -62,6 +78,10 @@ class Tally:
         self.watched = 0
         #: Of those, the ones whose heart is late.
         self.late = 0
+        # Out-of-memory deaths whose peak was read, by OOM_PEAK_BUCKETS (the last: beyond).
+        self._oom_counts = [0] * (len(OOM_PEAK_BUCKETS) + 1)
+        #: Bytes of those deaths' peaks, added up.
+        self.oom_peak_sum = 0.0
 
     def observe_rtt(self, rtt: float) -> None:
         """One beat's round trip (seconds)."""
@@ -86,6 +106,15 @@ class Tally:
         """A kernel died of a cause of this kind (``Cause.kind``)."""
         self.deaths[kind] = self.deaths.get(kind, 0) + 1
 
+    def oom_peak(self, peak: int) -> None:
+        """An out-of-memory death whose kernel was seen to use ``peak`` bytes at most."""
+        self._oom_counts[bisect_left(OOM_PEAK_BUCKETS, peak)] += 1
+        self.oom_peak_sum += peak
+
+    def oom_peak_buckets(self) -> list[tuple[float, int]]:
+        """The peak histogram as Prometheus has it (see :meth:`rtt_buckets`)."""
+        return _cumulative(OOM_PEAK_BUCKETS, self._oom_counts)
+
     @property
     def rtt_count(self) -> int:
         """Round trips observed."""
@@ -94,9 +123,13 @@ class Tally:
     def rtt_buckets(self) -> list[tuple[float, int]]:
         """The histogram as Prometheus has it: ``(upper bound, beats at or below it)``,
         cumulative, ending with ``(inf, rtt_count)``."""
-        buckets = []
-        total = 0
-        for bound, count in zip((*self._bounds, float("inf")), self._counts, strict=True):
-            total += count
-            buckets.append((bound, total))
-        return buckets
+        return _cumulative(self._bounds, self._counts)
+
+
+def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[float, int]]:
+    buckets = []
+    total = 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        total += count
+        buckets.append((bound, total))
+    return buckets

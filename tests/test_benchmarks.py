@@ -100,6 +100,18 @@ def test_memory_benchmark_smoke() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_memory_watch_benchmark_smoke() -> None:
+    kernels, seconds = ("1000", "30") if SLOW else ("50", "2")
+    result = run("benchmarks.memory_watch", "--kernels", kernels, "--seconds", seconds, timeout=280)
+    assert result.returncode == 0, result.stdout + result.stderr
+    numbers = json.loads(result.stdout.splitlines()[0])
+    assert numbers["kernels"] == numbers["marked"] == int(kernels)  # each kernel marked
+    # Idle kernels cost almost nothing: well under a tenth of a core, even for 1000.
+    assert numbers["steady_core_share"] < 0.1, numbers
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_soak_chaos() -> None:
     duration = "600" if SLOW else "40"

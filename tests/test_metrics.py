@@ -32,6 +32,7 @@ OURS = {
     "heartbeat_stalls_forgiven": "counter",
     "heartbeat_kernels_watched": "gauge",
     "heartbeat_kernels_late": "gauge",
+    "heartbeat_oom_peak_bytes": "histogram",
 }
 
 
@@ -57,6 +58,8 @@ def test_the_collector_shows_the_tally_through_prometheus_clients_own_exposition
     tally.died("signal")
     tally.stalled()
     tally.watched, tally.late = 7, 2
+    tally.oom_peak(200 << 20)
+    tally.oom_peak(3 << 30)
     registry = CollectorRegistry()
     registry.register(TallyCollector(tally))
     got = scrape(generate_latest(registry).decode())
@@ -72,6 +75,10 @@ def test_the_collector_shows_the_tally_through_prometheus_clients_own_exposition
     assert values["heartbeat_stalls_forgiven_total", ()] == 1
     assert values["heartbeat_kernels_watched", ()] == 7
     assert values["heartbeat_kernels_late", ()] == 2
+    peaks = {k[1][0][1]: v for k, v in values.items() if k[0] == "heartbeat_oom_peak_bytes_bucket"}
+    assert peaks["134217728.0"] == 0 and peaks["268435456.0"] == 1
+    assert peaks["2147483648.0"] == 1 and peaks["4294967296.0"] == 2 and peaks["+Inf"] == 2
+    assert values["heartbeat_oom_peak_bytes_sum", ()] == (200 << 20) + (3 << 30)
     assert got["labels"] == {"cause", "le"}  # no kernel in any series
     # Read at each scrape, not copied at registration.
     tally.watched = 8

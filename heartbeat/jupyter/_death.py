@@ -20,6 +20,7 @@ from heartbeat import _cause
 from heartbeat._cause import Death
 from heartbeat._evidence import wrapped_signal
 from heartbeat.jupyter._kmsg import oom_log
+from heartbeat.jupyter._memory_watch import MemoryGuard
 from heartbeat.jupyter._proc import (
     MemoryCgroup,
     descendants,
@@ -320,6 +321,7 @@ class DeathWatch:
         self.witness: Witness | None = None
         self.exit_watch: ExitWatch | None = None
         self.last: Death | None = None
+        self.memory = MemoryGuard()  # its memory: peak, warning (started by the owner)
 
     def watch(
         self, process: subprocess.Popen[Any] | None, on_exit: Callable[[Witness], None]
@@ -360,7 +362,7 @@ class DeathWatch:
             witness = Witness(process)  # a process it was not watching: counted only now
         death = Death(
             kernel_id=kernel_id,
-            cause=witness.cause(silence, connection, answered=answered),
+            cause=self.memory.explain(witness.cause(silence, connection, answered=answered)),
             time=time.time(),
             pid=None if process is None else process.pid,
             restarting=restarting,

@@ -19,6 +19,7 @@ from traitlets.utils.importstring import import_item
 from heartbeat._cause import Connection, Death
 from heartbeat._judge import Dead
 from heartbeat.jupyter._death import DeathWatch, Witness
+from heartbeat.jupyter._memory_watch import MemoryGuard
 from heartbeat.jupyter._proc import HeartProbe
 from heartbeat.jupyter._responsive_owners import ResponsiveMixin
 from heartbeat.jupyter.events import emit_death, prepare
@@ -179,6 +180,27 @@ class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
             answered=self.heart_has_beaten,
         )
         return self._unresponsive_death(death)
+
+    @property
+    def memory(self) -> MemoryGuard:
+        """The watch of this manager's kernel's memory: ``add_listener`` to be told of its
+        warnings (see ``heartbeat.jupyter._memory_watch``)."""
+        return self._death_watch.memory
+
+    def _start_memory_watch(self) -> None:
+        # Its processes marked for the OOM killer, its cgroup read on schedule; interrupted
+        # (opted in) as the interrupt button does, through the manager.
+        kernel_id = self.kernel_id  # type: ignore[attr-defined]
+        self.memory.start(
+            self._local_child(),
+            oom_score_adj=self.kernel_oom_score_adj,
+            warning=self.memory_warning,
+            interrupt=self.memory_interrupt,
+            log=KernelLog(self.log, kernel_id, lambda dead: (None, None)),
+            interrupt_kernel=lambda: IOLoop.current().add_callback(
+                self._async_interrupt_kernel  # type: ignore[attr-defined]
+            ),
+        )
 
     def _start_exit_watch(self) -> None:
         # Its handling waits for the lifecycle lock: a coroutine, on the next turn of the loop.
@@ -393,6 +415,7 @@ class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
         if self.has_kernel or not self._owned():  # type: ignore[attr-defined]
             self._start_heart_monitor()
             self._start_exit_watch()
+            self._start_memory_watch()
 
     def load_connection_info(self, info: Any) -> None:
         """Load the kernel's connection info. A kernel this manager does not own
@@ -431,6 +454,7 @@ class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
 
     def stop_restarter(self) -> None:
         """Stop all three; a shutting-down kernel is judged by its process alone."""
+        self._death_watch.memory.stop()
         self._stop_exit_watch()
         self._stop_heart_monitor()
         super().stop_restarter()  # type: ignore[misc]

@@ -35,6 +35,8 @@ def event_data(death: Death) -> dict[str, Any]:
         "signal_name": cause.signal_name,
         "silence": cause.silence,
         "memory_limit": cause.memory_limit,
+        "memory_peak": cause.memory_peak,
+        "memory_others": cause.memory_others,
         "pid": death.pid,
         "restarting": death.restarting,
     }

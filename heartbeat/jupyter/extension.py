@@ -24,6 +24,7 @@ from traitlets import TraitError
 from traitlets.config import Config
 from traitlets.utils.importstring import import_item
 
+from heartbeat.jupyter._kernel_memory import warn_if_oom_group
 from heartbeat.jupyter.events import register
 from heartbeat.jupyter.kernel import HeartbeatSettings
 
@@ -99,6 +100,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     _check_settings(serverapp)
     # Registered now, so that the event bus lists it before the first death.
     register(serverapp.event_logger)
+    warn_if_oom_group(serverapp.log)  # one OOM kill ending the server with a kernel, once
     serverapp.log.info(
         "kernel-heartbeat: kernels' hearts watched by %s; a dying kernel's running cell is "
         "told why (%s)",

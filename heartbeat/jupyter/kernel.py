@@ -109,6 +109,46 @@ class HeartbeatSettings(LoggingConfigurable):
         except (TypeError, ValueError) as exc:
             raise TraitError(str(exc)) from None
 
+    kernel_oom_score_adj = Integer(
+        1000,
+        config=True,
+        help="The oom_score_adj given to the kernel's processes (our local child, and the "
+        "session it leads: a wrapper's real kernel too): 1000, the most, makes a kernel the "
+        "out-of-memory killer's choice before any process not so marked, the server "
+        "included, whatever their sizes (among kernels, the largest). 0: left as they are. A "
+        "kernel's score is only ever raised, which needs no privilege.",
+    )
+    memory_warning = Float(
+        0.9,
+        allow_none=True,
+        config=True,
+        help="Warn (the log, the running cell) once when the kernel's memory cgroup uses this "
+        "fraction of its limit (less inactive file cache); None: no warning.",
+    )
+    memory_interrupt = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help="Interrupt the kernel (SIGINT, as the interrupt button) once when its memory "
+        "cgroup uses this fraction of its limit, so that its cell ends before the "
+        "out-of-memory killer ends the kernel; None (the default): never.",
+    )
+
+    @validate("kernel_oom_score_adj")
+    def _check_oom_score_adj(self, proposal: Any) -> int:
+        value = proposal["value"]
+        if not 0 <= value <= 1000:
+            raise TraitError(f"kernel_oom_score_adj must be from 0 to 1000, not {value!r}")
+        return int(value)
+
+    @validate("memory_warning", "memory_interrupt")
+    def _check_fraction(self, proposal: Any) -> float | None:
+        value = proposal["value"]
+        if value is not None and not 0 < value <= 1:
+            name = proposal["trait"].name
+            raise TraitError(f"{name} must be a fraction in (0, 1] or None, not {value!r}")
+        return value  # type: ignore[no-any-return]
+
     @validate("time_to_dead", "first_beat", "interval")
     def _check_timing(self, proposal: Any) -> float | None:
         # A pair the monitor would refuse (interval past time_to_dead / 2) is refused here,

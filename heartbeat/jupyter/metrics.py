@@ -12,7 +12,9 @@ restarted kernel would leave its old ones behind.
 - ``heartbeat_rtt_seconds``, histogram: heartbeats' round trips, from ping sent to reply read;
 - ``heartbeat_stalls_forgiven_total``, counter: the monitors' own stalled loop, not blamed;
 - ``heartbeat_kernels_watched``, gauge: kernels whose heart is watched;
-- ``heartbeat_kernels_late``, gauge: of those, the ones whose heart is late.
+- ``heartbeat_kernels_late``, gauge: of those, the ones whose heart is late;
+- ``heartbeat_oom_peak_bytes``, histogram: the peak memory of kernels at their out-of-memory
+  death, where it was read (``Cause.memory_peak``).
 
 prometheus_client is not required (jupyter_server brings it): without it nothing is
 registered, and nothing fails.
@@ -46,8 +48,12 @@ def process_tally() -> Tally:
 
 
 def count_death(death: Death) -> None:
-    """Count a kernel's death under its cause's kind; call it once a death."""
-    process_tally().died(death.cause.kind)
+    """Count a kernel's death under its cause's kind (and an out-of-memory one's peak, when
+    known); call it once a death."""
+    tally = process_tally()
+    tally.died(death.cause.kind)
+    if death.cause.kind == "oom" and death.cause.memory_peak is not None:
+        tally.oom_peak(death.cause.memory_peak)
 
 
 class TallyCollector:
@@ -94,6 +100,12 @@ class TallyCollector:
             "heartbeat_kernels_watched",
             "Kernels whose heart is watched (starting, beating or late).",
             value=tally.watched,
+        )
+        yield HistogramMetricFamily(
+            "heartbeat_oom_peak_bytes",
+            "Peak memory of kernels killed by the out-of-memory killer, where it was read.",
+            buckets=[(_le(bound), count) for bound, count in tally.oom_peak_buckets()],
+            sum_value=tally.oom_peak_sum,
         )
         yield GaugeMetricFamily(
             "heartbeat_kernels_late",

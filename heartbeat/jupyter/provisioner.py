@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from signal import SIGINT
 from typing import Any, ParamSpec, TypeVar
 
 from jupyter_client.manager import AsyncKernelManager, KernelManager
@@ -119,6 +120,15 @@ class HeartbeatProvisioner(ProvisionerResponsive, LocalProvisioner, HeartbeatSet
         # On the loop the watch runs on; what it calls back runs there too, one at a time with
         # this provisioner's reaping (see _reaped_apart).
         self._death_watch.watch(local_child(self), self._reaped_apart(self._on_exit))
+        self._death_watch.memory.start(
+            local_child(self),
+            oom_score_adj=self.kernel_oom_score_adj,
+            warning=self.memory_warning,
+            interrupt=self.memory_interrupt,
+            log=KernelLog(self.log, self.kernel_id, lambda dead: (None, None)),
+            interrupt_kernel=lambda: IOLoop.current().add_callback(self.send_signal, SIGINT),
+            lock=self._reaping,  # it polls the process, as the exit watch does
+        )
         heart = hb_url(dict(self.connection_info), f"kernel {self.kernel_id}")
         self._monitor = self.watch(
             heart.url,
@@ -186,6 +196,7 @@ class HeartbeatProvisioner(ProvisionerResponsive, LocalProvisioner, HeartbeatSet
         if monitor is not None:
             monitor.stop()
         self._death_watch.stop()
+        self._death_watch.memory.stop()
 
     def _record(self, silence: float | None) -> Death:
         death = self._death_watch.record(

@@ -25,6 +25,7 @@ from jupyter_server.services.kernels.connection.base import (
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 
 from heartbeat._cause import Death
+from heartbeat._memory import Interrupt, Warn
 from heartbeat.jupyter._responsive import Report
 from heartbeat.jupyter._watched import _HeartbeatMixin
 
@@ -85,6 +86,13 @@ def _unresponsive_notice(text: str) -> tuple[str, dict[str, Any]]:
     return "stream", {"name": "stderr", "text": text}
 
 
+def memory_notice(event: Warn | Interrupt) -> str:
+    """What a running cell is told when its kernel's memory passes ``memory_warning`` (or
+    ``memory_interrupt``)."""
+    text = event.words()
+    return f"KernelMemory: {text[0].upper()}{text[1:]}."
+
+
 def death_error(death: Death) -> dict[str, Any]:
     """The content of the IOPub ``error`` message that tells a running cell of its death."""
     notice = death.notice()
@@ -111,6 +119,7 @@ class DeathNoticeConnection(ZMQChannelsWebsocketConnection):
         if isinstance(manager, _HeartbeatMixin) and self._told is None:
             manager.add_death_callback(self._on_death)
             manager.add_unresponsive_callback(self._on_unresponsive)
+            manager.memory.add_listener(self._on_memory)
             self._told = manager
         return super().connect()
 
@@ -120,6 +129,7 @@ class DeathNoticeConnection(ZMQChannelsWebsocketConnection):
         if told is not None:
             told.remove_death_callback(self._on_death)
             told.remove_unresponsive_callback(self._on_unresponsive)
+            told.memory.remove_listener(self._on_memory)
         super().disconnect()  # type: ignore[no-untyped-call]
 
     def handle_incoming_message(self, incoming_msg: Any) -> None:
@@ -173,7 +183,20 @@ class DeathNoticeConnection(ZMQChannelsWebsocketConnection):
         elif channel == "iopub" and kind == "status":
             # Only status messages are unpacked further: IOPub carries every output.
             state = self.session.unpack(parts[4]).get("execution_state")
-            self.cell.status(state, self.session.unpack(parts[2]))
+            parent = self.session.unpack(parts[2])
+            told = self._told
+            if told is not None and state == "busy" and parent.get("msg_type") == "execute_request":
+                told.memory.new_cell()  # a new cell: its memory warning is told again, once
+            self.cell.status(state, parent)
+
+    def _on_memory(self, event: Warn | Interrupt) -> None:
+        # The running cell is told, on its stderr, as a kernel's own warning would be (once:
+        # the watch tells each crossing once a cell).
+        running = self.cell.running
+        if running is None:
+            return
+        content = {"name": "stderr", "text": f"{memory_notice(event)}\n"}
+        self._tell_cell(running, ("stream", content))
 
     def _on_death(self, death: Death) -> None:
         iopub = self.channels.get("iopub")

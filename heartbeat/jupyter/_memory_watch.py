@@ -1,0 +1,220 @@
+"""A kernel's memory, watched for whoever owns its process (a kernel manager, the provisioner):
+its processes made the out-of-memory killer's preferred victims (``oom_score_adj``), never the
+server; its memory cgroup read on :class:`heartbeat._memory.MemorySchedule`'s schedule, with a
+warning (and, opted in, an interrupt) before the limit; its peak kept for its death's words.
+
+What is decided (when to read, when to warn, the words) is in :mod:`heartbeat._memory`; this
+sets the loop's timers and tells; ``heartbeat.jupyter._kernel_memory`` reads ``/proc`` and the
+cgroup's files, and writes ``oom_score_adj``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tornado.ioloop import IOLoop
+
+from heartbeat._cause import Cause
+from heartbeat._memory import Interrupt, MemorySchedule, Warn
+from heartbeat.jupyter._kernel_memory import (
+    Reader,
+    kernel_pids,
+    mark_for_oom,
+    peak_of,
+    warn_if_oom_group,
+)
+from heartbeat.jupyter._proc import memory_cgroup_of
+
+#: Seconds after a kernel's start at which its processes are marked again: a wrapper (a shell
+#: script, ``conda run``) may fork the real kernel before the first mark, which forks made
+#: after it inherit.
+REMARK_AFTER = (1.0, 5.0)
+
+
+#: From this fraction of its limit on, a kernel's memory is read in full (its cgroup's cache,
+#: its processes' peak): below, it is far from any threshold (0.5 below the lowest sensible
+#: warning) and from an out-of-memory kill worth a peak.
+PEAK_FROM = 0.5
+
+#: A peak read longer than this (seconds) before an out-of-memory death is not said: the kernel
+#: may have grown by anything since (a single allocation past its limit, read 5 s before).
+STALE = 1.0
+
+
+class MemoryGuard:
+    """One kernel owner's memory watch (see the module), for each of its kernel's processes in
+    turn: :meth:`start` at a process's start, :meth:`stop` when it is no longer watched.
+
+    Listeners (:meth:`add_listener`: the running cell's websocket) are told of each warning
+    and interrupt; :meth:`explain` adds how much was used to an out-of-memory death's cause.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[Warn | Interrupt], object]] = []
+        self._process: subprocess.Popen[Any] | None = None
+        self._reader: Reader | None = None
+        self._schedule: MemorySchedule | None = None
+        self._timers: list[object] = []  # the marks after a start
+        self._next: object = None  # the next reading
+        self._loop: IOLoop | None = None
+        self._lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        self._last_reader: Reader | None = None  # the last process's, kept for its death
+        self._read_at: float | None = None  # when its peak was last read
+        self._full_from = PEAK_FROM  # the fraction of its limit from which it is read in full
+        self._pids: list[int] = []
+        self._log: logging.LoggerAdapter[Any] | logging.Logger | None = None
+        self._adj = 0
+        self._interrupt: Callable[[], object] | None = None
+        self.peak: int | None = None
+        self.limit: int | None = None
+
+    def add_listener(self, callback: Callable[[Warn | Interrupt], object]) -> None:
+        """Call ``callback(event)`` at each warning (:class:`heartbeat._memory.Warn`) and
+        interrupt (:class:`heartbeat._memory.Interrupt`) of this owner's kernels."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[Warn | Interrupt], object]) -> None:
+        """Stop calling ``callback``; one never added is ignored."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(callback)
+
+    def new_cell(self) -> None:
+        """A new cell runs: its crossing of the warning (or interrupt) is told again."""
+        if self._schedule is not None:
+            self._schedule.rearm_now()
+
+    def start(
+        self,
+        process: subprocess.Popen[Any] | None,
+        *,
+        oom_score_adj: int,
+        warning: float | None,
+        interrupt: float | None,
+        log: logging.LoggerAdapter[Any] | logging.Logger,
+        interrupt_kernel: Callable[[], object] | None = None,
+        lock: contextlib.AbstractContextManager[Any] | None = None,
+    ) -> None:
+        """Watch ``process`` (our local child; None: nothing to watch here) from now on.
+        ``lock``, if given, is held by each reading and mark (which poll the process): its
+        owner's, where another thread may reap it."""
+        self.stop()
+        self._lock = lock if lock is not None else contextlib.nullcontext()
+        self.peak = self.limit = None
+        self._last_reader = self._read_at = None
+        warn_if_oom_group(log if not isinstance(log, logging.LoggerAdapter) else log.logger)
+        if process is None or process.poll() is not None:
+            return
+        self._process, self._log, self._adj = process, log, oom_score_adj
+        self._interrupt = interrupt_kernel if interrupt is not None else None
+        self._mark()
+        loop = self._loop = IOLoop.current()
+        self._timers = [loop.call_later(delay, self._mark) for delay in REMARK_AFTER]
+        group = memory_cgroup_of(process.pid)
+        if group is None:
+            return
+        self._reader = self._last_reader = Reader.of(group)
+        self._schedule = MemorySchedule(warning=warning or None, interrupt=interrupt or None)
+        self._full_from = min(PEAK_FROM, warning or 1.0, interrupt or 1.0)
+        self._sample()
+
+    def stop(self) -> None:
+        """Stop watching the current process (its peak and limit stay, for its death).
+        Idempotent."""
+        loop = self._loop  # the loop it was started on: stopped from anywhere, it is that one's
+        for timer in [*self._timers, self._next]:
+            if timer is not None and loop is not None:
+                loop.remove_timeout(timer)
+        self._timers, self._next = [], None
+        self._process = self._reader = self._schedule = None
+
+    def _mark(self) -> None:
+        with self._lock:
+            self._mark_now()
+
+    def _mark_now(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        if self._adj:
+            mark_for_oom(process, self._adj)
+        self._pids = kernel_pids(process)
+
+    def _sample(self) -> None:
+        with self._lock:
+            self._sample_now()
+
+    def _sample_now(self) -> None:
+        process, reader, schedule = self._process, self._reader, self._schedule
+        if process is None or reader is None or schedule is None:
+            return
+        now = time.monotonic()
+        limit = reader.limit()
+        # Far below every threshold (and its limit), an idle kernel costs two small reads:
+        # its cache and its processes' peak are read only nearer (PEAK_FROM of its limit).
+        near = None if limit is None else self._full_from * limit
+        usage = reader.usage(exact_from=near if near is not None else float("inf"))
+        if usage is None or process.poll() is not None:
+            return  # its cgroup is gone, or it exited: nothing more to read
+        if near is not None and usage >= near:
+            peak = peak_of(self._pids, process.pid)
+            self.peak = max(self.peak or 0, peak) or None
+            self._read_at = time.monotonic()
+        self.limit = limit
+        events, at = schedule.sample(now, usage, limit)
+        for event in events:
+            self._tell(event)
+        if self._process is process:  # not stopped by whoever was told
+            loop = self._loop or IOLoop.current()
+            self._next = loop.call_later(max(at - time.monotonic(), 0), self._sample)
+
+    def _tell(self, event: Warn | Interrupt) -> None:
+        self._mark()  # the process that grows is marked before the kill, whenever it forked
+        log = self._log
+        interrupt = self._interrupt
+        if isinstance(event, Interrupt) and interrupt is not None:
+            if log is not None:
+                log.warning("%s; interrupting it", event.words())
+            try:
+                interrupt()
+            except Exception:
+                if log is not None:
+                    log.exception("could not interrupt it")
+        elif isinstance(event, Warn) and log is not None:
+            log.warning("%s (memory_warning)", event.words())
+        elif isinstance(event, Interrupt):
+            return  # no interrupt was asked for
+        for callback in list(self._listeners):
+            try:
+                callback(event)
+            except Exception:
+                if log is not None:
+                    log.exception("memory listener %r failed", callback)
+
+    def explain(self, cause: Cause) -> Cause:
+        """``cause`` with how much its kernel used (its peak seen), and how many other
+        processes share its cgroup, when it is an out-of-memory kill."""
+        if cause.kind != "oom" or cause.likely:
+            return cause
+        reader = self._last_reader
+        if reader is None:
+            return cause
+        others = reader.processes()  # the kernel's are gone: what is left is the others'
+        peak, exact = self.peak, False
+        if self._read_at is None or time.monotonic() - self._read_at > STALE:
+            peak = None  # read too long before its death to say how much it used then
+        if others == 0:
+            # The cgroup was the kernel's own: its peak, read now, is the kernel's, exact.
+            own = reader.peak()
+            if own is not None:
+                peak, exact = own, True
+        return dataclasses.replace(
+            cause, memory_peak=peak, memory_others=others, memory_peak_exact=exact
+        )
