@@ -201,10 +201,14 @@ class MemoryGuard:
     def explain(self, cause: Cause) -> Cause:
         """``cause`` with how much its kernel used (its peak seen), and how many other
         processes share its cgroup, when it is an out-of-memory kill."""
-        if cause.kind != "oom" or cause.likely:
+        if cause.kind != "oom":  # a likely one too: how much it used is no less true
             return cause
         reader = self._last_reader
         if reader is None:
+            return cause
+        if reader.limit() != cause.memory_limit:
+            # Not the cgroup the death was judged in (the kernel was moved into another after
+            # this watch found it): what it read says nothing of this kill.
             return cause
         others = reader.processes()  # the kernel's are gone: what is left is the others'
         peak, exact = self.peak, False
