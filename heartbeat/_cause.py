@@ -8,6 +8,7 @@ said) and gets a :class:`Cause` back; ``heartbeat.jupyter._proc`` does the readi
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import signal
 from dataclasses import dataclass
@@ -53,7 +54,12 @@ class Memory:
 
 @dataclass(frozen=True)
 class Cause:
-    """Why a kernel died. ``likely`` is True where this is inferred rather than seen."""
+    """Why a kernel died. ``likely`` is True where this is inferred rather than seen.
+
+    ``never_answered``: its heart had never answered since the kernel started (it never came
+    up); ``language``: the kernel's language, where known (``kernel_info_reply``), so that a
+    frozen R kernel is not said to be stuck below Python.
+    """
 
     kind: Kind
     exit_code: int | None = None
@@ -61,6 +67,8 @@ class Cause:
     silence: float | None = None
     memory_limit: int | None = None
     likely: bool = False
+    never_answered: bool = False
+    language: str | None = None
 
     @property
     def signal_name(self) -> str | None:
@@ -69,6 +77,12 @@ class Cause:
 
     def describe(self) -> str:
         """The cause in words, to follow "the kernel" or "it": "was killed by SIGKILL (9)"."""
+        text = self._describe()
+        if self.never_answered:
+            return f"{text}, before its heart ever answered (it never came up)"
+        return text
+
+    def _describe(self) -> str:
         silent = "" if self.silence is None else f" for {self.silence:.1f} s"
         if self.kind == "exited":
             if self.exit_code is None:
@@ -91,9 +105,11 @@ class Cause:
                 f"while its heart was silent{silent}"
             )
         if self.kind == "frozen":
+            python = (self.language or "").lower() == "python"
+            stuck = "stuck below Python" if python else "stuck"
             return (
                 f"was likely frozen: its process ran while its heart was silent{silent} "
-                "(stuck below Python, swapped out or suspended)"
+                f"({stuck}, swapped out or suspended)"
             )
         if self.kind == "remote-refused":
             return (
@@ -207,6 +223,8 @@ def decide(
     memory_at_start: Memory | None = None,
     memory_now: Memory | None = None,
     connection: Connection | None = None,
+    never_answered: bool = False,
+    language: str | None = None,
 ) -> Cause:
     """The cause of a kernel's death, from what could be learned of it.
 
@@ -216,7 +234,35 @@ def decide(
     at all; for one that is not, ``connection`` says what its heart's port answered.
     ``silence``: for a heart death, how long the heart was silent. ``memory_at_start`` and
     ``memory_now``: its memory cgroup's counters (:func:`memory`) at its start and now.
+    ``never_answered``: its heart never answered since it started; ``language``: the kernel's
+    (``kernel_info_reply``'s ``language_info.name``), if known. Both are only carried.
     """
+    if language is not None and not isinstance(language, str):
+        raise TypeError(f"language must be a str or None, not {language!r}")
+    cause = _decide(
+        returncode=returncode,
+        state=state,
+        local=local,
+        silence=silence,
+        memory_at_start=memory_at_start,
+        memory_now=memory_now,
+        connection=connection,
+    )
+    if never_answered or language is not None:
+        return dataclasses.replace(cause, never_answered=bool(never_answered), language=language)
+    return cause
+
+
+def _decide(
+    *,
+    returncode: int | None,
+    state: str | None,
+    local: bool,
+    silence: float | None,
+    memory_at_start: Memory | None,
+    memory_now: Memory | None,
+    connection: Connection | None,
+) -> Cause:
     if returncode is not None and (isinstance(returncode, bool) or not isinstance(returncode, int)):
         raise TypeError(f"returncode must be an int or None, not {returncode!r}")
     if silence is not None and not silence >= 0:

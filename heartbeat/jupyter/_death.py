@@ -74,15 +74,19 @@ class Witness:
         self.memory_at_start = None if self.group is None else self.group.read()
 
     def cause(
-        self, silence: float | None, connection: _cause.Connection | None = None
+        self,
+        silence: float | None,
+        connection: _cause.Connection | None = None,
+        **carried: Any,
     ) -> _cause.Cause:
         """The cause now: the process's exit status (``poll()``: it reaps an exited child),
         else its state; ``silence``: how long its heart was silent, for a heart death. For a
-        process that is not ours (None), ``connection``: what its heart's port said."""
+        process that is not ours (None), ``connection``: what its heart's port said.
+        ``carried``: what the cause only carries (``never_answered``, ``language``)."""
         process = self.process
         if process is None:
             return _cause.decide(
-                returncode=None, local=False, silence=silence, connection=connection
+                returncode=None, local=False, silence=silence, connection=connection, **carried
             )
         code = process.poll()
         return _cause.decide(
@@ -91,6 +95,7 @@ class Witness:
             silence=silence,
             memory_at_start=self.memory_at_start,
             memory_now=None if self.group is None else self.group.read(),
+            **carried,
         )
 
 
@@ -129,16 +134,18 @@ class DeathWatch:
         *,
         restarting: bool,
         connection: _cause.Connection | None = None,
+        **carried: Any,
     ) -> Death:
         """The death of ``process`` (the kernel's local child, or None), decided now and kept
         as ``last``; ``silence``: how long its heart was silent, for a heart death;
-        ``connection``: what its heart's port said, for a kernel that is not our child."""
+        ``connection``: what its heart's port said, for a kernel that is not our child;
+        ``carried``: ``never_answered`` and ``language``, for its cause's words."""
         witness = self.witness
         if witness is None or witness.process is not process:
             witness = Witness(process)  # a process it was not watching: counted only now
         death = Death(
             kernel_id=kernel_id,
-            cause=witness.cause(silence, connection),
+            cause=witness.cause(silence, connection, **carried),
             time=time.time(),
             pid=None if process is None else process.pid,
             restarting=restarting,
