@@ -88,21 +88,25 @@ def declared(answers_while_busy: bool | None) -> Heart | None:
     return Heart.THREADED if answers_while_busy else Heart.MAIN_LOOP
 
 
-def verdict(heart: Heart, *, answered: bool, process: Process) -> Verdict:
+def verdict(heart: Heart, *, answered: bool, process: Process, owned: bool = True) -> Verdict:
     """What one silence is, the rules in order:
 
     1. a local process that is gone or stopped: death (whatever the kernel);
-    2. a heart that has never answered since the kernel started: starting (a slow start, a
-       container pulled, a remote kernel scheduled; its port may refuse until it binds);
-    3. a heart that had answered, of a kernel not ours whose port now refuses: death (gone);
+    2. a port that refuses, of a kernel whose process is not our child: death (gone), if its
+       heart had answered, or if this manager did not start it (it was there before it was
+       watched: its death is only told, and undone when it answers);
+    3. a heart that has never answered since the kernel started: starting (a slow start, a
+       container pulled, a remote kernel scheduled, whose port refuses until it binds);
     4. a heart that answers while its kernel is busy: death (nothing else silences it);
     5. anything else: silent, not dead (a main-loop heart under a long cell, or one not known).
     """
     if process in (Process.GONE, Process.STOPPED):
         return Verdict.DEATH
+    if process is Process.REFUSED and (answered or not owned):
+        return Verdict.DEATH
     if not answered:
         return Verdict.STARTING
-    if process is Process.REFUSED or heart is Heart.THREADED:
+    if heart is Heart.THREADED:
         return Verdict.DEATH
     return Verdict.SILENT
 
@@ -152,7 +156,7 @@ class Silence:
         known of the kernel's process now."""
         if not isinstance(process, Process):
             raise TypeError(f"process must be a Process, not {process!r}")
-        found = verdict(self.heart, answered=self.answered, process=process)
+        found = verdict(self.heart, answered=self.answered, process=process, owned=self.owned)
         if self._state is Verdict.DEATH:
             found = Verdict.DEATH  # dead until it answers again: one death, told once
         new = found is not self._state
@@ -162,11 +166,13 @@ class Silence:
 
     def wants_port(self) -> bool:
         """For a kernel whose process is not ours: whether what its heart's port says now
-        (``REFUSED`` or not) could change the verdict of its silence (rule 3), so that it is
+        (``REFUSED`` or not) could change the verdict of its silence (rule 2), so that it is
         worth waiting for before :meth:`silent`."""
-        return (
-            self.answered and self.heart is not Heart.THREADED and self._state is not Verdict.DEATH
-        )
+        if self._state is Verdict.DEATH:
+            return False
+        if self.answered:
+            return self.heart is not Heart.THREADED  # a threaded heart's silence is its death
+        return not self.owned  # an owned kernel that never answered is starting, refused or not
 
     def answered_now(self, now: float) -> tuple[Verdict | None, float]:
         """The heart answered at ``now``: the verdict of the silence it ends (None: there was

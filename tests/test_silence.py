@@ -68,6 +68,11 @@ def test_silence_kills_only_a_heart_known_to_answer_while_busy() -> None:
 def test_a_port_that_refuses_after_the_heart_had_answered_is_a_death() -> None:
     for heart in Heart:
         assert verdict(heart, answered=True, process=Process.REFUSED) is Verdict.DEATH
+        # A kernel not ours was there before it was watched: a refusal is its death (told,
+        # not acted on), whether or not it had answered. One ours is starting until it binds.
+        refused = verdict(heart, answered=False, process=Process.REFUSED, owned=False)
+        assert refused is Verdict.DEATH
+        assert verdict(heart, answered=False, process=Process.REFUSED) is Verdict.STARTING
 
 
 def test_an_irkernel_cell_is_logged_once_watched_on_and_ends_when_its_heart_answers() -> None:
@@ -124,8 +129,10 @@ def test_a_kernel_not_ours_is_dead_once_and_alive_again_when_its_heart_answers()
 
 
 def test_the_port_of_a_kernel_not_ours_is_asked_only_when_it_could_change_the_verdict() -> None:
+    owned = Silence(Heart.UNKNOWN, owned=True, now=0.0)
+    assert not owned.wants_port()  # starting: a port refuses until it binds
     silence = Silence(Heart.UNKNOWN, owned=False, now=0.0)
-    assert not silence.wants_port()  # starting: a port refuses until it binds
+    assert silence.wants_port()  # started apart, before it was watched
     silence.answered_now(1.0)
     assert silence.wants_port()
     assert silence.silent(5.0, Process.UNKNOWN).verdict is Verdict.SILENT

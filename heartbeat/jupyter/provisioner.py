@@ -21,8 +21,10 @@ from traitlets import Instance
 
 from heartbeat._cause import Death
 from heartbeat._judge import Dead
+from heartbeat._silence import Heart
 from heartbeat.connection import hb_url
 from heartbeat.jupyter._death import DeathWatch, Witness
+from heartbeat.jupyter._silent import HeartSilences
 from heartbeat.jupyter._watched import _HeartbeatMixin
 from heartbeat.jupyter.kernel import (
     HeartbeatSettings,
@@ -30,6 +32,7 @@ from heartbeat.jupyter.kernel import (
     fate,
     kill_local_child,
     local_child,
+    log_heart_death,
     log_process_death,
 )
 from heartbeat.jupyter.metrics import count_death
@@ -53,6 +56,7 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
     _monitor: HeartMonitor | None = None
     _death_watch = Instance(DeathWatch, args=())
     _death_of_heart: Death | None = None  # recorded by the heart's death line, if it was written
+    _silences: HeartSilences | None = None  # what its heart's silences mean (_silent.py)
 
     @property
     def last_death(self) -> Death | None:
@@ -62,6 +66,15 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
         kernel itself, that manager's ``last_death``."""
         manager = self._watching_manager()
         return self._death_watch.last if manager is None else manager.last_death
+
+    @property
+    def heart_kind(self) -> Heart:
+        """As a kernel manager's ``heart_kind``: ``"threaded"``, ``"main-loop"`` or
+        ``"unknown"``; under a manager that watches the kernel itself, that manager's."""
+        manager = self._watching_manager()
+        if manager is not None:
+            return manager.heart_kind
+        return Heart.UNKNOWN if self._silences is None else self._silences.silence.heart
 
     def _watching_manager(self) -> _HeartbeatMixin | None:
         parent = self.parent
@@ -80,13 +93,24 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
             return
         self._death_watch.watch(local_child(self), self._on_exit)
         heart = hb_url(dict(self.connection_info), f"kernel {self.kernel_id}")
-        self._monitor = self.watch(
+        log = KernelLog(self.log, self.kernel_id, self._death_fate)
+        silences = self._silences = HeartSilences(
+            owned=True,
+            declared=self.heart_answers_while_busy,
+            log=log,
+            process=lambda: local_child(self),
+            info=lambda: dict(self.connection_info),
+            on_death=self._on_heart_dead,
+        )
+        monitor = self._monitor = self.watch(
             heart.url,
             curve_serverkey=heart.curve_serverkey,
             context=None,
-            log=KernelLog(self.log, self.kernel_id, self._death_fate),
+            log=log,
+            on_event=silences.on_event,
         )
-        self._monitor.start(self._on_heart_dead)
+        silences.monitor = monitor
+        monitor.start(silences.on_silent)
 
     async def shutdown_requested(self, restart: bool = False) -> None:
         """The kernel is asked to end (a graceful shutdown or restart): from now on it is
@@ -106,10 +130,19 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
         if monitor is not None:
             monitor.stop()
         self._death_watch.stop()
+        if self._silences is not None:
+            self._silences.close()
 
-    def _record(self, silence: float | None) -> Death:
+    def _record(self, silence: float | None, process: Any = None) -> Death:
+        silences = self._silences
+        kind = None if silences is None else silences.kind
         return self._death_watch.record(
-            self.kernel_id, local_child(self), silence, restarting=False
+            self.kernel_id,
+            local_child(self) if process is None else process,
+            silence,
+            restarting=False,
+            never_answered=silences is not None and not silences.silence.answered,
+            language=None if kind is None else kind.language,
         )
 
     def _announce(self, death: Death) -> None:
@@ -126,7 +159,7 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
             # graceful one begins with. No death.
             return
         self._stop_watching()  # its heart would only report this death again, later
-        death = self._death_watch.record(self.kernel_id, witness.process, None, restarting=False)
+        death = self._record(None, witness.process)
         log_process_death(self.log, death, _THEN)
         self._announce(death)
 
@@ -135,13 +168,15 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
         death = self._death_of_heart = self._record(dead.silent_for)
         return fate(process, death.cause, _THEN, provisioned=self.has_process), death
 
-    def _on_heart_dead(self) -> None:
+    def _on_heart_dead(self, monitor: HeartMonitor, silence: float) -> None:
+        # A silence decided to be a death (heartbeat._silence): its line, then the kill.
+        dead = Dead(silence)
+        log_heart_death(KernelLog(self.log, self.kernel_id, self._death_fate), monitor, dead)
         self._death_watch.stop()  # its exit, now or after the kill, is this death's
         death = self._death_of_heart
         if death is None:
             # The heart's line was not written (its level is not logged): recorded here.
-            verdict = None if self._monitor is None else self._monitor.verdict
-            death = self._record(None if verdict is None else verdict.silent_for)
+            death = self._record(silence)
         process = local_child(self)  # a subclass may report a pid that is not our child
         if self.has_process and (process is None or process.poll() is None):
             # kill(): the process group, or whatever killing means to a subclass; scheduled
