@@ -1,6 +1,6 @@
 """A pytest plugin for the peers' own suites (``python -m benchmarks.peer_suites`` loads it).
 
-``-p benchmarks.peer_dropins`` in a run of jupyter_client's or jupyter_server's tests:
+``-p benchmarks.peer_dropins`` in a run of jupyter_client's, jupyter_server's or nbclient's tests:
 
 - always: records every test's outcome, as it ends, to the file named by
   ``HEARTBEAT_PEER_RECORD`` (JSON lines), so a run that is killed still tells what passed
@@ -38,6 +38,7 @@ that names one there on purpose (jupyter_server's warning for a manager that is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -93,6 +94,12 @@ def _swap_dropins() -> None:
     from heartbeat.jupyter.manager import _HeartbeatMixin
 
     KernelRestarter.class_traits()["kernel_manager"]._resolve_classes()
+    # nbclient's kernel_manager_class is a Type bounded by jupyter_client's KernelManager, taken
+    # when nbclient is imported: imported first, the bound is the stock class, as in any program
+    # that uses nbclient (and our managers subclass it). Its default, the AsyncKernelManager
+    # looked up when used, is swapped below.
+    with contextlib.suppress(ImportError):
+        import nbclient.client  # noqa: F401
 
     places: list[tuple[types.ModuleType, str, type]] = [
         (jupyter_client, "KernelManager", HeartbeatIOLoopKernelManager),

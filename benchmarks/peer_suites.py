@@ -1,12 +1,13 @@
 """The peers' own suites, stock and with our drop-ins: jupyter_client's and jupyter_server's
-kernel, client, restarter and session tests, from the source distributions of the versions
-installed here, run once as they are and once with HBChannel, HeartbeatIOLoopKernelManager and
-HeartbeatKernelManager in place of their classes (benchmarks/peer_dropins.py does the swap).
+kernel, client, restarter and session tests, and nbclient's, from the source distributions of
+the versions installed here, run once as they are and once with HBChannel,
+HeartbeatIOLoopKernelManager and HeartbeatKernelManager in place of their classes
+(benchmarks/peer_dropins.py does the swap).
 Prints both counts side by side, the tests whose outcome differs, and how often our classes
 were used (the proof that the drop-ins ran). Exits 1 when a test that passes stock does not
 pass with the drop-ins, or a run did not finish.
 
-    python -m benchmarks.peer_suites                    # both suites, about 16 minutes
+    python -m benchmarks.peer_suites                    # every suite, about 20 minutes
     python -m benchmarks.peer_suites --suites jupyter_client --files tests/test_client.py
 
 Needs pip and the package registry: it downloads the sdists, and installs the suites' test
@@ -55,6 +56,12 @@ SUITES: dict[str, list[str]] = {
     "jupyter_server": [
         "tests/services/kernels",
         "tests/services/sessions",
+    ],
+    # A headless runner: its notebooks executed through jupyter_client's AsyncKernelManager
+    # (ours, swapped in), its kernel deaths, timeouts and interrupts.
+    "nbclient": [
+        "tests/test_client.py",
+        "tests/test_cli.py",
     ],
 }
 # Test requirements the runs do without: linters, type checkers, coverage.

@@ -69,6 +69,14 @@ class Cause:
     likely: bool = False
     never_answered: bool = False
     language: str | None = None
+    asked: bool = False  # see asked_for
+
+    @property
+    def asked_for(self) -> bool:
+        """True for an end a running kernel made itself, cleanly: exit code 0 after its heart
+        had answered (``exit()`` or ``quit()`` in a cell, say; a crash never exits 0). It ended
+        as asked: no death. (A kernel that exits 0 before it ever answered failed to start.)"""
+        return self.asked
 
     @property
     def signal_name(self) -> str | None:
@@ -87,6 +95,8 @@ class Cause:
         if self.kind == "exited":
             if self.exit_code is None:
                 return "had exited (its exit status was not known here)"
+            if self.asked_for:
+                return "ended itself: it exited with code 0 (exit() or quit() in a cell, say)"
             return f"exited with code {self.exit_code}"
         if self.kind in ("signal", "oom"):
             text = f"was killed by {self.signal_name} ({self.signal})"
@@ -223,6 +233,7 @@ def decide(
     memory_at_start: Memory | None = None,
     memory_now: Memory | None = None,
     connection: Connection | None = None,
+    answered: bool = False,
     never_answered: bool = False,
     language: str | None = None,
 ) -> Cause:
@@ -234,6 +245,8 @@ def decide(
     at all; for one that is not, ``connection`` says what its heart's port answered.
     ``silence``: for a heart death, how long the heart was silent. ``memory_at_start`` and
     ``memory_now``: its memory cgroup's counters (:func:`memory`) at its start and now.
+    ``answered``: whether its heart had answered: a running kernel that exits with code 0
+    ended itself as asked (``Cause.asked_for``).
     ``never_answered``: its heart never answered since it started; ``language``: the kernel's
     (``kernel_info_reply``'s ``language_info.name``), if known. Both are only carried.
     """
@@ -247,6 +260,7 @@ def decide(
         memory_at_start=memory_at_start,
         memory_now=memory_now,
         connection=connection,
+        answered=answered,
     )
     if never_answered or language is not None:
         return dataclasses.replace(cause, never_answered=bool(never_answered), language=language)
@@ -262,6 +276,7 @@ def _decide(
     memory_at_start: Memory | None,
     memory_now: Memory | None,
     connection: Connection | None,
+    answered: bool,
 ) -> Cause:
     if returncode is not None and (isinstance(returncode, bool) or not isinstance(returncode, int)):
         raise TypeError(f"returncode must be an int or None, not {returncode!r}")
@@ -270,7 +285,8 @@ def _decide(
     if connection is not None and not isinstance(connection, Connection):
         raise TypeError(f"connection must be a Connection or None, not {connection!r}")
     if returncode is not None and returncode >= 0:
-        return Cause("exited", exit_code=returncode, silence=silence)
+        asked = returncode == 0 and answered is True
+        return Cause("exited", exit_code=returncode, silence=silence, asked=asked)
     if returncode is not None:
         number = -returncode
         if number == signal.SIGKILL and memory_now is not None and memory_now.oom_kills > 0:

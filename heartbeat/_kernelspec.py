@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +17,8 @@ from heartbeat._judge import Judge
 
 #: A headless run watches one kernel: two pings a second cost nothing, and bound the report.
 HEADLESS_INTERVAL = 0.5
+# What jupyter_client accepts as a kernel name.
+_NAME = re.compile(r"[a-zA-Z0-9._-]+")
 
 
 def spec(
@@ -51,6 +54,12 @@ def install(
     prefix: str | None,
 ) -> Path:
     """Install the kernel spec; returns where. ValueError when it cannot be done here."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        # jupyter_client's own rule; an empty name would install under a temporary folder's.
+        raise ValueError(
+            f"kernel name {name!r} is not valid: expected ASCII letters, digits, '-', '.' "
+            "and '_', at least one"
+        )
     if importlib.util.find_spec("ipykernel") is None:
         raise ValueError(f"ipykernel is not installed in {sys.executable}: pip install ipykernel")
     try:

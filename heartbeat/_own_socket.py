@@ -9,13 +9,14 @@ bytes on the wire as a REQ, so no heart can tell, and it keeps every reply.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 import zmq
 from tornado.ioloop import IOLoop
 
-from heartbeat import _sockets
+from heartbeat import _resolve, _sockets
 from heartbeat.transport import HeartSpec, Listener
 
 # Plain ints: pyzmq's flag enums cost more to combine than the send itself, once a beat.
@@ -49,6 +50,7 @@ class OwnSocket:
     def open(self, heart: HeartSpec, listener: Listener) -> SocketTransport:
         """A DEALER socket connected to ``heart``, on the given loop or the current one."""
         loop = self._io_loop if self._io_loop is not None else IOLoop.current()
+        _sockets.check_loop(loop, f"cannot watch {heart.url}")  # before any socket is made
         return SocketTransport(heart, listener, loop, self._context)
 
 
@@ -79,12 +81,20 @@ class SocketTransport:
                     curve=heart.curve_serverkey is not None,
                 )
                 sockets.append(socket)
-                _sockets.connect(socket, heart.url, curve_serverkey=heart.curve_serverkey)
+                if not heart.endpoint.is_name:  # an address: connected at once, as always
+                    _sockets.connect(
+                        socket,
+                        heart.url,
+                        curve_serverkey=heart.curve_serverkey,
+                        interval=heart.interval,
+                    )
         except (ValueError, OSError, RuntimeError):
             for socket in sockets:
                 socket.close(linger=0)
             raise
         self._listener = listener
+        self._heart = heart
+        self._connected: str | None = None  # the address a host name's paths are connected to
         self._loop = loop
         self._sockets: list[zmq.Socket[Any]] = sockets
         self._fds: list[int] = [socket.FD for socket in sockets]
@@ -92,6 +102,12 @@ class SocketTransport:
         self._timer: object | None = None
         for fd in self._fds:
             loop.add_handler(fd, self._on_readable, IOLoop.READ)
+        # A host name: its address is found off the loop; until then pings go nowhere.
+        self._target = (
+            _resolve.Target(heart.endpoint, heart.time_to_dead, loop, self._connect)
+            if heart.endpoint.is_name
+            else None
+        )
 
     def send(self, payload: bytes) -> None:
         """Send one ping on the next path that takes it; if none does (no path is connected,
@@ -126,6 +142,8 @@ class SocketTransport:
         if self._timer is not None:
             self._loop.remove_timeout(self._timer)
             self._timer = None
+        if self._target is not None:
+            self._target.close()
         sockets, self._sockets = self._sockets, []
         fds, self._fds = self._fds, []
         for socket, fd in zip(sockets, fds, strict=True):
@@ -140,6 +158,8 @@ class SocketTransport:
                     frames = socket.recv_multipart(_NOBLOCK)
                     # An echo of our envelope; anything else is no reply to a ping of ours.
                     if len(frames) == 2 and not frames[0]:
+                        if self._target is not None:
+                            self._target.heard = True
                         self._listener.payload_received(time.monotonic(), frames[1])
                     if not self._sockets:
                         return False  # the listener stopped (a death, or stop()) meanwhile
@@ -149,6 +169,22 @@ class SocketTransport:
                 self._failed(exc)
                 return False
         return bool(self._sockets)
+
+    def _connect(self, url: str) -> None:
+        """Move every path to ``url``, an address of the heart's host name (the first, or one
+        the heart is now reached at)."""
+        heart = self._heart
+        for socket in self._sockets:
+            if self._connected is not None:
+                with contextlib.suppress(zmq.ZMQError):  # the context was terminated
+                    socket.disconnect(self._connected)
+            try:
+                _sockets.connect(
+                    socket, url, curve_serverkey=heart.curve_serverkey, interval=heart.interval
+                )
+            except ValueError:
+                continue  # zmq refused an address: that path stays silent, as a lost heart
+        self._connected = url
 
     def _on_readable(self, fd: int, events: int) -> None:
         self._read()

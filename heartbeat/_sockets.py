@@ -56,6 +56,16 @@ def reconnect_ivl(interval: float) -> int:
     return int(min(100.0, max(10.0, interval * 250)))
 
 
+def reconnect_ivl_max(interval: float) -> int:
+    """Milliseconds between reconnection attempts at most, once they keep failing: libzmq
+    doubles the wait after each failed attempt up to this, half the interval (an address that
+    refuses or does not answer is not tried 10 to 100 times a second for ever; a heart that
+    comes back is reached again within half a ping interval)."""
+    # At most a minute: zmq takes a C int of milliseconds, and a heart pinged once a day (a
+    # huge time_to_dead) is still looked for again within a minute.
+    return max(reconnect_ivl(interval), int(min(interval * 500, 60_000.0)))
+
+
 def open_socket(
     context: zmq.Context[Any] | None,
     kind: int,
@@ -79,18 +89,23 @@ def open_socket(
         socket: zmq.Socket[Any] = ctx.socket(kind)
     except zmq.ZMQError as exc:
         raise socket_error(exc, ctx, what) from None
-    socket.linger = 0
-    socket.setsockopt(zmq.RECONNECT_IVL, reconnect_ivl(interval))
-    if ipv6:
-        socket.setsockopt(zmq.IPV6, 1)
-    if kind == zmq.REQ:
-        socket.setsockopt(zmq.REQ_RELAXED, 1)
-    if hwm is not None:
-        socket.sndhwm = socket.rcvhwm = hwm
-    if curve:
-        public, secret = zmq.curve_keypair()  # the server authenticates itself only
-        socket.curve_secretkey = secret
-        socket.curve_publickey = public
+    try:
+        socket.linger = 0
+        socket.setsockopt(zmq.RECONNECT_IVL, reconnect_ivl(interval))
+        socket.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_ivl_max(interval))
+        if ipv6:
+            socket.setsockopt(zmq.IPV6, 1)
+        if kind == zmq.REQ:
+            socket.setsockopt(zmq.REQ_RELAXED, 1)
+        if hwm is not None:
+            socket.sndhwm = socket.rcvhwm = hwm
+        if curve:
+            public, secret = zmq.curve_keypair()  # the server authenticates itself only
+            socket.curve_secretkey = secret
+            socket.curve_publickey = public
+    except BaseException:
+        socket.close(linger=0)  # an option refused: nothing is left open behind the error
+        raise
     return socket
 
 
@@ -100,9 +115,20 @@ def connect(
     *,
     curve_serverkey: bytes | None = None,
     routing_id: bytes | None = None,
+    interval: float | None = None,
 ) -> None:
-    """Connect to a heart; ValueError if zmq refuses the url (the socket stays open)."""
+    """Connect to a heart; ValueError if zmq refuses the url (the socket stays open).
+
+    ``url``'s host must be an address, never a name (heartbeat/_resolve.py finds the address
+    of one, off the loop). ``interval``: the heart's ping interval, for the backoff of this
+    connection's reconnection attempts (libzmq takes a socket's options as they stand at each
+    ``connect()``, so one pool socket backs off each heart at its own pace).
+    """
     try:
+        if "://[" in url:
+            socket.setsockopt(zmq.IPV6, 1)  # an IPv6 address: zmq refuses it otherwise
+        if interval is not None:
+            socket.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_ivl_max(interval))
         if routing_id is not None:
             socket.setsockopt(zmq.CONNECT_ROUTING_ID, routing_id)
         if curve_serverkey is not None:
@@ -112,6 +138,15 @@ def connect(
         raise ValueError(
             f"cannot connect to {url!r}: {exc.strerror}; expected a reachable {EXPECTED_URL}"
         ) from None
+
+
+def check_loop(loop: IOLoop, what: str) -> None:
+    """RuntimeError, before any socket is opened, if ``loop`` can run nothing: its asyncio
+    loop is closed (a finished ``asyncio.run()``, say). Handlers added to it would fail after
+    the sockets were made, and timers would never fire."""
+    asyncio_loop = getattr(loop, "asyncio_loop", None)
+    if asyncio_loop is not None and asyncio_loop.is_closed():
+        raise RuntimeError(f"{what}: its event loop is closed; start it on a running loop")
 
 
 def read_soon_if_waiting(socket: zmq.Socket[Any], loop: IOLoop, read: Callable[[], object]) -> None:

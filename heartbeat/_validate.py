@@ -13,10 +13,23 @@ import math
 import re
 from dataclasses import dataclass
 
-_HOST_RE = re.compile(r"^(\*|[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])$")
+# libzmq's own check of a tcp url it connects to (socket_base.cpp): the host starts with a
+# letter, a digit or '[', and goes on with letters, digits, '.', '-' and '_'. A url that passed
+# here and not there would fail inside zmq, as a traceback, not as bad input.
+_HOST_RE = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9_.-]*|\[[0-9A-Fa-f:.]+\])$")
+#: The longest ipc path a socket address holds (sun_path: 108 bytes with its NUL).
+MAX_IPC_PATH = 107
+#: The shortest time_to_dead a monitor times on a real loop: its timers wake a millisecond or
+#: more late, and a timer later than (time_to_dead - interval) / 2 is forgiven as the monitor's
+#: own stall; below this, every wake-up would be forgiven and no death ever declared.
+MIN_TIME_TO_DEAD = 0.05
 
 #: What a url should look like, as every error about one says it.
 EXPECTED_URL = "'tcp://host:port', 'ipc://path' or 'inproc://name'"
+
+
+# Names of the loopback addresses: the usual one, and Debian's and Ubuntu's for ::1.
+_LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
 
 
 @dataclass(frozen=True)
@@ -33,12 +46,25 @@ class Endpoint:
         return self.host.startswith("[")
 
     @property
+    def is_name(self) -> bool:
+        """True for a tcp host given by name (``localhost``, ``kernels.example``): it is
+        resolved off the loop (heartbeat/_resolve.py), never by zmq, which would block its I/O
+        thread, and every other socket's, on each connection attempt."""
+        if self.transport != "tcp":
+            return False
+        try:
+            ipaddress.ip_address(self.host.strip("[]"))
+        except ValueError:
+            return True
+        return False
+
+    @property
     def is_loopback(self) -> bool:
         """True for endpoints only this machine can reach."""
         if self.transport != "tcp":
             return True
-        host = self.host.strip("[]")
-        if host == "localhost":
+        host = self.host.strip("[]").lower()
+        if host in _LOOPBACK_NAMES:
             return True
         try:
             return ipaddress.ip_address(host).is_loopback
@@ -56,11 +82,14 @@ REMOTE_PATHS = 4
 MAX_PATHS = 8
 
 
-def paths(value: object, where: Endpoint) -> int:
+def paths(value: object, where: Endpoint, *, here: bool | None = None) -> int:
     """How many connections to make to the heart at ``where``: ``value``, or by default one on
-    this machine (loopback, ipc, inproc: nothing is lost there) and ``REMOTE_PATHS`` beyond."""
+    this machine (nothing is lost there) and ``REMOTE_PATHS`` beyond. ``here``: whether
+    ``where`` is on this machine, as the caller found (``heartbeat._local``); None: whether
+    it is loopback, ipc or inproc."""
     if value is None:
-        return 1 if where.is_loopback else REMOTE_PATHS
+        local = where.is_loopback if here is None else here
+        return 1 if local else REMOTE_PATHS
     expected = f"an int from 1 to {MAX_PATHS} (connections to the heart) or None"
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"paths must be {expected}, got {value!r}")
@@ -80,6 +109,18 @@ def number(name: str, value: object, *, allow_zero: bool = False) -> float:
     return result
 
 
+def time_to_dead(value: object) -> float:
+    """``value`` as a time_to_dead a monitor can time on a real loop: a finite number of at
+    least ``MIN_TIME_TO_DEAD`` seconds."""
+    result = number("time_to_dead", value)
+    if result < MIN_TIME_TO_DEAD:
+        raise ValueError(
+            f"time_to_dead must be at least {MIN_TIME_TO_DEAD} s, the shortest a monitor's "
+            f"loop can time (its timers wake a millisecond or more late), got {value!r}"
+        )
+    return result
+
+
 def endpoint(url: object, *, bind: bool) -> Endpoint:
     """Parse ``url`` as ``tcp://host:port``, ``ipc://path`` or ``inproc://name``.
 
@@ -95,6 +136,11 @@ def endpoint(url: object, *, bind: bool) -> Endpoint:
     if transport in ("ipc", "inproc"):
         if not rest or "\x00" in rest:
             raise ValueError(f"url {url!r} has no {transport} name: expected {expected}")
+        if transport == "ipc" and len(rest.encode("utf-8", "surrogateescape")) > MAX_IPC_PATH:
+            raise ValueError(
+                f"url {url!r} has an ipc path of {len(rest.encode('utf-8', 'surrogateescape'))} "
+                f"bytes: expected at most {MAX_IPC_PATH} (what a unix socket address holds)"
+            )
         return Endpoint(transport, rest, None)
     host, colon, port_text = rest.rpartition(":")
     if colon and ":" in host and not host.startswith("["):
@@ -103,7 +149,10 @@ def endpoint(url: object, *, bind: bool) -> Endpoint:
         with contextlib.suppress(ValueError):  # not an address: refused below, with the rest
             host = f"[{ipaddress.IPv6Address(host)}]"
     if not colon or not host or not _HOST_RE.match(host):
-        raise ValueError(f"url {url!r} has no valid host: expected 'tcp://host:port'")
+        raise ValueError(
+            f"url {url!r} has no valid host: expected 'tcp://host:port', the host an address "
+            "or a name of letters, digits, '.', '-' and '_' that starts with a letter or digit"
+        )
     if host == "*" and not bind:
         raise ValueError(f"url {url!r}: '*' can only be bound, connect to a real host")
     lowest = 0 if bind else 1

@@ -25,19 +25,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _seconds(allow_zero: bool = False) -> type[float]:
+def _seconds(allow_zero: bool = False, least: float | None = None) -> type[float]:
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
         try:
-            return _validate.number("value", value, allow_zero=allow_zero)
+            result = _validate.number("value", value, allow_zero=allow_zero)
         except ValueError:
-            least = ">= 0" if allow_zero else "> 0"
+            bound = ">= 0" if allow_zero else "> 0"
             raise argparse.ArgumentTypeError(
-                f"expected a finite number of seconds {least}, got {text!r}"
+                f"expected a finite number of seconds {bound}, got {text!r}"
             ) from None
+        if least is not None and result < least:
+            raise argparse.ArgumentTypeError(
+                f"expected at least {least:g} s (the shortest a monitor's loop can time), "
+                f"got {text!r}"
+            )
+        return result
 
     return parse  # type: ignore[return-value]
 
@@ -45,7 +51,7 @@ def _seconds(allow_zero: bool = False) -> type[float]:
 def _timing_options(parser: argparse.ArgumentParser, time_to_dead: float) -> None:
     parser.add_argument(
         "--time-to-dead",
-        type=_seconds(),
+        type=_seconds(least=_validate.MIN_TIME_TO_DEAD),
         default=time_to_dead,
         metavar="S",
         help=f"seconds of silence, after the grace, that mean death (default {time_to_dead:g})",
@@ -153,7 +159,12 @@ def _probe(args: argparse.Namespace) -> int:
         target = resolve(args.target)
     except (ValueError, TypeError) as exc:
         return _bad_input("probe", str(exc))
-    rtt = ping(target.url, args.timeout, curve_serverkey=target.curve_serverkey)
+    try:
+        rtt = ping(target.url, args.timeout, curve_serverkey=target.curve_serverkey)
+    except (ValueError, TypeError) as exc:
+        # A url zmq itself refuses is bad input (exit 2), not "no answer" (exit 1), which a
+        # liveness probe or a script would act on.
+        return _bad_input("probe", str(exc))
     if args.json:
         print(
             json.dumps(
@@ -215,13 +226,19 @@ async def _watch_until_done(target: Target, args: argparse.Namespace, watcher: _
     died = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupted.set)
-    monitor = HeartMonitor(
-        target.url,
-        time_to_dead=args.time_to_dead,
-        first_beat=args.first_beat,
-        curve_serverkey=target.curve_serverkey,
-        on_event=watcher.on_event,
-    )
+    try:
+        monitor = HeartMonitor(
+            target.url,
+            time_to_dead=args.time_to_dead,
+            first_beat=args.first_beat,
+            curve_serverkey=target.curve_serverkey,
+            on_event=watcher.on_event,
+        )
+    except (ValueError, TypeError) as exc:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        watcher.console.close()
+        return _bad_input("watch", str(exc))
     watcher.monitor = monitor
     console = watcher.console
     if args.json:
@@ -238,8 +255,11 @@ async def _watch_until_done(target: Target, args: argparse.Namespace, watcher: _
             f"first_beat {args.first_beat:g} s): {rule(args.time_to_dead, monitor.interval)}; "
             "Ctrl-C to stop"
         )
-    monitor.start(died.set)
     try:
+        try:
+            monitor.start(died.set)
+        except (ValueError, TypeError) as exc:  # a url zmq itself refuses: bad input
+            return _bad_input("watch", str(exc))
         ticks = 0
         while not (died.is_set() or interrupted.is_set()):
             await asyncio.sleep(0.2)

@@ -72,6 +72,11 @@ def read_connection_file(path: str | Path) -> Target:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ValueError(f"cannot read connection file {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"connection file {str(path)!r} is not UTF-8 text (byte {exc.start}): expected the "
+            "JSON a kernel manager writes"
+        ) from None
     try:
         info = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -20,6 +20,8 @@ log = logging.getLogger("heartbeat")
 
 #: Pings are a few dozen bytes; anything far larger is an attack or a bug, not a ping.
 DEFAULT_MAX_MESSAGE_SIZE = 8192
+# ZMQ_MAXMSGSIZE is a signed 64-bit number of bytes.
+_MAX_MESSAGE_SIZE = 2**63 - 1
 
 # Bounded waits on the echo thread, so a broken libzmq cannot hang start() or stop().
 _START_TIMEOUT = 10.0
@@ -73,7 +75,8 @@ class _EchoDevice(ThreadDevice):
         self.ctrl_url = ctrl_url
         self._options = options
         self.ready = threading.Event()
-        self.error: zmq.ZMQError | None = None
+        # What kept it from binding: a ZMQError, or anything else setting an option raised.
+        self.error: Exception | None = None
         self.endpoint = ""
 
     def run_device(self) -> None:
@@ -92,8 +95,10 @@ class _EchoDevice(ThreadDevice):
                 ctrl.linger = 0
                 ctrl.bind(self.ctrl_url)
                 self.endpoint = echo.get(zmq.LAST_ENDPOINT).decode()
-            except zmq.ZMQError as exc:
-                self.error = exc  # start() raises it for us
+            except Exception as exc:
+                # Any error, not only zmq's: a thread that died here unseen would leave start()
+                # saying "running" with nothing bound. start() raises it for us.
+                self.error = exc
                 return
             finally:
                 self.ready.set()
@@ -146,14 +151,13 @@ class Heart:
         )
         if context is not None and not isinstance(context, zmq.Context):
             raise TypeError(f"context must be a zmq.Context or None, got {context!r}")
+        expected = f"an int from 64 to {_MAX_MESSAGE_SIZE} (bytes) or None"
         if max_message_size is not None and (
-            isinstance(max_message_size, bool)
-            or not isinstance(max_message_size, int)
-            or max_message_size < 64
+            isinstance(max_message_size, bool) or not isinstance(max_message_size, int)
         ):
-            raise ValueError(
-                f"max_message_size must be an int >= 64 (bytes) or None, got {max_message_size!r}"
-            )
+            raise TypeError(f"max_message_size must be {expected}, got {max_message_size!r}")
+        if max_message_size is not None and not 64 <= max_message_size <= _MAX_MESSAGE_SIZE:
+            raise ValueError(f"max_message_size must be {expected}, got {max_message_size!r}")
         self._requested_url = url
         self._context = context
         self._max_message_size = max_message_size
@@ -211,6 +215,10 @@ class Heart:
         if device.error is not None:
             device.join(_STOP_TIMEOUT)
             err = device.error
+            if not isinstance(err, zmq.ZMQError):
+                raise RuntimeError(
+                    f"cannot start a heart on {self._requested_url!r}: {err!r}"
+                ) from err
             if err.errno == errno.EMFILE:
                 raise _sockets.socket_error(
                     err, context, f"cannot start a heart on {self._requested_url!r}"
@@ -221,7 +229,10 @@ class Heart:
             ) from None
         self._device = device
         self._url = device.endpoint
-        if not self._endpoint.is_loopback and self._curve_secretkey is None:
+        # Decided from where it is bound, not from what was asked: 'tcp://lo:0' (an interface
+        # name) binds loopback only, and 'tcp://0.0.0.0:0' every address.
+        bound = _validate.endpoint(self._url, bind=True)
+        if not bound.is_loopback and self._curve_secretkey is None:
             log.warning(
                 "heart bound to %s without CURVE: other machines can reach it, and anyone "
                 "there can ping it or flood it; pass curve_secretkey= to authenticate",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from heartbeat import _validate
 from heartbeat._judge import Beat, Dead, Event, Judge, Ping, Stall, State, StateChanged
+from heartbeat._local import on_this_machine
 
 # The default transport is named here, where it is used; the monitor reaches any other only
 # through the interfaces of heartbeat.transport.
@@ -61,7 +62,9 @@ class HeartMonitor:
     Parameters
     ----------
     url:
-        The heart's endpoint: ``tcp://host:port``, ``ipc://path`` or ``inproc://name``.
+        The heart's endpoint: ``tcp://host:port``, ``ipc://path`` or ``inproc://name``. A host
+        name is resolved off the loop to every address it has, both families, and the heart
+        reached at the one that accepts (docs/beyond-one-machine.md); until then it is silent.
     time_to_dead:
         Seconds of silence, after the grace, that mean death.
     first_beat:
@@ -145,7 +148,7 @@ class HeartMonitor:
         tally: Tally | None = None,
     ) -> None:
         self._endpoint = _validate.endpoint(url, bind=False)
-        _validate.paths(paths, self._endpoint)
+        _validate.paths(paths, self._endpoint, here=on_this_machine(self._endpoint))
         self._paths = paths  # as asked: the default depends on the url, which may change
         self._curve_serverkey = (
             None
@@ -153,6 +156,8 @@ class HeartMonitor:
             else _validate.curve_key("curve_serverkey", curve_serverkey)
         )
         self._interval = interval  # as asked: the default depends on the paths
+        # What a real loop can time; the pure Judge takes any positive number (a fake clock).
+        _validate.time_to_dead(time_to_dead)
         self._judge = self._new_judge(time_to_dead, first_beat)
         # Checked whether used or not, so a wrong one is always named.
         own = own_socket(context, io_loop)
@@ -203,11 +208,18 @@ class HeartMonitor:
         if self.running:
             raise RuntimeError(f"cannot change url of a running monitor (watching {self._url})")
         endpoint = _validate.endpoint(url, bind=False)
+        before = (self._endpoint, self._url, self._judge)
         paths = self.paths
         self._endpoint = endpoint
         self._url = url
         if self.paths != paths and self._interval is None:
             self._judge = self._new_judge(self.time_to_dead, self.first_beat)
+        try:
+            # The new url's paths may mean a finer interval than the pool's batch allows.
+            self._factory.check(self._spec())
+        except Exception:
+            self._endpoint, self._url, self._judge = before
+            raise
 
     @property
     def time_to_dead(self) -> float:
@@ -227,7 +239,7 @@ class HeartMonitor:
     @property
     def paths(self) -> int:
         """How many connections this monitor makes to its heart."""
-        return _validate.paths(self._paths, self._endpoint)
+        return _validate.paths(self._paths, self._endpoint, here=on_this_machine(self._endpoint))
 
     @property
     def stall_after(self) -> float:
@@ -370,6 +382,12 @@ class HeartMonitor:
             transport.close()
 
     def _dispatch(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Dead):
+                # On the record before anyone is told: a stop() from on_event (at the death's
+                # state change or at Dead) ends the run, not the fact that the Judge declared
+                # the heart dead; state stays "dead", and so must the verdict.
+                self.verdict = event
         run = self._run
         tally = self._tally
         for event in events:

@@ -34,7 +34,7 @@ from typing import Any
 import zmq
 from tornado.ioloop import IOLoop
 
-from heartbeat import _sockets, _validate
+from heartbeat import _resolve, _sockets, _validate
 from heartbeat._schedule import PoolSchedule
 from heartbeat.monitor import HeartMonitor, Log, default_log
 from heartbeat.transport import HeartSpec, Listener
@@ -104,6 +104,7 @@ class _Member:
         "phase",
         "pool",
         "rids",
+        "target",
         "turn",
         "url",
     )
@@ -118,7 +119,10 @@ class _Member:
     ) -> None:
         self.pool = pool
         self.listener = listener
-        self.url = heart.url
+        # The url its connections are made to: the heart's, or an address of its host name
+        # (None until that is found).
+        self.url: str | None = None if heart.endpoint.is_name else heart.url
+        self.target: _resolve.Target | None = None  # finds that address, for a host name
         self.curve_serverkey = heart.curve_serverkey
         self.rids = rids  # one routing id a path: one connection each
         self.turn = 0  # the path the next ping takes
@@ -239,12 +243,15 @@ class HeartbeatPool:
 
     def open(self, heart: HeartSpec, listener: Listener) -> _Member:
         """Connect to ``heart`` through the pool's socket (its CURVE socket, with a key)."""
-        if self._loop is not None and self._io_loop is None and not self._on_pools_loop():
+        loop = self._members_loop()
+        if not self._runs_on(loop):
             raise RuntimeError(
                 f"cannot watch {heart.url} from this event loop: the pool is watching "
-                f"{self._watching} hearts on another loop; start it there, or use a "
-                "pool of this loop's own"
+                f"{self._watching} hearts on another loop (or was given one); start it "
+                "there, or use a pool of this loop's own"
             )
+        # Before anything is opened or counted: a member whose start() raised is not running.
+        _sockets.check_loop(loop, f"cannot watch {heart.url}")
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         connections = len(self._members)
         if heart.endpoint.transport != "inproc" and connections + heart.paths + _FD_MARGIN > soft:
@@ -255,38 +262,96 @@ class HeartbeatPool:
                 "'ulimit -n'): raise it, or watch with fewer paths"
             )
         channel = self._open_channel(curve=heart.curve_serverkey is not None)
-        url = channel.urls.get(heart.url)
-        if url is None:
-            url = channel.urls[heart.url] = _Url()
-        rids: list[bytes] = []
-        try:
-            for _ in range(heart.paths):
-                rid = url.take_idle(heart.curve_serverkey)
-                if rid is None:
-                    rid = b"hb" + next(self._ids).to_bytes(8, "big")
-                    _sockets.connect(
-                        channel.socket,
-                        heart.url,
-                        curve_serverkey=heart.curve_serverkey,
-                        routing_id=rid,
-                    )
-                rids.append(rid)
-        except ValueError:
-            if url.members:
-                url.idle += [(rid, heart.curve_serverkey) for rid in rids]
-            else:
-                del channel.urls[heart.url]
-            if not channel.members:
-                self._close_channel(channel)
-            raise
-        url.members += 1
+        if heart.endpoint.is_name:
+            # Connected once an address of the name is found, off the loop: until then the
+            # pings to these routing ids go nowhere, and the Judge sees a silent heart.
+            rids = [self._new_rid() for _ in range(heart.paths)]
+        else:
+            try:
+                rids = self._connect(channel, heart.url, heart)
+            except ValueError:
+                if not channel.members:
+                    self._close_channel(channel)
+                raise
         channel.members += 1
         self._watching += 1
         member = _Member(self, listener, heart, rids, channel)
         member.phase = self._schedule.join(member, heart.interval, time.monotonic())
         for rid in rids:
             self._members[rid] = member
+        if heart.endpoint.is_name:
+            assert self._loop is not None  # set when the channel was opened
+            member.target = _resolve.Target(
+                heart.endpoint,
+                heart.time_to_dead,
+                self._loop,
+                lambda url: self._move(member, heart, url),
+            )
         return member
+
+    def _new_rid(self) -> bytes:
+        return b"hb" + next(self._ids).to_bytes(8, "big")
+
+    def _connect(self, channel: _Channel, url: str, heart: HeartSpec) -> list[bytes]:
+        """The routing ids of ``heart.paths`` connections to ``url``: idle ones of that url
+        first, then new ones."""
+        entry = channel.urls.get(url)
+        if entry is None:
+            entry = channel.urls[url] = _Url()
+        rids: list[bytes] = []
+        try:
+            for _ in range(heart.paths):
+                rid = entry.take_idle(heart.curve_serverkey)
+                if rid is None:
+                    rid = self._new_rid()
+                    _sockets.connect(
+                        channel.socket,
+                        url,
+                        curve_serverkey=heart.curve_serverkey,
+                        routing_id=rid,
+                        interval=heart.interval,
+                    )
+                rids.append(rid)
+        except ValueError:
+            if entry.members:
+                entry.idle += [(rid, heart.curve_serverkey) for rid in rids]
+            else:
+                del channel.urls[url]
+            raise
+        entry.members += 1
+        return rids
+
+    def _release(self, channel: _Channel, url: str, rids: list[bytes], key: bytes | None) -> None:
+        """A member's connections to ``url`` are no longer its own: kept idle for another
+        member of that url, or the url is disconnected if none watches it."""
+        entry = channel.urls[url]
+        entry.members -= 1
+        if entry.members:
+            entry.idle += [(rid, key) for rid in rids]
+            return
+        del channel.urls[url]
+        if self._channels.get(channel.curve) is channel:
+            # ZMQError: already gone, or the context was terminated.
+            with contextlib.suppress(zmq.ZMQError):
+                channel.socket.disconnect(url)
+
+    def _move(self, member: _Member, heart: HeartSpec, url: str) -> None:
+        """Connect a member watching a host name to ``url``, an address of it (the first
+        found, or one its heart is now reached at)."""
+        channel = member.channel
+        if member.closed or self._channels.get(channel.curve) is not channel:
+            return
+        for rid in member.rids:
+            self._members.pop(rid, None)
+        if member.url is not None:
+            self._release(channel, member.url, member.rids, member.curve_serverkey)
+        try:
+            member.rids, member.url = self._connect(channel, url, heart), url
+        except ValueError:  # zmq refused an address: silent, as a heart not reached
+            member.rids, member.url = [self._new_rid() for _ in range(heart.paths)], None
+        member.turn = 0
+        for rid in member.rids:
+            self._members[rid] = member
 
     # -- what members call -----------------------------------------------------------------
 
@@ -324,36 +389,37 @@ class HeartbeatPool:
         """``member`` stops: its url is disconnected once no member watches it, and a socket
         nobody uses is closed."""
         self._schedule.leave(member)
+        if member.target is not None:
+            member.target.close()
         for rid in member.rids:
             self._members.pop(rid, None)
         self._watching -= 1
         channel = member.channel
         channel.members -= 1
-        url = channel.urls[member.url]
-        url.members -= 1
-        if url.members:
-            url.idle += [(rid, member.curve_serverkey) for rid in member.rids]
-        else:
-            del channel.urls[member.url]
-        if self._channels.get(channel.curve) is channel:
-            if not url.members:
-                # ZMQError: already gone, or the context was terminated.
-                with contextlib.suppress(zmq.ZMQError):
-                    channel.socket.disconnect(member.url)
-            if not channel.members:
-                self._close_channel(channel)  # nothing is held while nothing is watched
+        if member.url is not None:
+            self._release(channel, member.url, member.rids, member.curve_serverkey)
+        if self._channels.get(channel.curve) is channel and not channel.members:
+            self._close_channel(channel)  # nothing is held while nothing is watched
         if not self._judging:
             self._set_timer()
 
     # -- sockets ---------------------------------------------------------------------------
 
-    def _on_pools_loop(self) -> bool:
-        """Whether the caller runs on the loop the pool is using (or on no running loop)."""
+    def _members_loop(self) -> IOLoop:
+        """The loop members run on: the one in use, else the one given, else the current."""
+        if self._loop is not None:
+            return self._loop
+        given = None if self._io_loop is None else self._io_loop()
+        return given if given is not None else IOLoop.current()
+
+    @staticmethod
+    def _runs_on(loop: IOLoop) -> bool:
+        """Whether the caller runs on ``loop`` (or on no running loop)."""
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             return True  # not from a coroutine or a callback: the monitor's contract says who
-        return running is getattr(self._loop, "asyncio_loop", running)
+        return running is getattr(loop, "asyncio_loop", running)
 
     def _open_channel(self, curve: bool) -> _Channel:
         channel = self._channels.get(curve)
@@ -369,10 +435,7 @@ class HeartbeatPool:
             # Hearts answer at the speed they are pinged; deep queues only hide a dead peer.
             hwm=100_000,
         )
-        loop = self._loop
-        if loop is None:
-            given = None if self._io_loop is None else self._io_loop()
-            loop = self._loop = given if given is not None else IOLoop.current()
+        loop = self._loop = self._members_loop()
         channel = self._channels[curve] = _Channel(socket, curve)
         loop.add_handler(channel.fd, self._on_readable, IOLoop.READ)
         return channel
@@ -452,6 +515,8 @@ class HeartbeatPool:
                     frames.append(frame.bytes)
                 member = members.get(frames[0])
                 if member is not None and len(frames) == 3 and not frames[1]:
+                    if member.target is not None:
+                        member.target.heard = True
                     member.listener.payload_received(time.monotonic(), frames[2])
                     if self._channels.get(channel.curve) is not channel:
                         return  # its last member stopped from the reply's callback: closed

@@ -8,7 +8,10 @@ from typing import Any
 
 import zmq
 
-from heartbeat import _sockets, _validate
+from heartbeat import _resolve, _sockets, _validate
+
+# The longest single wait handed to zmq's poll, in seconds.
+_POLL_STEP = 60.0
 
 
 def ping(
@@ -20,7 +23,9 @@ def ping(
 ) -> float | None:
     """Ping the heart at ``url`` once; return the round trip in seconds, None on no answer.
 
-    Returns within ``timeout`` seconds (plus a few milliseconds) whatever the peer does.
+    Returns within ``timeout`` seconds (plus a few milliseconds) whatever the peer does. A host
+    name is resolved within that time too, to every address it has (both families); the ping
+    goes to the first that takes a connection (docs/beyond-one-machine.md).
 
     >>> from heartbeat import Heart
     >>> with Heart() as heart:
@@ -33,6 +38,13 @@ def ping(
         None if curve_serverkey is None else _validate.curve_key("curve_serverkey", curve_serverkey)
     )
     token = os.urandom(8)
+    start = time.monotonic()
+    target = url
+    if endpoint.is_name:
+        found = _resolve.resolve_now(endpoint, wait)
+        if found is None:
+            return None  # the name did not resolve within the timeout: no answer
+        target = found
     socket = _sockets.open_socket(
         context,
         zmq.REQ,
@@ -42,10 +54,12 @@ def ping(
         curve=key is not None,
     )
     with socket as sock:
-        _sockets.connect(sock, url, curve_serverkey=key)
-        start = time.monotonic()
+        _sockets.connect(sock, target, curve_serverkey=key)
+        sent = time.monotonic()  # the round trip leaves the name's resolution out
         sock.send(token)
         while (left := start + wait - time.monotonic()) > 0:
-            if sock.poll(int(left * 1000) + 1) and sock.recv() == token:
-                return time.monotonic() - start
+            # In steps zmq's poll can take (its timeout is a C int of milliseconds): a timeout
+            # of a billion seconds is a long wait, not an OverflowError from inside zmq.
+            if sock.poll(int(min(left, _POLL_STEP) * 1000) + 1) and sock.recv() == token:
+                return time.monotonic() - sent
         return None

@@ -18,6 +18,23 @@ from typing import Any
 import pytest
 
 SLOW = os.environ.get("HEARTBEAT_SLOW") == "1"
+# CI installs every kernel the suite runs (IRkernel from Debian, xeus-python from PyPI): there a
+# missing one fails its tests instead of skipping them.
+REQUIRE_KERNELS = os.environ.get("HEARTBEAT_REQUIRE_KERNELS") == "1"
+
+
+def kernel_spec_or_skip(name: str) -> str:
+    """The resource directory of the installed kernel spec ``name`` (``ir``, ``xpython``);
+    where it is missing the test is skipped, or fails under ``HEARTBEAT_REQUIRE_KERNELS=1``."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        return str(KernelSpecManager().get_kernel_spec(name).resource_dir)
+    except NoSuchKernel:
+        why = f"kernel spec {name!r} is not installed (.ci/run installs it)"
+        if REQUIRE_KERNELS:
+            pytest.fail(why)
+        pytest.skip(why)
 
 
 def read_json_line(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:

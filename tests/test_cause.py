@@ -136,6 +136,19 @@ def test_an_exit_code_is_an_exit() -> None:
     assert decide(returncode=0).describe() == "exited with code 0"
 
 
+def test_a_running_kernel_that_exits_0_ended_itself_as_asked() -> None:
+    # exit() or quit() in a cell: code 0 after the heart answered. No death.
+    cause = decide(returncode=0, answered=True)
+    assert cause.asked_for and cause.kind == "exited" and cause.exit_code == 0
+    assert cause.describe() == (
+        "ended itself: it exited with code 0 (exit() or quit() in a cell, say)"
+    )
+    # Before it ever answered, code 0 is a kernel that failed to start; any other code, an exit.
+    assert not decide(returncode=0).asked_for
+    assert not decide(returncode=3, answered=True).asked_for
+    assert not decide(returncode=-9, answered=True).asked_for
+
+
 def test_a_negative_returncode_is_the_signal_named() -> None:
     cause = decide(returncode=-11)
     assert cause.kind == "signal" and cause.signal == 11 and cause.signal_name == "SIGSEGV"

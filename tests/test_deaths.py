@@ -168,6 +168,47 @@ def test_a_cell_that_exits_is_an_exit_code_and_with_autorestart_off_is_not_resta
     )
 
 
+@pytest.mark.parametrize("code", ["exit()", "quit()"])
+def test_exit_in_a_cell_is_the_end_asked_for_not_a_death(
+    code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # ipykernel ends with code 0 on exit() or quit() (its reply carries 'ask_exit'): a line at
+    # INFO, and no death: not counted (deaths, /metrics), no event, no callback, no last_death.
+    from heartbeat.jupyter.metrics import process_tally
+
+    told: list[Death] = []
+    before = dict(process_tally().deaths)
+
+    async def scenario() -> tuple[HeartbeatKernelManager, int]:
+        km = manager()
+        km.add_death_callback(told.append)
+        await km.start_kernel()
+        client = km.client()
+        try:
+            client.start_channels()
+            await client.wait_for_ready(timeout=60)
+            pid = km.provisioner.pid  # type: ignore[union-attr]
+            client.execute(code)
+            await until(lambda: km.provisioner.pid != pid, 30, "not restarted")  # type: ignore[union-attr]
+            await asyncio.wait_for(km.ready, 60)
+            return km, pid
+        finally:
+            client.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    with caplog.at_level(logging.INFO):
+        km, pid = asyncio.run(scenario())
+    assert death_lines(caplog) == [] and told == []
+    assert km.deaths == 0 and km.last_death is None
+    assert dict(process_tally().deaths) == before
+    [line] = [r for r in caplog.records if "heartbeat_exit" in r.__dict__]
+    assert line.levelno == logging.INFO
+    assert line.getMessage() == (
+        f"Kernel {km.kernel_id}: process {pid} ended: it ended itself: it exited with code 0 "
+        "(exit() or quit() in a cell, say); restarting it"
+    )
+
+
 def test_a_stopped_kernel_is_frozen_its_heart_says_so_in_one_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

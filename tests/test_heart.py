@@ -210,9 +210,12 @@ def test_malformed_urls_are_refused_before_anything_starts(
         Heart(url)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("size", [0, 10, -1, 1.5, True])
-def test_bad_max_message_size(size: object) -> None:
-    with pytest.raises(ValueError, match="max_message_size"):
+@pytest.mark.parametrize(
+    ("size", "error"),
+    [(0, ValueError), (10, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)],
+)
+def test_bad_max_message_size(size: object, error: type) -> None:
+    with pytest.raises(error, match="max_message_size"):
         Heart(max_message_size=size)  # type: ignore[arg-type]
 
 

@@ -379,11 +379,15 @@ def test_kernel_managers_on_one_loop_share_one_pool_and_leave_it_cleanly() -> No
     assert asyncio.run(scenario()) == [(2, 1), (2, 1), (1, 1), (0, 0)]
 
 
-def test_a_kernel_that_has_beaten_keeps_its_ports_when_frozen_inside_stable_start_time() -> None:
+@pytest.mark.parametrize("death", ["frozen", "killed"])
+def test_a_kernel_that_has_beaten_keeps_its_ports_when_it_dies_inside_stable_start_time(
+    death: str,
+) -> None:
     # jupyter_client moves a kernel that dies within stable_start_time (10 s) to new random
     # ports, in case its own were taken (only without cache_ports: cached ports are reused
     # whatever its log line says). One whose heart answered had bound them: it keeps them, and
-    # a client connected before the restart talks to the new kernel.
+    # a client connected before the restart talks to the new kernel. Killed: a process death
+    # (its heart's monitor is stopped at once), frozen: a heart death.
     async def scenario() -> tuple[dict[str, Any], dict[str, Any], str, bool]:
         km = HeartbeatKernelManager(
             kernel_name="python3", time_to_dead=1.0, first_beat=1.0, cache_ports=False
@@ -392,7 +396,10 @@ def test_a_kernel_that_has_beaten_keeps_its_ports_when_frozen_inside_stable_star
         client = km.client()
         try:
             before = km.get_connection_info()
-            await restarted(km, await freeze_when_beating(km, client))
+            pid = await freeze_when_beating(km, client)
+            if death == "killed":
+                os.kill(pid, signal.SIGKILL)
+            await restarted(km, pid)
             await asyncio.wait_for(km.ready, 60)
             knows = not await client.is_alive()
             reply = await client.kernel_info(reply=True, timeout=60)

@@ -297,8 +297,10 @@ def test_each_process_death_is_one_line_of_the_server_log_with_its_cause(server:
 
     # Seen at once, not at the restarter's poll every 3 s (tests/test_deaths.py proves that by
     # killing just after a poll; here the phase is chance, so this bound is only a sanity check).
+    # The time counts the cell's own round trip through the server too: 2.5 s holds on a
+    # loaded 2-core machine (1.8 s was seen with four other suites running beside this one).
     took = [asyncio.run(die(code)) for code, _ in DEATHS]
-    assert max(took) <= 1.5, took
+    assert max(took) <= 2.5, took
     # A DELETE while jupyter_client's restart is under way fails in MultiKernelManager
     # (km.ready not done: InvalidStateError): first wait for the last restart to finish.
     asyncio.run(die(None))

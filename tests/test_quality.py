@@ -33,7 +33,7 @@ def test_ruff_is_clean() -> None:
 # -- the layers: imports run one way ------------------------------------------------------------
 
 PURE = ["heartbeat._judge", "heartbeat._schedule", "heartbeat._validate", "heartbeat._stats"]
-PURE += ["heartbeat.transport", "heartbeat._cause", "heartbeat._tally"]
+PURE += ["heartbeat.transport", "heartbeat._cause", "heartbeat._tally", "heartbeat._names"]
 
 
 def module_imports(lazy: bool = False) -> dict[str, set[str]]:

@@ -77,6 +77,8 @@ class Witness:
         self,
         silence: float | None,
         connection: _cause.Connection | None = None,
+        *,
+        answered: bool = False,
         **carried: Any,
     ) -> _cause.Cause:
         """The cause now: the process's exit status (``poll()``: it reaps an exited child),
@@ -95,6 +97,7 @@ class Witness:
             silence=silence,
             memory_at_start=self.memory_at_start,
             memory_now=None if self.group is None else self.group.read(),
+            answered=answered,
             **carried,
         )
 
@@ -134,21 +137,24 @@ class DeathWatch:
         *,
         restarting: bool,
         connection: _cause.Connection | None = None,
+        answered: bool = False,
         **carried: Any,
     ) -> Death:
         """The death of ``process`` (the kernel's local child, or None), decided now and kept
         as ``last``; ``silence``: how long its heart was silent, for a heart death;
         ``connection``: what its heart's port said, for a kernel that is not our child;
+        ``answered``: whether its heart had answered (an exit code 0 then is asked for);
         ``carried``: ``never_answered`` and ``language``, for its cause's words."""
         witness = self.witness
         if witness is None or witness.process is not process:
             witness = Witness(process)  # a process it was not watching: counted only now
         death = Death(
             kernel_id=kernel_id,
-            cause=witness.cause(silence, connection, **carried),
+            cause=witness.cause(silence, connection, answered=answered, **carried),
             time=time.time(),
             pid=None if process is None else process.pid,
             restarting=restarting,
         )
-        self.last = death
+        if not death.cause.asked_for:  # an exit the kernel asked for is no death
+            self.last = death
         return death

@@ -73,7 +73,8 @@ class _HeartbeatMixin(HeartbeatSettings):
 
     @property
     def heart_has_beaten(self) -> bool:
-        """True once the current kernel's heart has answered a ping."""
+        """True once the current kernel's heart has answered a ping (also after its death
+        stopped the monitor: whether it beat decides whether its restart keeps its ports)."""
         return self._silences is not None and self._silences.silence.answered
 
     @property
@@ -152,8 +153,8 @@ class _HeartbeatMixin(HeartbeatSettings):
         if self._death_noted:
             return
         self._death_noted = True
-        self._deaths += 1
         if self._heart_dead:
+            self._deaths += 1
             verdict, probe = self._verdict, self._heart_probe
             if probe is not None:
                 answered = probe.start()  # begun by the death line already, if it was logged
@@ -169,7 +170,9 @@ class _HeartbeatMixin(HeartbeatSettings):
         self._stop_heart_monitor()
         death = self._record_death(None)
         log_process_death(self.log, death, self._what_next())
-        self._announce(death)
+        if not death.cause.asked_for:  # exit() in a cell: its line only, no death
+            self._deaths += 1
+            self._announce(death)
 
     def _tell_heart_death(self, verdict: Dead | None, probe: HeartProbe | None) -> None:
         # The heart's death line recorded it (with its cause), unless that line's level is not
@@ -190,6 +193,7 @@ class _HeartbeatMixin(HeartbeatSettings):
             silence,
             restarting=self._restarts(),
             connection=connection,
+            answered=self.heart_has_beaten,
             # Since it started: a kernel not ours was started before it was watched.
             never_answered=self._owned() and not self.heart_has_beaten,
             language=None
@@ -431,7 +435,26 @@ class _HeartbeatMixin(HeartbeatSettings):
         after this call)."""
         super().load_connection_info(info)  # type: ignore[misc]
         if not self._owned():
-            IOLoop.current().add_callback(self.start_restarter)
+            IOLoop.current().add_callback(self._watch_apart)
+
+    def _watch_apart(self) -> None:
+        try:
+            self.start_restarter()
+        except (ValueError, TypeError) as exc:
+            # Its connection info names no heart we can reach: one line that says which kernel
+            # and what, not a traceback from the loop's callback and a kernel silently unwatched.
+            self._stop_heart_monitor()
+            ip = getattr(self, "ip", None)
+            port = getattr(self, "hb_port", None)
+            self.log.error(
+                "Kernel %s is not watched: its connection info (transport %r, ip %r, hb_port "
+                "%r) names no heart to reach: %s",
+                self.kernel_id,  # type: ignore[attr-defined]
+                getattr(self, "transport", None),
+                ip,
+                port,
+                exc,
+            )
 
     def _unwatch_if_not_owned(self) -> None:
         # jupyter_client's shutdown of a kernel it does not own returns at once, leaving it

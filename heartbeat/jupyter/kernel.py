@@ -96,6 +96,8 @@ class HeartbeatSettings(LoggingConfigurable):
         if value is None and name == "interval":
             return None
         try:
+            if name == "time_to_dead":
+                return _validate.time_to_dead(value)  # what a real loop can time
             return _validate.number(name, value, allow_zero=name == "first_beat")
         except (TypeError, ValueError) as exc:
             raise TraitError(str(exc)) from None
@@ -282,9 +284,21 @@ def log_heart_death(log: KernelLog, monitor: HeartMonitor, dead: Dead) -> None:
 def log_process_death(logger: Log, death: Death, then: str) -> None:
     """Write the one line of a death seen by its process's exit (a heart's death has the
     monitor's line): the kernel, its process, the cause in words and ``then``, what happens
-    next, at WARNING, with the death as ``extra["heartbeat_death"]``."""
+    next, at WARNING, with the death as ``extra["heartbeat_death"]``. An end the kernel made
+    itself (``Cause.asked_for``: exit code 0) is no death: INFO, as ``extra["heartbeat_exit"]``."""
     log = KernelLog(logger, death.kernel_id, lambda dead: (None, None))
     process = f"process {death.pid}" if death.pid is not None else "its process"
+    if death.cause.asked_for:
+        # exit() or quit() in a cell: the end the user asked for, said at INFO, and no death
+        # (not counted, no event, no cell notice: the front end shows the exit itself).
+        log.info(
+            "%s ended: it %s; %s",
+            process,
+            death.cause.describe(),
+            then,
+            extra={"heartbeat_exit": death},
+        )
+        return
     log.warning(
         "%s died: it %s; %s",
         process,

@@ -141,6 +141,7 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
             local_child(self) if process is None else process,
             silence,
             restarting=False,
+            answered=silences is not None and silences.silence.answered,
             never_answered=silences is not None and not silences.silence.answered,
             language=None if kind is None else kind.language,
         )
@@ -161,7 +162,8 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
         self._stop_watching()  # its heart would only report this death again, later
         death = self._record(None, witness.process)
         log_process_death(self.log, death, _THEN)
-        self._announce(death)
+        if not death.cause.asked_for:  # exit() in a cell: its line only, no death
+            self._announce(death)
 
     def _death_fate(self, dead: Dead) -> tuple[str, Death]:
         process = local_child(self)
