@@ -56,9 +56,10 @@ class Memory:
 class Cause:
     """Why a kernel died. ``likely`` is True where this is inferred rather than seen.
 
-    ``never_answered``: its heart had never answered since the kernel started (it never came
-    up); ``language``: the kernel's language, where known (``kernel_info_reply``), so that a
-    frozen R kernel is not said to be stuck below Python.
+    ``never_answered``: its heart had never answered since the kernel started, though it was
+    judged (a start slower than the grace, that ended); ``language``: the kernel's language,
+    where known (``kernel_info_reply``), so that a frozen R kernel is not said to be stuck
+    below Python.
     """
 
     kind: Kind
@@ -87,7 +88,7 @@ class Cause:
         """The cause in words, to follow "the kernel" or "it": "was killed by SIGKILL (9)"."""
         text = self._describe()
         if self.never_answered:
-            return f"{text}, before its heart ever answered (it never came up)"
+            return f"{text}, its heart never having answered since it started"
         return text
 
     def _describe(self) -> str:

@@ -234,7 +234,7 @@ def test_a_kernel_whose_heart_never_answered_says_so_after_its_cause() -> None:
     cause = decide(returncode=1, never_answered=True)
     assert cause.kind == "exited" and cause.exit_code == 1 and cause.never_answered
     assert (
-        cause.describe() == "exited with code 1, before its heart ever answered (it never came up)"
+        cause.describe() == "exited with code 1, its heart never having answered since it started"
     )
     with pytest.raises(TypeError, match="language must be a str or None, not 3"):
         decide(returncode=1, language=3)  # type: ignore[arg-type]

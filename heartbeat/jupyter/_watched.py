@@ -19,7 +19,7 @@ from traitlets.utils.importstring import import_item
 
 from heartbeat._cause import Connection, Death
 from heartbeat._judge import Dead
-from heartbeat._silence import Heart
+from heartbeat._silence import Heart, Verdict
 from heartbeat.jupyter._death import DeathWatch, Witness
 from heartbeat.jupyter._proc import HeartProbe
 from heartbeat.jupyter._silent import HeartSilences
@@ -86,6 +86,10 @@ class _HeartbeatMixin(HeartbeatSettings):
         ``kernel_info_reply`` after its heart first answers."""
         silences = self._silences
         return Heart.UNKNOWN if silences is None else silences.silence.heart
+
+    def _starting(self) -> bool:
+        silences = self._silences
+        return silences is not None and silences.silence.state is Verdict.STARTING
 
     @property
     def _heart_probe(self) -> HeartProbe | None:
@@ -194,8 +198,9 @@ class _HeartbeatMixin(HeartbeatSettings):
             restarting=self._restarts(),
             connection=connection,
             answered=self.heart_has_beaten,
-            # Since it started: a kernel not ours was started before it was watched.
-            never_answered=self._owned() and not self.heart_has_beaten,
+            # Judged starting and never answered since: a kernel not ours was started before it
+            # was watched; one that died before its first verdict says only how it died.
+            never_answered=self._owned() and self._starting(),
             language=None
             if self._silences is None or self._silences.kind is None
             else self._silences.kind.language,
@@ -217,12 +222,14 @@ class _HeartbeatMixin(HeartbeatSettings):
         async with self.lifecycle():
             if self._death_watch.witness is not witness or self.shutting_down:  # type: ignore[attr-defined]
                 return  # restarted or shut down meanwhile: that was not this kernel's death
-            if not self.heart_has_beaten:
-                # Died while starting (an interrupt before its handler was set, say): as
-                # stock, left to the restarter's own poll, which moves it to new ports.
-                return
             restarter = self._restarter  # type: ignore[attr-defined]
-            if self.autorestart and restarter is not None:  # type: ignore[attr-defined]
+            restarts = self.autorestart and restarter is not None  # type: ignore[attr-defined]
+            if restarts and not self.heart_has_beaten:
+                # Died while starting (an interrupt before its handler was set, say): as
+                # stock, left to the restarter's own poll, which moves it to new ports. With
+                # no restarter, nothing would: its death is noted now, below.
+                return
+            if restarts:
                 polled = restarter.poll()
                 if inspect.isawaitable(polled):
                     await polled
@@ -350,6 +357,12 @@ class _HeartbeatMixin(HeartbeatSettings):
         self._verdict = None
 
     def _on_heart_death(self, monitor: HeartMonitor, silence: float) -> None:
+        process = self._local_child()
+        if process is not None and process.returncode is not None and self._death_watch.exit_watch:
+            # Its process has exited (local_state reaped it): a death of its process, which its
+            # exit watch has seen or sees on this turn, with its own line (and, for a kernel
+            # that never answered, the restarter's own poll).
+            return
         # The death is recorded, and its handling (a kill through the provisioner, a restart)
         # scheduled, before anything that could raise: the callback guard would swallow it.
         self._heart_dead = True

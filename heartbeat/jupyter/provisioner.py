@@ -21,7 +21,7 @@ from traitlets import Instance
 
 from heartbeat._cause import Death
 from heartbeat._judge import Dead
-from heartbeat._silence import Heart
+from heartbeat._silence import Heart, Verdict
 from heartbeat.connection import hb_url
 from heartbeat.jupyter._death import DeathWatch, Witness
 from heartbeat.jupyter._silent import HeartSilences
@@ -142,7 +142,8 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
             silence,
             restarting=False,
             answered=silences is not None and silences.silence.answered,
-            never_answered=silences is not None and not silences.silence.answered,
+            # Judged starting and never answered since (see the managers' _record_death).
+            never_answered=silences is not None and silences.silence.state is Verdict.STARTING,
             language=None if kind is None else kind.language,
         )
 
