@@ -123,6 +123,7 @@ def restarts_in(server: Server) -> list[str]:
 SETTINGS = {"defaults": (), "own-socket": ("--HeartbeatKernelManager.shared_pool=False",)}
 
 
+@pytest.mark.slow  # 30 to 60 s: a 10 s cell, 10 s idle, a restart
 @pytest.mark.parametrize("settings", list(SETTINGS))
 def test_an_irkernel_cell_and_idle_time_are_no_death_and_its_kill_is_named_at_once(
     tmp_path: Path, settings: str
@@ -183,6 +184,7 @@ def test_an_irkernel_cell_and_idle_time_are_no_death_and_its_kill_is_named_at_on
 BUSY = "import time\nend = time.monotonic() + 10\nwhile time.monotonic() < end:\n    pass\n"
 
 
+@pytest.mark.slow  # about 50 s: a 10 s cell, a freeze, a restart
 def test_a_busy_xeus_python_cell_is_no_death_and_a_frozen_one_still_is(tmp_path: Path) -> None:
     kernel_spec_or_skip("xpython")
     with serve(tmp_path, DEBUG, extension=True) as server:
