@@ -41,7 +41,13 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = "heartbeat.jupyter.HeartbeatKernelManager"
-SERVERS = {"stock": [], "heartbeat": [f"--AsyncMappingKernelManager.kernel_manager_class={OURS}"]}
+# Our server extension off in both, whatever the config says (installed is on): the stock server
+# is stock, ours runs the kernel manager alone.
+NO_EXTENSION = "--ServerApp.jpserver_extensions=heartbeat.jupyter=False"
+SERVERS = {
+    "stock": [NO_EXTENSION],
+    "heartbeat": [NO_EXTENSION, f"--AsyncMappingKernelManager.kernel_manager_class={OURS}"],
+}
 # Each cell dies by its own hand (nothing here signals a server's child). Its last act before
 # dying writes CLOCK_MONOTONIC, one clock for every process on Linux, so the kernel's death is
 # timed where it happens, not from the send (which would add the cell's queueing and imports).

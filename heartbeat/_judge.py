@@ -151,16 +151,10 @@ class Judge:
     ) -> None:
         self._time_to_dead = _validate.number("time_to_dead", time_to_dead)
         self._first_beat = _validate.number("first_beat", first_beat, allow_zero=True)
-        most = self._time_to_dead / 2
         if interval is None:
-            self._interval = most
+            self._interval = self._time_to_dead / 2
         else:
-            self._interval = _validate.number("interval", interval)
-            if self._interval > most:
-                raise ValueError(
-                    f"interval must be at most time_to_dead / 2 = {most:g} s "
-                    f"so a heart is pinged twice before it is judged, got {interval!r}"
-                )
+            self._interval = _validate.interval(interval, self._time_to_dead)
         self._stall_after = (self._time_to_dead - self._interval) / 2
         self._state = State.IDLE
         self._stalls = 0

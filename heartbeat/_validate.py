@@ -121,6 +121,20 @@ def time_to_dead(value: object) -> float:
     return result
 
 
+def interval(value: object, time_to_dead: float) -> float:
+    """``value`` as the seconds between pings to a heart judged after ``time_to_dead`` (already
+    checked): a finite number > 0, at most ``time_to_dead / 2``, so that a heart is pinged
+    twice before it is judged."""
+    result = number("interval", value)
+    most = time_to_dead / 2
+    if result > most:
+        raise ValueError(
+            f"interval must be at most time_to_dead / 2 = {most:g} s (time_to_dead "
+            f"{time_to_dead:g} s) so a heart is pinged twice before it is judged, got {value!r}"
+        )
+    return result
+
+
 def endpoint(url: object, *, bind: bool) -> Endpoint:
     """Parse ``url`` as ``tcp://host:port``, ``ipc://path`` or ``inproc://name``.
 

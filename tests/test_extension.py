@@ -131,17 +131,18 @@ def test_the_cells_error_output_is_the_deaths_notice() -> None:
     }
 
 
+DISABLE = "jupyter server extension disable heartbeat.jupyter"
 ENABLE = "jupyter server extension enable heartbeat.jupyter"
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(300)
-def test_the_enable_command_turns_the_extension_on_where_jupyter_server_looks(
+def test_installed_is_on_and_the_disable_command_turns_it_off_where_jupyter_server_looks(
     tmp_path: Path,
 ) -> None:
     # An environment of its own (seeing this one's packages), with this project installed in
-    # it as a user would: the install puts the extension's entry, disabled, in its etc/jupyter,
-    # and the real command then writes there, not in the environment the suite runs in.
+    # it as a user would: the install puts the extension's entry, enabled, in its etc/jupyter,
+    # and the real commands then write there, not in the environment the suite runs in.
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     python = str(venv / "bin" / "python")
@@ -149,9 +150,6 @@ def test_the_enable_command_turns_the_extension_on_where_jupyter_server_looks(
     done = subprocess.run(install, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     entry = venv / "etc/jupyter/jupyter_server_config.d/heartbeat.jupyter.json"
-    assert json.loads(entry.read_text()) == {
-        "ServerApp": {"jpserver_extensions": {"heartbeat.jupyter": False}}
-    }
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
 
     def jupyter(*args: str) -> str:
@@ -161,10 +159,26 @@ def test_the_enable_command_turns_the_extension_on_where_jupyter_server_looks(
         assert done.returncode == 0, done.stderr
         return done.stdout + done.stderr
 
+    def listed() -> str:
+        said = jupyter("extension", "list")
+        # "heartbeat.jupyter enabled", then its validation's lines
+        return next(line for line in said.splitlines() if "heartbeat.jupyter" in line)
+
+    def entered() -> object:
+        return json.loads(entry.read_text())["ServerApp"]["jpserver_extensions"]
+
+    assert entered() == {"heartbeat.jupyter": True}
+    assert re.search(r"heartbeat\.jupyter\s+\S*enabled", listed())
+    # Loaded by a server of that environment: one it refuses the settings of does not start.
+    argv = [python, "-m", "jupyter_server", "--HeartbeatKernelManager.interval=2"]
+    argv += ["--ServerApp.port=0", "--ServerApp.allow_root=True", "--ServerApp.open_browser=False"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "kernel-heartbeat: the settings of" in done.stderr, done
+    said = jupyter(*DISABLE.split()[2:])
+    assert "heartbeat.jupyter" in said and "disabled" in said, said
+    assert entered() == {"heartbeat.jupyter": False}
+    assert re.search(r"heartbeat\.jupyter\s+\S*disabled", listed())
     said = jupyter(*ENABLE.split()[2:])
     assert "heartbeat.jupyter" in said and "OK" in said, said
-    assert json.loads(entry.read_text())["ServerApp"]["jpserver_extensions"] == {
-        "heartbeat.jupyter": True
-    }
-    listed = jupyter("extension", "list")
-    assert re.search(r"heartbeat\.jupyter\s+\S*enabled", listed), listed
+    assert entered() == {"heartbeat.jupyter": True}
+    assert re.search(r"heartbeat\.jupyter\s+\S*enabled", listed())

@@ -29,6 +29,8 @@ from tests.conftest import free_port
 CONFIG_LINE = (
     "--AsyncMappingKernelManager.kernel_manager_class=heartbeat.jupyter.HeartbeatKernelManager"
 )
+# The server extension off, whatever the environment's config says: installed is on.
+NO_EXTENSION = "--ServerApp.jpserver_extensions=heartbeat.jupyter=False"
 
 
 @dataclass
@@ -72,9 +74,9 @@ def serve(
     app: str = "jupyter_server",
 ) -> Iterator[Server]:
     """A real ``jupyter server`` on a free port with these arguments, stopped after. With
-    ``extension``, its config enables ours as ``jupyter server extension enable heartbeat.jupyter``
-    does (the same file, in its config dir). ``app``: the module run (``jupyterlab``: JupyterLab
-    on a server the same flags configure)."""
+    ``extension``, its config enables ours as installing it does (the same file, in its config
+    dir); without, it is disabled (installed is on). ``app``: the module run (``jupyterlab``:
+    JupyterLab on a server the same flags configure)."""
     port = free_port()
     token = secrets.token_hex(16)
     config = tmp_path / "config"
@@ -102,6 +104,7 @@ def serve(
             "--ServerApp.open_browser=False",
             "--ServerApp.allow_root=True",  # CI runs as root
             f"--ServerApp.root_dir={tmp_path}",
+            *(() if extension else (NO_EXTENSION,)),
             *args,
         ],
         env=env,

@@ -36,7 +36,7 @@ from heartbeat.jupyter import HeartbeatKernelManager
 from heartbeat.jupyter._proc import PROBE_TIMEOUT
 from heartbeat.probe import ping
 from tests.conftest import free_port, wait_for
-from tests.test_jupyter_server import CONFIG_LINE, Server
+from tests.test_jupyter_server import CONFIG_LINE, NO_EXTENSION, Server
 
 TTD = 1.0
 FIRST_BEAT = 1.0
@@ -280,6 +280,7 @@ def server_of_external_kernels(tmp_path: Path, external: Path, *args: str) -> It
     argv += [f"--ServerApp.port={port}", "--ServerApp.port_retries=0"]
     argv += [f"--IdentityProvider.token={token}", "--ServerApp.open_browser=False"]
     argv += ["--ServerApp.allow_root=True", f"--ServerApp.root_dir={tmp_path}", CONFIG_LINE]
+    argv += [NO_EXTENSION]  # the manager alone
     argv += [f"--HeartbeatKernelManager.time_to_dead={TTD}"]
     argv += [f"--HeartbeatKernelManager.first_beat={FIRST_BEAT}"]
     argv += ["--ServerApp.allow_external_kernels=True"]

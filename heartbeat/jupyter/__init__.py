@@ -37,6 +37,6 @@ __all__ = [
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
-    """jupyter_server's extension entry point: ``jupyter server extension enable
-    heartbeat.jupyter`` (see :mod:`heartbeat.jupyter.extension`)."""
+    """jupyter_server's extension entry point, on once installed (``jupyter server extension
+    disable heartbeat.jupyter`` turns it off; see :mod:`heartbeat.jupyter.extension`)."""
     return [{"module": "heartbeat.jupyter.extension"}]

@@ -199,11 +199,11 @@ class HeartSilences:
     probe of the current silence, for the death line's cause). ``watched()``: False once the
     owner no longer watches it (a kernel forgotten with its connection file). ``kind_level``:
     the level of the line that says what the kernel is (debug: one a kernel start; the line of
-    a silence says it too).
+    a silence says it too). ``guard(fn)``: ``fn`` as the monitor is to call it (the
+    provisioner's holds its lock on reaping the process).
 
-    Call :meth:`on_event` with every event of the monitor (``on_event=``), give the monitor as
-    :attr:`monitor`, start it with :meth:`on_silent` as its callback, and :meth:`close` this
-    when the watch ends.
+    Call :meth:`on_event` with every event of the monitor (``on_event=``), :meth:`start` the
+    monitor through this, and :meth:`close` this when the watch ends.
     """
 
     def __init__(
@@ -219,6 +219,7 @@ class HeartSilences:
         probe_port: bool = False,
         watched: Callable[[], bool] = lambda: True,
         kind_level: int = logging.DEBUG,
+        guard: Callable[[Callable[[], None]], Callable[[], None]] = lambda fn: fn,
     ) -> None:
         self.declared = _silence.declared(declared)
         self.silence = Silence(self.declared or Heart.UNKNOWN, owned=owned, now=time.monotonic())
@@ -233,8 +234,15 @@ class HeartSilences:
         self._probe_port = probe_port
         self._watched = watched
         self._kind_level = kind_level
+        self._guard = guard
         self._task: asyncio.Future[None] | None = None
         self._closed = False
+
+    def start(self, monitor: HeartMonitor) -> None:
+        """Start watching the heart through ``monitor`` (made with ``on_event=self.on_event``):
+        its silences come to :meth:`on_silent`."""
+        self.monitor = monitor
+        monitor.start(self._guard(self.on_silent))
 
     def close(self) -> None:
         """Nothing more is done (a monitor stopped, a kernel restarted or shut down); a
@@ -324,4 +332,4 @@ class HeartSilences:
         # again time_to_dead from now (no new grace), so that an answer, a stop, an exit or a
         # refusing port is seen.
         if not self._closed and self.monitor is monitor and not monitor.running:
-            monitor.start(self.on_silent, grace=0)
+            monitor.start(self._guard(self.on_silent), grace=0)

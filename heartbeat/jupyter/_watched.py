@@ -276,8 +276,8 @@ class _HeartbeatMixin(HeartbeatSettings):
             log=log,
             on_event=silences.on_event,
         )
-        self._heart_monitor = silences.monitor = monitor
-        monitor.start(silences.on_silent)
+        self._heart_monitor = monitor
+        silences.start(monitor)
 
     def _stop_heart_monitor(self) -> None:
         if self._heart_monitor is not None:
@@ -415,6 +415,32 @@ class _HeartbeatMixin(HeartbeatSettings):
                 self.log.warning("Kernel %s was killed but has not exited", self.kernel_id)  # type: ignore[attr-defined]
                 return
             await asyncio.sleep(0.05)
+
+    async def _async_post_start_kernel(self, **kw: Any) -> None:
+        # What fails once the kernel's process is launched (its watch: out of file descriptors,
+        # a heart's url refused; its provisioner's post_launch) would leave that process
+        # running, listed nowhere, until this process exits: it is ended and reaped, and what
+        # its start made released, before the error goes on.
+        try:
+            await super()._async_post_start_kernel(**kw)  # type: ignore[misc]
+        except BaseException:
+            try:
+                await self._end_launched()
+            except Exception:
+                kernel_id = self.kernel_id  # type: ignore[attr-defined]
+                self.log.exception("Kernel %s: could not end it after its start failed", kernel_id)
+            raise
+
+    async def _end_launched(self) -> None:
+        # For good: nothing restarts a kernel whose start failed.
+        await self._async_cleanup_resources()
+        provisioner = self.provisioner  # type: ignore[attr-defined]
+        if (
+            provisioner is not None
+            and provisioner.has_process
+            and await provisioner.poll() is not None
+        ):
+            await provisioner.wait()  # reaped already: this closes its pipes
 
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         if not restart:

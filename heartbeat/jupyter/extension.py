@@ -1,6 +1,8 @@
-"""The jupyter_server extension: ``jupyter server extension enable heartbeat.jupyter``.
+"""The jupyter_server extension ``heartbeat.jupyter``: on once installed (the wheel's
+``etc/jupyter/jupyter_server_config.d/heartbeat.jupyter.json``); ``jupyter server extension
+disable heartbeat.jupyter`` turns it off.
 
-One step, in Jupyter's own convention, turns on:
+It turns on:
 
 - :class:`~heartbeat.jupyter.HeartbeatKernelManager` for every kernel the server starts
   (what ``--AsyncMappingKernelManager.kernel_manager_class=...`` does alone);
@@ -18,9 +20,12 @@ from __future__ import annotations
 from typing import Any
 
 from jupyter_server.gateway.gateway_client import GatewayClient
+from traitlets import TraitError
 from traitlets.config import Config
+from traitlets.utils.importstring import import_item
 
 from heartbeat.jupyter.events import register
+from heartbeat.jupyter.kernel import HeartbeatSettings
 
 MANAGER = "heartbeat.jupyter.manager.HeartbeatKernelManager"
 CONNECTION = "heartbeat.jupyter.websocket.DeathNoticeConnection"
@@ -71,7 +76,27 @@ def _link_jupyter_server_extension(serverapp: Any) -> None:
         )
 
 
+def _check_settings(serverapp: Any) -> None:
+    """Exit, with one line, when the kernels' heartbeat settings are refused (an interval past
+    time_to_dead / 2, say): at the server's start, rather than at each kernel's."""
+    manager = serverapp.kernel_manager
+    kind = import_item(str(manager.kernel_manager_class))
+    if not (isinstance(kind, type) and issubclass(kind, HeartbeatSettings)):
+        return
+    try:
+        # Made as the server makes its kernels' managers, so configured as they would be.
+        kind(parent=manager, log=serverapp.log)
+    except TraitError as exc:
+        serverapp.log.critical(
+            "kernel-heartbeat: the settings of %s are refused: %s; the server is not started",
+            kind.__name__,
+            exc,
+        )
+        serverapp.exit(1)
+
+
 def _load_jupyter_server_extension(serverapp: Any) -> None:
+    _check_settings(serverapp)
     # Registered now, so that the event bus lists it before the first death.
     register(serverapp.event_logger)
     serverapp.log.info(

@@ -91,14 +91,22 @@ class HeartbeatSettings(LoggingConfigurable):
 
     @validate("time_to_dead", "first_beat", "interval")
     def _check_timing(self, proposal: Any) -> float | None:
+        # A pair the monitor would refuse (interval past time_to_dead / 2) is refused here,
+        # when configured, not at each kernel's start, after its process is launched. Config
+        # and constructor arguments are all set before this runs (traitlets holds the check
+        # until then), so the order they come in cannot make a valid pair fail in between.
         name = proposal["trait"].name
         value = proposal["value"]
-        if value is None and name == "interval":
-            return None
         try:
+            if name == "interval":
+                return None if value is None else _validate.interval(value, self.time_to_dead)
             if name == "time_to_dead":
-                return _validate.time_to_dead(value)  # what a real loop can time
-            return _validate.number(name, value, allow_zero=name == "first_beat")
+                result = _validate.time_to_dead(value)  # what a real loop can time
+            else:
+                result = _validate.number(name, value, allow_zero=name == "first_beat")
+            if name == "time_to_dead" and self.interval is not None:
+                _validate.interval(self.interval, result)
+            return result
         except (TypeError, ValueError) as exc:
             raise TraitError(str(exc)) from None
 
@@ -153,6 +161,14 @@ def shared_pool(log: Log | None = None) -> HeartbeatPool:
     if pool is None:
         pool = _pools[loop] = HeartbeatPool(io_loop=loop, log=log)
     return pool
+
+
+def drop_shared_pool() -> None:
+    """Close and forget the current event loop's pool, if it has one: for a loop about to be
+    closed, whose pool would otherwise be forgotten only once the loop is garbage collected."""
+    pool = _pools.pop(IOLoop.current(), None)
+    if pool is not None:
+        pool.close()
 
 
 def local_child(provisioner: object) -> subprocess.Popen[Any] | None:

@@ -13,8 +13,12 @@ kernelspec`` installs a kernel spec that selects it.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
+from jupyter_client.manager import AsyncKernelManager, KernelManager
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from tornado.ioloop import IOLoop
 from traitlets import Instance
@@ -24,6 +28,7 @@ from heartbeat._judge import Dead
 from heartbeat._silence import Heart, Verdict
 from heartbeat.connection import hb_url
 from heartbeat.jupyter._death import DeathWatch, Witness
+from heartbeat.jupyter._loop_thread import LoopThread
 from heartbeat.jupyter._silent import HeartSilences
 from heartbeat.jupyter._watched import _HeartbeatMixin
 from heartbeat.jupyter.kernel import (
@@ -41,6 +46,10 @@ from heartbeat.monitor import HeartMonitor
 # What happens next, as far as a provisioner knows: whether the kernel is restarted is its
 # kernel manager's decision, taken when it next looks.
 _THEN = "its kernel manager will find it dead"
+P = ParamSpec("P")
+R = TypeVar("R")
+# How long a killed kernel process may take to be reaped.
+_REAP_TIMEOUT = 5.0
 
 
 class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore[metaclass]
@@ -54,9 +63,14 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
     """
 
     _monitor: HeartMonitor | None = None
+    _thread: LoopThread | None = None  # the watch's loop, under a blocking kernel manager
     _death_watch = Instance(DeathWatch, args=())
     _death_of_heart: Death | None = None  # recorded by the heart's death line, if it was written
     _silences: HeartSilences | None = None  # what its heart's silences mean (_silent.py)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._reaping = threading.RLock()
 
     @property
     def last_death(self) -> Death | None:
@@ -91,9 +105,34 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
             # a SIGKILL). The manager also knows what happens next.
             self.log.debug("Kernel %s is watched by its kernel manager", self.kernel_id)
             return
-        self._death_watch.watch(local_child(self), self._on_exit)
+        try:
+            if self._calls_block():
+                self._thread = LoopThread(f"heartbeat: kernel {self.kernel_id}")
+                self._thread.start()
+                self._thread.call(self._start_watching)
+            else:
+                self._start_watching()
+        except BaseException:
+            # Out of file descriptors, a heart's url refused...: the process just launched
+            # would run on, unwatched and listed nowhere (its manager's start fails with
+            # this). It is ended and reaped first.
+            self._stop_watching()
+            await self._end_launched()
+            raise
+
+    def _calls_block(self) -> bool:
+        # jupyter_client's blocking KernelManager (and its subclasses: the IOLoop one,
+        # qtconsole's) runs this provisioner's coroutines on a loop that may run only during
+        # its calls: the watch then runs on a loop of its own (heartbeat.jupyter._loop_thread).
+        parent = self.parent
+        return isinstance(parent, KernelManager) and not isinstance(parent, AsyncKernelManager)
+
+    def _start_watching(self) -> None:
+        # On the loop the watch runs on; what it calls back runs there too, one at a time with
+        # this provisioner's reaping (see _reaped_apart).
+        self._death_watch.watch(local_child(self), self._reaped_apart(self._on_exit))
         heart = hb_url(dict(self.connection_info), f"kernel {self.kernel_id}")
-        log = KernelLog(self.log, self.kernel_id, self._death_fate)
+        log = KernelLog(self.log, self.kernel_id, self._reaped_apart(self._death_fate))
         silences = self._silences = HeartSilences(
             owned=True,
             declared=self.heart_answers_while_busy,
@@ -101,6 +140,7 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
             process=lambda: local_child(self),
             info=lambda: dict(self.connection_info),
             on_death=self._on_heart_dead,
+            guard=self._reaped_apart,
         )
         monitor = self._monitor = self.watch(
             heart.url,
@@ -109,8 +149,32 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
             log=log,
             on_event=silences.on_event,
         )
-        silences.monitor = monitor
-        monitor.start(silences.on_silent)
+        silences.start(monitor)
+
+    def _reaped_apart(self, fn: Callable[P, R]) -> Callable[P, R]:
+        # A watch on a thread of its own reads and signals the process while the manager's
+        # thread may poll it (which reaps it): one at a time, so that the kill of a process
+        # found not reaped cannot land on its pid reused meanwhile.
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            with self._reaping:
+                return fn(*args, **kwargs)
+
+        return guarded
+
+    async def poll(self) -> int | None:
+        """As a local provisioner's, one at a time with what the watch does to the process."""
+        with self._reaping:
+            return await super().poll()
+
+    async def _end_launched(self) -> None:
+        process = local_child(self)
+        if process is not None:
+            kill_local_child(process)  # now, whatever the kill below does
+        try:
+            await self.kill()  # its process group
+            await asyncio.wait_for(self.wait(), _REAP_TIMEOUT)  # reaped, its pipes closed
+        except Exception:
+            self.log.exception("Kernel %s: could not end it after its start failed", self.kernel_id)
 
     async def shutdown_requested(self, restart: bool = False) -> None:
         """The kernel is asked to end (a graceful shutdown or restart): from now on it is
@@ -126,6 +190,19 @@ class HeartbeatProvisioner(LocalProvisioner, HeartbeatSettings):  # type: ignore
         await super().cleanup(restart=restart)
 
     def _stop_watching(self) -> None:
+        # Once this returns nothing fires: on a loop thread, the watch is stopped there (after
+        # whatever callback is running), then the thread ends (not from its own callbacks: it
+        # ends at the next stop from outside, a clean-up or a new launch).
+        thread = self._thread
+        if thread is not None and not thread.in_thread():
+            self._thread = None
+            if thread.running:
+                thread.call(self._unwatch)
+                thread.stop()
+                return
+        self._unwatch()
+
+    def _unwatch(self) -> None:
         monitor, self._monitor = self._monitor, None
         if monitor is not None:
             monitor.stop()

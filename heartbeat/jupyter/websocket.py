@@ -8,7 +8,7 @@ callbacks), that request gets an IOPub ``error`` message naming
 the cause (``Death.notice()``): the front end shows it as the cell's error output, before the
 "restarting" (or "dead") status that brings up its restart dialog.
 
-Turned on by the server extension (``jupyter server extension enable heartbeat.jupyter``), or
+Turned on by the server extension (``heartbeat.jupyter``, on once installed), or
 by ``ServerApp.kernel_websocket_connection_class``.
 """
 
