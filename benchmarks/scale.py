@@ -3,6 +3,8 @@
 Side by side, each in a fresh process, every heart pinged once a second:
 
 - ``pool``: HeartbeatPool (one ROUTER socket, one timer, full judgement), time_to_dead 2 s;
+- ``pool-rep``: the same pool watching hearts that are REP sockets (IRkernel's), which it
+  reaches by a DEALER socket each (``hearts_host --rep``; 3,000 hearts at most);
 - ``pool+metrics``: the same pool with metrics on: one ``Tally`` given to every monitor, and
   its Prometheus collector scraped every 15 s as Prometheus would (``generate_latest``);
 - ``kernelmanager``: monitors made exactly as ``heartbeat.jupyter``'s kernel managers make
@@ -53,23 +55,25 @@ from typing import Any
 import zmq
 
 HOSTS = 8  # processes the hearts are spread over
-KINDS = ("pool", "pool+metrics", "kernelmanager", "bare", "monitor", "hbchannel")
+KINDS = ("pool", "pool+metrics", "pool-rep", "kernelmanager", "bare", "monitor", "hbchannel")
 STARTS = ("together", "staggered")
 STAGGER = 1.0  # seconds over which "staggered" starts the watchers: one ping interval
 SCRAPE_EVERY = 15.0  # seconds: Prometheus' default scrape_interval
 METRICS_BOUND = 0.10  # the issue's: metrics may cost at most 10 % of the pool's own CPU
-LIMITS = {"monitor": 1000, "hbchannel": 1000}  # per-kernel sockets/threads: 1023 a context
+# Per-kernel sockets/threads: 1023 a context; REP hearts: a socket and two descriptors each.
+LIMITS = {"monitor": 1000, "hbchannel": 1000, "pool-rep": 3000}
 
 
 # -- the driver ---------------------------------------------------------------------------------
 
 
-def spawn_hearts(n: int) -> tuple[list[subprocess.Popen[str]], list[str]]:
+def spawn_hearts(n: int, rep: bool = False) -> tuple[list[subprocess.Popen[str]], list[str]]:
     procs, urls = [], []
     per = -(-n // HOSTS)
     for start in range(0, n, per):
+        count = ["--count", str(min(per, n - start)), *(["--rep"] if rep else [])]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.hearts_host", "--count", str(min(per, n - start))],
+            [sys.executable, "-m", "benchmarks.hearts_host", *count],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -308,14 +312,17 @@ def main() -> int:
         ]
         runs: dict[tuple[str, str], list[dict[str, Any]]] = {config: [] for config in configs}
         procs, urls = spawn_hearts(n)
+        rep = any(kind == "pool-rep" for kind, _ in configs)
+        rep_procs, rep_urls = spawn_hearts(n, rep=True) if rep else ([], [])
         try:
             for _ in range(args.rounds):
                 for kind, start in configs:
-                    row = run_one(kind, start, urls, args.duration, args.scrape_every)
+                    hearts = rep_urls if kind == "pool-rep" else urls
+                    row = run_one(kind, start, hearts, args.duration, args.scrape_every)
                     runs[kind, start].append(row)
                     print(table([row]).splitlines()[-1], flush=True)
         finally:
-            stop_hearts(procs)
+            stop_hearts(procs + rep_procs)
         rows += [combine(runs[config]) for config in configs]
     print()
     print(table(rows))
@@ -376,6 +383,7 @@ async def measure(
     setup = {
         "pool": setup_pool,
         "pool+metrics": setup_pool_with_metrics,
+        "pool-rep": setup_pool,
         "kernelmanager": setup_kernel_managers,
         "bare": setup_bare,
         "monitor": setup_monitors,

@@ -126,7 +126,7 @@ class SocketTransport:
                 self._failed(exc)
                 return
             self._turn = (self._turn + i + 1) % len(sockets)
-            _sockets.read_soon_if_waiting(socket, self._loop, self._read)
+            _sockets.read_soon_if_waiting(socket, self._loop, self.read)
             return
 
     def wake_at(self, deadline: float) -> None:
@@ -149,9 +149,9 @@ class SocketTransport:
         for socket, fd in zip(sockets, fds, strict=True):
             _sockets.close_watched(socket, self._loop, fd)
 
-    def _read(self) -> bool:
+    def read(self) -> bool:
         """Hand every reply waiting on any path to the listener; False if the sockets are
-        gone."""
+        gone. (A pool that reaches a heart through this transport reads it before judging.)"""
         for socket in self._sockets:
             try:
                 while True:
@@ -187,12 +187,12 @@ class SocketTransport:
         self._connected = url
 
     def _on_readable(self, fd: int, events: int) -> None:
-        self._read()
+        self.read()
 
     def _on_timer(self) -> None:
         self._timer = None
         # Flush before judging: a reply already in a socket is read before any verdict.
-        if self._read():
+        if self.read():
             self._listener.timer_due(time.monotonic())
 
     def _failed(self, exc: zmq.ZMQError) -> None:

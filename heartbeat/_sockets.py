@@ -5,8 +5,11 @@ error, and zmq's edge-triggered descriptor, handled once.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import itertools
 import resource
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +18,9 @@ import zmq.asyncio
 from tornado.ioloop import IOLoop
 
 from heartbeat._validate import EXPECTED_URL
+
+# Names of the inproc endpoints that socket monitors send their events to: unique in a process.
+_monitors = itertools.count(1)
 
 
 def plain_context(context: zmq.Context[Any] | None) -> zmq.Context[Any]:
@@ -166,3 +172,59 @@ def close_watched(socket: zmq.Socket[Any], loop: IOLoop, fd: int) -> None:
         loop.remove_handler(fd)  # by number: zmq may no longer be able to name it
     finally:
         socket.close(linger=0)
+
+
+def watch_disconnections(socket: zmq.Socket[Any]) -> zmq.Socket[Any]:
+    """A PAIR socket told of every connection of ``socket`` that ended (zmq's socket monitor,
+    limited to EVENT_DISCONNECTED: nothing is sent while connections stand). Read it with
+    ``disconnections``; stop it with ``stop_watching``.
+
+    The pool learns this way that a heart refuses its ROUTER: libzmq ends a connection whose
+    peer's socket type it may not talk to (a REP heart) right after the handshake, with no
+    handshake-failure event under the NULL mechanism (libzmq 4.3), and under NULL never makes
+    it again, so that one event must not be lost: the PAIR takes any number of events (libzmq
+    drops an event its monitor's pipe has no room for, and a thousand REP hearts that ended the
+    connection first, each retried every reconnect interval until it is read, fill the 2,000
+    places of the default limits in a fraction of a second).
+    """
+    address = f"inproc://heartbeat-monitor-{next(_monitors)}"
+    context = socket.context
+    try:
+        socket.monitor(address, zmq.EVENT_DISCONNECTED)
+        monitor: zmq.Socket[Any] = context.socket(zmq.PAIR)
+    except zmq.ZMQError as exc:
+        with contextlib.suppress(zmq.ZMQError):
+            socket.monitor(None, 0)
+        raise socket_error(exc, context, "cannot watch the pool's socket") from None
+    monitor.linger = 0
+    monitor.rcvhwm = 0  # no limit (taken at connect: an inproc pipe's room is both ends')
+    monitor.connect(address)
+    # One read of the empty socket: until a read finds it empty, libzmq signals no new event on
+    # its descriptor (edge-triggered), and a loop watching it would never be woken. ``socket``
+    # has no connection yet, so no event is lost.
+    disconnections(monitor)
+    return monitor
+
+
+def disconnections(monitor: zmq.Socket[Any]) -> list[str]:
+    """The endpoints (as given to ``connect``) of the disconnections waiting on ``monitor``,
+    every one of them: its descriptor is edge-triggered too."""
+    endpoints: list[str] = []
+    while True:
+        try:
+            frames = monitor.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return endpoints
+        # Frame 0: the event (16 bits, native order) and its value; frame 1: the endpoint.
+        if len(frames) == 2 and len(frames[0]) == 6:
+            event = int.from_bytes(frames[0][:2], sys.byteorder)
+            if event == zmq.EVENT_DISCONNECTED:
+                endpoints.append(frames[1].decode(errors="replace"))
+
+
+def stop_watching(socket: zmq.Socket[Any], monitor: zmq.Socket[Any]) -> None:
+    """End ``watch_disconnections`` on ``socket`` and close its PAIR socket."""
+    # ZMQError: the socket, or its context, is already gone, and so is its monitor.
+    with contextlib.suppress(zmq.ZMQError):
+        socket.monitor(None, 0)
+    monitor.close(linger=0)

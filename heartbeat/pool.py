@@ -16,6 +16,20 @@ Members that use CURVE share a second socket: libzmq takes a socket's CURVE opti
 stand at each ``connect()``, so one socket reaches many CURVE hearts, each with its own server
 key, but a socket cannot go back to plain once it is a CURVE client.
 
+A heart that refuses a ROUTER peer (a REP socket, as IRkernel's: ZMTP lets REP talk only to REQ
+and DEALER) is reached another way. libzmq ends such a connection right after the handshake and,
+under the NULL mechanism, never makes it again; the pool watches its sockets' disconnections
+(zmq's socket monitor, told of nothing else), and a url whose connection ended before it ever
+answered is from then on reached by DEALER sockets, one a path for each of its members, that
+send the REQ envelope as a lone monitor's do (a REP heart answers one ping at a time, in order;
+a DEALER never waits for a reply, so a lost one wedges nothing). The pool reads them before
+judging, and its one timer still judges those members; the ping that went unanswered is sent
+again at once. libzmq may also drop such a connection with no event (a few hearts in a
+thousand, under load): a url nobody was answered through half an interval on is connected
+afresh, and the refusal is told then. A DEALER reaches every kind of heart, so a ROUTER heart
+whose connection ends before its first reply (it died starting) is moved too: that costs a
+socket, never a verdict.
+
 The pool is a :class:`~heartbeat.transport.TransportFactory`; which member is judged when is
 decided by the pure :class:`~heartbeat._schedule.PoolSchedule`. This module does the socket work.
 """
@@ -24,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import resource
@@ -35,6 +50,7 @@ import zmq
 from tornado.ioloop import IOLoop
 
 from heartbeat import _resolve, _sockets, _validate
+from heartbeat._own_socket import SocketTransport
 from heartbeat._schedule import PoolSchedule
 from heartbeat.monitor import HeartMonitor, Log, default_log
 from heartbeat.transport import HeartSpec, Listener
@@ -63,12 +79,14 @@ class _Url:
     pings carry its nonce and are ignored). The url is disconnected when its last member leaves.
     """
 
-    __slots__ = ("idle", "members")
+    __slots__ = ("dealers", "idle", "members")
 
     def __init__(self) -> None:
-        self.members = 0
+        self.members: set[_Member] = set()
         # (routing id, the CURVE server key it was connected with) of connections nobody uses.
         self.idle: list[tuple[bytes, bytes | None]] = []
+        # The heart refused the ROUTER: its members are reached by DEALERs of their own.
+        self.dealers = False
 
     def take_idle(self, curve_serverkey: bytes | None) -> bytes | None:
         """The routing id of an idle connection made with ``curve_serverkey``, if any."""
@@ -80,29 +98,37 @@ class _Url:
 
 
 class _Channel:
-    """One of the pool's ROUTER sockets (plain, or CURVE), how many members use it, and the
-    connections it has made, by url."""
+    """One of the pool's ROUTER sockets (plain, or CURVE), how many members use it, the
+    connections it has made, by url, and the PAIR socket told of its disconnections."""
 
-    __slots__ = ("curve", "fd", "members", "socket", "urls")
+    __slots__ = ("curve", "fd", "members", "monitor", "monitor_fd", "socket", "urls")
 
-    def __init__(self, socket: zmq.Socket[Any], curve: bool) -> None:
+    def __init__(self, socket: zmq.Socket[Any], curve: bool, monitor: zmq.Socket[Any]) -> None:
         self.socket = socket
         self.fd: int = socket.FD
         self.curve = curve
         self.members = 0
         self.urls: dict[str, _Url] = {}
+        self.monitor = monitor
+        self.monitor_fd: int = monitor.FD
 
 
 class _Member:
     """A member's transport: its routing id and socket in the pool (a ``Transport``)."""
 
     __slots__ = (
+        "answered",
+        "backoff",
         "channel",
         "closed",
         "curve_serverkey",
+        "dealer",
+        "heart",
+        "last",
         "listener",
         "phase",
         "pool",
+        "retry_at",
         "rids",
         "target",
         "turn",
@@ -119,6 +145,7 @@ class _Member:
     ) -> None:
         self.pool = pool
         self.listener = listener
+        self.heart = heart
         # The url its connections are made to: the heart's, or an address of its host name
         # (None until that is found).
         self.url: str | None = None if heart.endpoint.is_name else heart.url
@@ -129,6 +156,14 @@ class _Member:
         self.channel = channel
         self.phase: float | None = None  # the pool sets it once the member has joined
         self.closed = False
+        self.answered = False  # a reply came through the ROUTER: the heart takes a ROUTER
+        # Unanswered by then, the url is connected afresh (HeartbeatPool._retry): half an
+        # interval, so that the ping after it does it, well within time_to_dead of the first.
+        self.backoff = heart.interval / 2
+        self.retry_at = time.monotonic() + self.backoff
+        self.last = b""  # the last ping, sent again if the heart turns out to refuse the ROUTER
+        # DEALERs of the member's own, once its heart refused the ROUTER (a REP heart).
+        self.dealer: SocketTransport | None = None
 
     def send(self, payload: bytes) -> None:
         """Send one ping through the pool's socket."""
@@ -150,6 +185,10 @@ class HeartbeatPool:
 
     Members with the same interval share a ping phase, in groups of up to 1,024: from its
     second ping on, a member pings in one burst with its group (docs/scale.md says why).
+
+    A heart that refuses a ROUTER peer (a REP socket, as IRkernel's) is reached by DEALER
+    sockets of its member's own, still judged on the pool's timer: one socket a path for each
+    such member, within zmq's sockets a context (``zmq.MAX_SOCKETS``, 1,023 by default).
 
     Parameters
     ----------
@@ -195,6 +234,7 @@ class HeartbeatPool:
         self._loop: IOLoop | None = None
         self._channels: dict[bool, _Channel] = {}  # by "uses CURVE"
         self._members: dict[bytes, _Member] = {}  # by routing id: a member has one a path
+        self._dealt: set[_Member] = set()  # members reached by DEALERs of their own
         self._watching = 0
         self._ids = itertools.count(1)
         self._timer: object | None = None
@@ -216,9 +256,17 @@ class HeartbeatPool:
 
     @property
     def sockets(self) -> int:
-        """How many sockets the pool holds open: 0 while nothing is watched, 1, or 2 when
-        CURVE and plain members are watched together."""
+        """How many ROUTER sockets the pool holds open: 0 while nothing is watched, 1, or 2 when
+        CURVE and plain members are watched together. Each has a PAIR socket that its
+        socket monitor tells of disconnections; members whose heart refuses a ROUTER have
+        DEALERs of their own besides (``dealers``)."""
         return len(self._channels)
+
+    @property
+    def dealers(self) -> int:
+        """How many members are reached by DEALER sockets of their own, not the pool's ROUTER:
+        those whose heart refused a ROUTER peer (a REP heart, such as IRkernel's)."""
+        return len(self._dealt)
 
     @property
     def wakeups(self) -> int:
@@ -262,22 +310,22 @@ class HeartbeatPool:
                 "'ulimit -n'): raise it, or watch with fewer paths"
             )
         channel = self._open_channel(curve=heart.curve_serverkey is not None)
-        if heart.endpoint.is_name:
+        member = _Member(self, listener, heart, [], channel)
+        if member.url is None:
             # Connected once an address of the name is found, off the loop: until then the
             # pings to these routing ids go nowhere, and the Judge sees a silent heart.
-            rids = [self._new_rid() for _ in range(heart.paths)]
+            member.rids = [self._new_rid() for _ in range(heart.paths)]
         else:
             try:
-                rids = self._connect(channel, heart.url, heart)
-            except ValueError:
+                self._attach(member, member.url)
+            except (ValueError, OSError, RuntimeError):
                 if not channel.members:
                     self._close_channel(channel)
                 raise
         channel.members += 1
         self._watching += 1
-        member = _Member(self, listener, heart, rids, channel)
         member.phase = self._schedule.join(member, heart.interval, time.monotonic())
-        for rid in rids:
+        for rid in member.rids:
             self._members[rid] = member
         if heart.endpoint.is_name:
             assert self._loop is not None  # set when the channel was opened
@@ -285,16 +333,18 @@ class HeartbeatPool:
                 heart.endpoint,
                 heart.time_to_dead,
                 self._loop,
-                lambda url: self._move(member, heart, url),
+                lambda url: self._move(member, url),
             )
         return member
 
     def _new_rid(self) -> bytes:
         return b"hb" + next(self._ids).to_bytes(8, "big")
 
-    def _connect(self, channel: _Channel, url: str, heart: HeartSpec) -> list[bytes]:
-        """The routing ids of ``heart.paths`` connections to ``url``: idle ones of that url
-        first, then new ones."""
+    def _attach(self, member: _Member, url: str) -> None:
+        """Connect ``member`` to ``url`` (its heart's, or an address of its host name): idle
+        connections of that url first, then new ones; by DEALERs of its own where the heart at
+        ``url`` is known to refuse the ROUTER. Sets its routing ids and url."""
+        channel, heart = member.channel, member.heart
         entry = channel.urls.get(url)
         if entry is None:
             entry = channel.urls[url] = _Url()
@@ -304,38 +354,51 @@ class HeartbeatPool:
                 rid = entry.take_idle(heart.curve_serverkey)
                 if rid is None:
                     rid = self._new_rid()
-                    _sockets.connect(
-                        channel.socket,
-                        url,
-                        curve_serverkey=heart.curve_serverkey,
-                        routing_id=rid,
-                        interval=heart.interval,
-                    )
+                    if not entry.dealers:
+                        _sockets.connect(
+                            channel.socket,
+                            url,
+                            curve_serverkey=heart.curve_serverkey,
+                            routing_id=rid,
+                            interval=heart.interval,
+                        )
                 rids.append(rid)
-        except ValueError:
+            member.rids, member.url = rids, url
+            if entry.dealers:  # the heart is known to refuse the ROUTER
+                self._use_dealers(member)
+        except (ValueError, OSError, RuntimeError):
             if entry.members:
-                entry.idle += [(rid, heart.curve_serverkey) for rid in rids]
+                if not entry.dealers:
+                    entry.idle += [(rid, heart.curve_serverkey) for rid in rids]
             else:
                 del channel.urls[url]
             raise
-        entry.members += 1
-        return rids
+        entry.members.add(member)
 
-    def _release(self, channel: _Channel, url: str, rids: list[bytes], key: bytes | None) -> None:
-        """A member's connections to ``url`` are no longer its own: kept idle for another
-        member of that url, or the url is disconnected if none watches it."""
-        entry = channel.urls[url]
-        entry.members -= 1
+    def _release(self, member: _Member) -> None:
+        """``member``'s connections are no longer its own: its DEALERs closed; its ROUTER
+        connections kept idle for another member of its url, or the url disconnected if none
+        watches it."""
+        if member.dealer is not None:
+            member.dealer.close()
+            member.dealer = None
+        self._dealt.discard(member)
+        channel, url = member.channel, member.url
+        entry = None if url is None else channel.urls.get(url)
+        if url is None or entry is None:
+            return
+        entry.members.discard(member)
         if entry.members:
-            entry.idle += [(rid, key) for rid in rids]
+            if not entry.dealers:  # a url reached by DEALERs has no connection on the ROUTER
+                entry.idle += [(rid, member.curve_serverkey) for rid in member.rids]
             return
         del channel.urls[url]
-        if self._channels.get(channel.curve) is channel:
+        if self._channels.get(channel.curve) is channel and not entry.dealers:
             # ZMQError: already gone, or the context was terminated.
             with contextlib.suppress(zmq.ZMQError):
                 channel.socket.disconnect(url)
 
-    def _move(self, member: _Member, heart: HeartSpec, url: str) -> None:
+    def _move(self, member: _Member, url: str) -> None:
         """Connect a member watching a host name to ``url``, an address of it (the first
         found, or one its heart is now reached at)."""
         channel = member.channel
@@ -343,12 +406,18 @@ class HeartbeatPool:
             return
         for rid in member.rids:
             self._members.pop(rid, None)
-        if member.url is not None:
-            self._release(channel, member.url, member.rids, member.curve_serverkey)
+        self._release(member)
+        # A new address: whether the heart there takes a ROUTER is learned afresh.
+        member.answered = False
+        member.backoff = member.heart.interval / 2
+        member.retry_at = time.monotonic() + member.backoff
         try:
-            member.rids, member.url = self._connect(channel, url, heart), url
+            self._attach(member, url)
         except ValueError:  # zmq refused an address: silent, as a heart not reached
-            member.rids, member.url = [self._new_rid() for _ in range(heart.paths)], None
+            member.rids, member.url = [self._new_rid() for _ in range(member.heart.paths)], None
+        except (OSError, RuntimeError) as exc:  # its DEALERs could not be opened
+            member.rids, member.url = [self._new_rid() for _ in range(member.heart.paths)], None
+            member.listener.transport_failed(str(exc))
         member.turn = 0
         for rid in member.rids:
             self._members[rid] = member
@@ -357,6 +426,13 @@ class HeartbeatPool:
 
     def send(self, member: _Member, payload: bytes) -> None:
         """Send ``member``'s ping; one that cannot go out now is dropped, never half-sent."""
+        dealer = member.dealer
+        if dealer is not None:
+            dealer.send(payload)
+            return
+        member.last = payload
+        if not member.answered and time.monotonic() >= member.retry_at:
+            self._retry(member)
         channel = member.channel
         if self._channels.get(channel.curve) is not channel:
             return
@@ -396,8 +472,7 @@ class HeartbeatPool:
         self._watching -= 1
         channel = member.channel
         channel.members -= 1
-        if member.url is not None:
-            self._release(channel, member.url, member.rids, member.curve_serverkey)
+        self._release(member)
         if self._channels.get(channel.curve) is channel and not channel.members:
             self._close_channel(channel)  # nothing is held while nothing is watched
         if not self._judging:
@@ -435,9 +510,15 @@ class HeartbeatPool:
             # Hearts answer at the speed they are pinged; deep queues only hide a dead peer.
             hwm=100_000,
         )
+        try:
+            monitor = _sockets.watch_disconnections(socket)
+        except (OSError, RuntimeError):
+            socket.close(linger=0)
+            raise
         loop = self._loop = self._members_loop()
-        channel = self._channels[curve] = _Channel(socket, curve)
+        channel = self._channels[curve] = _Channel(socket, curve, monitor)
         loop.add_handler(channel.fd, self._on_readable, IOLoop.READ)
+        loop.add_handler(channel.monitor_fd, self._on_disconnections, IOLoop.READ)
         return channel
 
     def _close_channel(self, channel: _Channel) -> None:
@@ -445,7 +526,11 @@ class HeartbeatPool:
             return
         del self._channels[channel.curve]
         assert self._loop is not None  # set when the channel was opened
-        _sockets.close_watched(channel.socket, self._loop, channel.fd)
+        try:
+            self._loop.remove_handler(channel.monitor_fd)
+            _sockets.stop_watching(channel.socket, channel.monitor)
+        finally:
+            _sockets.close_watched(channel.socket, self._loop, channel.fd)
         if not self._channels:
             self._schedule.clear()
             self._set_timer()
@@ -499,6 +584,12 @@ class HeartbeatPool:
         """Read every reply waiting on every socket; False if none is left."""
         for channel in list(self._channels.values()):
             self._drain_channel(channel)
+        if self._dealt:
+            # A copy: a reply's callback may stop a member (its DEALERs closed: a read of them
+            # reads nothing).
+            for member in list(self._dealt):
+                if member.dealer is not None:
+                    member.dealer.read()
         return bool(self._channels)
 
     def _drain_channel(self, channel: _Channel) -> None:
@@ -515,6 +606,7 @@ class HeartbeatPool:
                     frames.append(frame.bytes)
                 member = members.get(frames[0])
                 if member is not None and len(frames) == 3 and not frames[1]:
+                    member.answered = True
                     if member.target is not None:
                         member.target.heard = True
                     member.listener.payload_received(time.monotonic(), frames[2])
@@ -528,3 +620,100 @@ class HeartbeatPool:
             return
         if self._loop is not None:  # the limit was reached: more may wait
             _sockets.read_soon_if_waiting(channel.socket, self._loop, self._drain)
+
+    # -- hearts that refuse the ROUTER ---------------------------------------------------------
+
+    def _on_disconnections(self, fd: int, events: int) -> None:
+        for channel in list(self._channels.values()):
+            if channel.monitor_fd != fd:
+                continue
+            try:
+                ended = _sockets.disconnections(channel.monitor)
+            except zmq.ZMQError as exc:
+                self._channel_failed(channel, exc)
+                return
+            for endpoint in ended:
+                if self._channels.get(channel.curve) is not channel:
+                    return  # its last member stopped meanwhile: closed
+                url = channel.urls.get(endpoint)
+                # A connection that ended after the heart answered through it: the heart died
+                # or restarts, and libzmq connects again. One that never carried a reply: the
+                # heart refused the ROUTER (or died before answering: a DEALER will do too).
+                never_answered = url is not None and not any(m.answered for m in url.members)
+                if url is not None and not url.dealers and never_answered:
+                    self._move_to_dealers(channel, endpoint, url)
+
+    def _move_to_dealers(self, channel: _Channel, endpoint: str, url: _Url) -> None:
+        """From now on, reach ``url``'s members by DEALERs of their own."""
+        url.dealers = True
+        url.idle.clear()
+        # Whatever connection is left (libzmq retries one a CURVE REP heart ended) goes.
+        with contextlib.suppress(zmq.ZMQError):
+            channel.socket.disconnect(endpoint)
+        self._log.debug(
+            "heartbeat pool: %s ended its connection before any reply (a REP heart refuses a "
+            "ROUTER): reached by a DEALER socket of its own",
+            endpoint,
+        )
+        for member in list(url.members):
+            if member.closed or member.dealer is not None:
+                continue
+            try:
+                self._use_dealers(member)
+            except (ValueError, OSError, RuntimeError) as exc:
+                member.listener.transport_failed(str(exc))
+                continue
+            if member.last:
+                # The ping that went to the ROUTER was lost: a heart bound late answers it now,
+                # as a lone monitor's DEALER delivers the ping it queued.
+                member.send(member.last)
+
+    def _retry(self, member: _Member) -> None:
+        """Connect ``member``'s url afresh, with new routing ids, if no member of it was ever
+        answered; again after half of time_to_dead, and after twice as long each time.
+
+        libzmq has been seen (a few hearts in a thousand REP hearts watched at once, under
+        load) to drop a connection a REP heart refused with no event on the monitor at all, and
+        never to try again: a fresh connection is refused again, and told. A heart not bound
+        yet costs nothing more than a connect; a slow link gets a longer wait each time.
+        """
+        member.backoff = max(2 * member.backoff, member.heart.time_to_dead / 2)
+        member.retry_at = time.monotonic() + member.backoff
+        channel = member.channel
+        url_string = member.url
+        url = None if url_string is None else channel.urls.get(url_string)
+        if self._channels.get(channel.curve) is not channel or url is None or url.dealers:
+            return
+        assert url_string is not None  # a url entry is found by its string
+        if any(other.answered for other in url.members):
+            return
+        with contextlib.suppress(zmq.ZMQError):
+            channel.socket.disconnect(url_string)
+        url.idle.clear()
+        for other in url.members:
+            for i, old in enumerate(other.rids):
+                rid = b"hb" + next(self._ids).to_bytes(8, "big")
+                try:
+                    _sockets.connect(
+                        channel.socket,
+                        url_string,
+                        curve_serverkey=other.curve_serverkey,
+                        routing_id=rid,
+                        interval=other.heart.interval,
+                    )
+                except ValueError:
+                    continue  # it was taken before: not now, for a reason zmq named; retry later
+                self._members.pop(old, None)
+                self._members[rid] = other
+                other.rids[i] = rid
+
+    def _use_dealers(self, member: _Member) -> None:
+        """Give ``member`` DEALERs of its own (raises as a lone monitor's ``open`` does)."""
+        assert self._loop is not None  # the member's channel is open
+        heart = member.heart
+        if member.url is not None and member.url != heart.url:
+            # A host name's address, found already: the DEALERs go there, not to the name.
+            where = _validate.endpoint(member.url, bind=False)
+            heart = dataclasses.replace(heart, url=member.url, endpoint=where)
+        member.dealer = SocketTransport(heart, member.listener, self._loop, self._context)
+        self._dealt.add(member)

@@ -39,6 +39,7 @@ def test_scale_benchmark_smoke() -> None:
         duration,
         "--kinds",
         "pool",
+        "pool-rep",
         "kernelmanager",
         "--start",
         "staggered",
@@ -49,8 +50,10 @@ def test_scale_benchmark_smoke() -> None:
     assert result.returncode == 0, result.stdout + result.stderr  # exit 1: a false death
     lines = result.stdout.splitlines()
     rows = [line.split() for line in lines if line.strip()[:1].isdigit() and "," not in line]
-    table = {row[1]: row for row in rows[-2:]}
-    assert set(table) == {"pool", "kernelmanager"}
+    table = {row[1]: row for row in rows[-3:]}
+    assert set(table) == {"pool", "pool-rep", "kernelmanager"}
+    rep = table["pool-rep"]  # REP hearts (IRkernel's kind), each reached by a DEALER
+    assert rep[6] == "0" and rep[7] != "-" and int(rep[9]) > 2 * int(sizes)
     managed = table["kernelmanager"]
     assert managed[6] == "0" and managed[7] != "-"  # as the kernel managers make them
     pool = table["pool"]

@@ -44,7 +44,7 @@ def test_an_on_event_callback_that_stops_the_monitor_ends_its_run_there(
             monitor.timer_due(factory.opened[-1].wakes[-1])
     assert monitor.state is State.DEAD and not monitor.running
     # The Judge's verdict is on the record all the same: state "dead" is never without one.
-    assert isinstance(monitor.verdict, Dead) and monitor.verdict.silent_for >= 0.4
+    assert isinstance(monitor.verdict, Dead) and monitor.verdict.silent_for >= 0.4 - 1e-9
     assert died == []
     assert [r for r in caplog.records if "is dead" in r.getMessage()] == []
     assert [e for e in seen if isinstance(e, Dead)] == (
