@@ -78,7 +78,7 @@ async def run(conn: WebSocketClientConnection, code: str, timeout: float = 120) 
         assert raw is not None, f"websocket closed; seen {seen}"
         msg = json.loads(raw)
         seen.append(msg)
-        if msg.get("parent_header", {}).get("msg_id") != msg_id:
+        if (msg.get("parent_header") or {}).get("msg_id") != msg_id:
             continue
         replied = replied or msg["msg_type"] == "execute_reply"
         idle = idle or (msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle")
