@@ -118,8 +118,8 @@ def restarts_in(server: Server) -> list[str]:
 
 # -- IRkernel: its heart is answered from R's main loop ------------------------------------------
 
-# The defaults, and a socket of the kernel's own (IRkernel's heart is a REP socket: the shared
-# pool reaches it once the transport's REP change is in).
+# The defaults (the shared pool, which reaches IRkernel's REP heart), and a socket of the
+# kernel's own.
 SETTINGS = {"defaults": (), "own-socket": ("--HeartbeatKernelManager.shared_pool=False",)}
 
 
