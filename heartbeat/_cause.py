@@ -9,6 +9,7 @@ kernel log named, what the heart's connection said) and gets a :class:`Cause` ba
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import signal
 from collections.abc import Collection
@@ -61,7 +62,13 @@ class Connection(str, enum.Enum):
 @dataclass(frozen=True)
 class Cause:
     """Why a kernel died. ``likely`` is True where this is inferred rather than seen;
-    ``evidence`` says what it rests on where more than one thing could (:data:`Evidence`)."""
+    ``evidence`` says what it rests on where more than one thing could (:data:`Evidence`).
+
+    ``never_answered``: its heart had never answered since the kernel started, though it was
+    judged (a start slower than the grace, that ended); ``language``: the kernel's language,
+    where known (``kernel_info_reply``), so that a frozen R kernel is not said to be stuck
+    below Python.
+    """
 
     kind: Kind
     exit_code: int | None = None
@@ -70,6 +77,8 @@ class Cause:
     memory_limit: int | None = None
     likely: bool = False
     evidence: Evidence | None = None
+    never_answered: bool = False
+    language: str | None = None
     asked: bool = False  # see asked_for
     # Where a crash happened: the Python frames the kernel's faulthandler wrote, innermost first.
     where: str | None = None
@@ -93,6 +102,12 @@ class Cause:
 
     def describe(self) -> str:
         """The cause in words, to follow "the kernel" or "it": "was killed by SIGKILL (9)"."""
+        text = self._describe()
+        if self.never_answered:
+            return f"{text}, its heart never having answered since it started"
+        return text
+
+    def _describe(self) -> str:
         silent = "" if self.silence is None else f" for {self.silence:.1f} s"
         if self.kind == "exited":
             if self.exit_code is None:
@@ -113,9 +128,11 @@ class Cause:
                 f"while its heart was silent{silent}"
             )
         if self.kind == "frozen":
+            python = (self.language or "").lower() == "python"
+            stuck = "stuck below Python" if python else "stuck"
             return (
                 f"was likely frozen: its process ran while its heart was silent{silent} "
-                "(stuck below Python, swapped out or suspended)"
+                f"({stuck}, swapped out or suspended)"
             )
         if self.kind == "remote-refused":
             return (
@@ -228,6 +245,8 @@ def decide(
     descendant_states: Collection[str] = (),
     connection: Connection | None = None,
     answered: bool = False,
+    never_answered: bool = False,
+    language: str | None = None,
 ) -> Cause:
     """The cause of a kernel's death, from what could be learned of it.
 
@@ -251,7 +270,47 @@ def decide(
     code.
     ``answered``: whether its heart had answered: a running kernel that exits with code 0
     ended itself as asked (``Cause.asked_for``).
+    ``never_answered``: its heart never answered since it started; ``language``: the kernel's
+    (``kernel_info_reply``'s ``language_info.name``), if known. Both are only carried.
     """
+    if language is not None and not isinstance(language, str):
+        raise TypeError(f"language must be a str or None, not {language!r}")
+    cause = _decide(
+        returncode=returncode,
+        state=state,
+        local=local,
+        silence=silence,
+        memory_before=memory_before,
+        memory_now=memory_now,
+        shared=shared,
+        pid=pid,
+        descendants=descendants,
+        oom_victims=oom_victims,
+        descendant_states=descendant_states,
+        connection=connection,
+        answered=answered,
+    )
+    if never_answered or language is not None:
+        return dataclasses.replace(cause, never_answered=bool(never_answered), language=language)
+    return cause
+
+
+def _decide(
+    *,
+    returncode: int | None,
+    state: str | None,
+    local: bool,
+    silence: float | None,
+    memory_before: Memory | None,
+    memory_now: Memory | None,
+    shared: bool | None,
+    pid: int | None,
+    descendants: Collection[int],
+    oom_victims: Collection[int] | None,
+    descendant_states: Collection[str],
+    connection: Connection | None,
+    answered: bool,
+) -> Cause:
     if returncode is not None and (isinstance(returncode, bool) or not isinstance(returncode, int)):
         raise TypeError(f"returncode must be an int or None, not {returncode!r}")
     if silence is not None and not silence >= 0:

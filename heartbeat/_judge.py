@@ -129,6 +129,7 @@ class Judge:
     __slots__ = (
         "_first",
         "_first_beat",
+        "_grace",
         "_interval",
         "_last_reply",
         "_next_ping",
@@ -158,6 +159,7 @@ class Judge:
         self._state = State.IDLE
         self._stalls = 0
         self._started = 0.0
+        self._grace = self._first_beat
         self._since = 0.0
         self._last_reply: float | None = None
         # When the first and second pings sent at or after _since went out (None: not yet).
@@ -211,8 +213,13 @@ class Judge:
         """When the last reply of this run was read, or None."""
         return self._last_reply
 
-    def start(self, now: float, phase: float | None = None) -> list[Event]:
+    def start(
+        self, now: float, phase: float | None = None, grace: float | None = None
+    ) -> list[Event]:
         """Begin a fresh run (also after a death or a stop): grace starts now.
+
+        ``grace``: seconds of grace for this run instead of ``first_beat`` (0: a heart already
+        found silent, watched on, is judged again after ``time_to_dead``).
 
         The first ping goes out now. With ``phase`` (any time, in the same clock), every later
         ping is due on the grid ``phase + k * interval``, so callers that give many judges one
@@ -220,10 +227,13 @@ class Judge:
         """
         if phase is not None and not (isinstance(phase, float | int) and math.isfinite(phase)):
             raise TypeError(f"phase must be a finite number of seconds or None, got {phase!r}")
+        if grace is not None:
+            grace = _validate.number("grace", grace, allow_zero=True)
         self._phase = phase
         self._started = now
+        self._grace = self._first_beat if grace is None else grace
         self._last_reply = None
-        self._move_since(now + self._first_beat)
+        self._move_since(now + self._grace)
         self._token = 0
         self._sent.clear()
         self._stalls = 0
@@ -283,7 +293,7 @@ class Judge:
 
     def _judged_state(self, now: float) -> State:
         if self._last_reply is None:
-            return State.STARTING if now < self._started + self._first_beat else State.LATE
+            return State.STARTING if now < self._started + self._grace else State.LATE
         if self._state is State.LATE:
             return State.LATE  # only a reply clears it: a forgiven stall is no sign of life
         # Counted from the same ping as death, so the monitor's own stall never makes it late.

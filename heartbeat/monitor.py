@@ -284,14 +284,20 @@ class HeartMonitor:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self, callback: Callable[[], object] | None = None) -> None:
+    def start(
+        self, callback: Callable[[], object] | None = None, *, grace: float | None = None
+    ) -> None:
         """Start watching; ``callback()`` is called on the loop, at most once, on death.
+        ``grace``: seconds of grace for this run instead of ``first_beat`` (0: watching on a
+        heart already found silent).
 
         Raises RuntimeError if already running, ValueError if the url cannot be connected,
         OSError if the process is out of file descriptors or zmq sockets.
         """
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable or None, got {callback!r}")
+        if grace is not None:
+            _validate.number("grace", grace, allow_zero=True)  # before anything is opened
         if self.running:
             raise RuntimeError(f"monitor of {self._url} is already running; stop() it first")
         self._transport = transport = self._factory.open(self._spec(), self)
@@ -304,7 +310,7 @@ class HeartMonitor:
         self.verdict = None
         now = time.monotonic()
         self._started_at = now
-        self._dispatch(self._judge.start(now, phase=transport.phase))
+        self._dispatch(self._judge.start(now, phase=transport.phase, grace=grace))
         self._wake()
 
     def stop(self) -> None:

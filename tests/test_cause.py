@@ -285,14 +285,32 @@ def test_a_stopped_process_with_a_silent_heart_was_frozen() -> None:
 
 
 def test_a_running_process_with_a_silent_heart_was_likely_frozen() -> None:
-    cause = decide(returncode=None, state=stat_state(STAT_RUNNING), silence=3.1)
-    assert cause == Cause("frozen", silence=3.1, likely=True)
+    running = stat_state(STAT_RUNNING)
+    cause = decide(returncode=None, state=running, silence=3.1, language="python")
+    assert cause == Cause("frozen", silence=3.1, likely=True, language="python")
     assert cause.describe() == (
         "was likely frozen: its process ran while its heart was silent for 3.1 s "
         "(stuck below Python, swapped out or suspended)"
     )
+    # A kernel that is not Python, or of a language not known: not "below Python".
+    for language in ("R", None):
+        words = decide(returncode=None, state=running, silence=3.1, language=language).describe()
+        assert words == (
+            "was likely frozen: its process ran while its heart was silent for 3.1 s "
+            "(stuck, swapped out or suspended)"
+        )
     # Not Linux (no /proc): not exited, heart silent, the same inference.
     assert decide(returncode=None, state=None, silence=3.1).kind == "frozen"
+
+
+def test_a_kernel_whose_heart_never_answered_says_so_after_its_cause() -> None:
+    cause = decide(returncode=1, never_answered=True)
+    assert cause.kind == "exited" and cause.exit_code == 1 and cause.never_answered
+    assert (
+        cause.describe() == "exited with code 1, its heart never having answered since it started"
+    )
+    with pytest.raises(TypeError, match="language must be a str or None, not 3"):
+        decide(returncode=1, language=3)  # type: ignore[arg-type]
 
 
 def test_a_zombie_exited_with_its_status_unknown() -> None:

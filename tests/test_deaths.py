@@ -365,6 +365,7 @@ def test_a_kernel_that_dies_before_its_heart_answered_is_left_to_the_restarters_
     assert after["hb_port"] != before["hb_port"]  # moved to new ports, as stock
     [line] = death_lines(caplog)  # seen by that poll, and said once
     assert line.getMessage().startswith(f"Kernel {kernel_id}: process "), line.getMessage()
+    # Dead before its first verdict (first_beat 60 s): how it died, and nothing more.
     assert line.getMessage().endswith(" died: it exited with code 0; restarting it")
 
 

@@ -78,7 +78,8 @@ def test_config_file_examples_load_as_jupyter_config(name: str, code: str, tmp_p
 
     assert getattr(importlib.import_module(module), attr) is HeartbeatKernelManager
     km = HeartbeatKernelManager(config=config)
-    assert km.time_to_dead == config.HeartbeatKernelManager.time_to_dead
+    settings = config.HeartbeatKernelManager
+    assert settings and all(getattr(km, key) == value for key, value in settings.items())
 
 
 def test_the_documented_server_line_is_the_tested_one() -> None:

@@ -162,6 +162,26 @@ def test_a_heart_that_beat_during_the_grace_and_stopped_still_gets_the_whole_gra
     assert until_dead(judge) == approx(6.0 + 3.0)  # the ping at 6.0 is the first after 5.0
 
 
+def test_a_run_started_with_a_grace_of_its_own_is_judged_after_that_grace() -> None:
+    # A heart already found silent and watched on (heartbeat._silence) is started again with
+    # grace 0: judged again time_to_dead after, not first_beat + time_to_dead.
+    judge = Judge(time_to_dead=3.0, first_beat=5.0)
+    judge.start(0.0, grace=0.0)
+    assert until_dead(judge) == approx(3.0)
+    judge.start(10.0, grace=1.0)
+    judge.on_timer(10.5)
+    assert judge.state is State.STARTING
+    judge.on_timer(11.5)
+    assert judge.state is State.LATE
+    assert until_dead(judge) == approx(11.5 + 3.0)
+    # The next run without one gets first_beat again.
+    judge.start(20.0)
+    assert until_dead(judge) == approx(20.0 + 6.0 + 3.0)
+    for bad, error in ((-1.0, ValueError), (math.nan, ValueError), ("0", TypeError)):
+        with pytest.raises(error, match="grace must be a finite number >= 0"):
+            judge.start(0.0, grace=bad)  # type: ignore[arg-type]
+
+
 def test_the_seed_a_kernel_that_binds_after_two_seconds_is_never_dead() -> None:
     # ttd 0.3 s, first_beat 3 s: the heart answers only from 2 s on (queued pings included).
     world = World(Judge(0.3, 3.0), rtt=lambda n: 1 * MS, bind_at=2.0)

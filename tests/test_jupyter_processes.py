@@ -92,7 +92,9 @@ def test_a_heart_death_never_signals_a_pid_that_is_not_our_child_and_is_still_re
         try:
             assert km.provisioner is not None and km.provisioner.pid == stranger
             process = km.provisioner.process  # type: ignore[attr-defined]
-            await freeze_the_launched_kernel(km, client, lambda: km.heart_has_beaten)
+            # Not our child: its silence is a death once it is known to be ipykernel.
+            known = lambda: km.heart_has_beaten and km.heart_kind == "threaded"  # noqa: E731
+            await freeze_the_launched_kernel(km, client, known)
             await seen_dead(client)
             # Killed through its provisioner: the process it launched, by its process group.
             end = time.monotonic() + 30
@@ -131,7 +133,8 @@ def test_the_provisioner_never_signals_a_pid_that_is_not_our_child(
             assert isinstance(provisioner, HeartbeatStrangersPid)
             monitor = provisioner._monitor
             assert monitor is not None
-            await freeze_the_launched_kernel(km, client, lambda: monitor.stats.count > 0)
+            known = lambda: provisioner.heart_kind == "threaded"  # noqa: E731  # see above
+            await freeze_the_launched_kernel(km, client, known)
             end = time.monotonic() + 30
             while await km.is_alive():  # found dead: killed through the provisioner
                 assert time.monotonic() < end, "the frozen kernel was not killed"
@@ -197,6 +200,9 @@ SYNC_MANAGER_SLOW_KILL = textwrap.dedent(
         process = km.provisioner.process
         try:
             await until(lambda: km.heart_has_beaten, "the heart never answered")
+            # Not our child (no pid): its silence is a death once it is known to be ipykernel,
+            # whose heart answers while it is busy; until then, silence alone kills nothing.
+            await until(lambda: km.heart_kind == "threaded", "its kind was never learned")
             os.kill(process.pid, signal.SIGSTOP)
             await until(lambda: km.deaths == 1, "no death")
             return {

@@ -106,10 +106,11 @@ async def until(condition: Callable[[], object], timeout: float, what: str) -> N
 
 
 async def first_beat(km: HeartbeatKernelManager, where: Path) -> None:
-    """Wait for the kernel's heart to answer its monitor; if it never does, say what the
-    kernel printed."""
+    """Wait for the kernel's heart to answer its monitor, and for the manager to know it is
+    ipykernel (whose heart answers while it is busy: a silence is then its death, without it
+    silence alone is none); if it never does, say what the kernel printed."""
     try:
-        await until(lambda: km.heart_has_beaten, 60, "")
+        await until(lambda: km.heart_has_beaten and km.heart_kind == "threaded", 60, "")
     except AssertionError:
         printed = (where.parent / f"{where.name}-kernel.log").read_text()[-3000:]
         said = f"the heart never answered {km._heart_monitor!r}; the kernel printed: {printed}"
@@ -122,7 +123,11 @@ async def watched(
     """A manager watching the kernel whose connection file is in ``where``, as a user has one,
     and how that user is done with it: jupyter_client's multi-kernel manager given it as an
     external kernel (what jupyter_server's ``allow_external_kernels`` does), or a manager
-    that only loads the file."""
+    that only loads the file. Once the kernel answers: a port that refuses a kernel not the
+    manager's is its death (told, undone when it answers), and this kernel wrote its file
+    before it bound its ports."""
+    info = json.loads((where / "kernel-apart.json").read_text())
+    assert wait_for(lambda: ping(hb_url(info, "").url, 1.0) is not None, 60), "no heart"
     if how == "external":
         settings = {"time_to_dead": TTD, "first_beat": FIRST_BEAT}
         multi = AsyncMultiKernelManager(
@@ -266,9 +271,9 @@ def test_a_kernel_apart_shut_down_by_its_manager_is_left_running_and_no_longer_w
 
 
 @contextmanager
-def server_of_external_kernels(tmp_path: Path, external: Path) -> Iterator[Server]:
+def server_of_external_kernels(tmp_path: Path, external: Path, *args: str) -> Iterator[Server]:
     """A real ``jupyter server`` with the heartbeat kernel manager and external kernels on,
-    their connection files in ``external``."""
+    their connection files in ``external``; ``args``, more of its command line."""
     port, token = free_port(), secrets.token_hex(16)
     env = {**os.environ, **{f"JUPYTER_{d.upper()}_DIR": str(tmp_path / d) for d in DIRS}}
     argv = [sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1"]
@@ -279,7 +284,7 @@ def server_of_external_kernels(tmp_path: Path, external: Path) -> Iterator[Serve
     argv += [f"--HeartbeatKernelManager.time_to_dead={TTD}"]
     argv += [f"--HeartbeatKernelManager.first_beat={FIRST_BEAT}"]
     argv += ["--ServerApp.allow_external_kernels=True"]
-    argv += [f"--ServerApp.external_connection_dir={external}"]
+    argv += [f"--ServerApp.external_connection_dir={external}", *args]
     with (tmp_path / "server.log").open("wb") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = Server(proc, f"http://127.0.0.1:{port}", token, tmp_path / "server.log")

@@ -216,15 +216,17 @@ class Witness:
         connection: _cause.Connection | None = None,
         *,
         answered: bool = False,
+        **carried: Any,
     ) -> _cause.Cause:
         """The cause now: the process's exit status (``poll()``: it reaps an exited child),
         else its state (and those of the processes under it); ``silence``: how long its heart
         was silent, for a heart death. For a process that is not ours (None), ``connection``:
-        what its heart's port said."""
+        what its heart's port said.
+        ``carried``: what the cause only carries (``never_answered``, ``language``)."""
         process = self.process
         if process is None:
             return _cause.decide(
-                returncode=None, local=False, silence=silence, connection=connection
+                returncode=None, local=False, silence=silence, connection=connection, **carried
             )
         code = process.poll()
         if code is None:
@@ -235,6 +237,7 @@ class Witness:
                 state=read_state(process.pid),
                 descendant_states=states,
                 silence=silence,
+                **carried,
             )
         group = self._judged_group(code)
         return _cause.decide(
@@ -247,6 +250,7 @@ class Witness:
             descendants=self.descendants,
             oom_victims=oom_log().since(self.log_mark),
             answered=answered,
+            **carried,
         )
 
     def _judged_group(self, code: int) -> _Group | None:
@@ -352,17 +356,21 @@ class DeathWatch:
         restarting: bool,
         connection: _cause.Connection | None = None,
         answered: bool = False,
+        **carried: Any,
     ) -> Death:
         """The death of ``process`` (the kernel's local child, or None), decided now and kept
         as ``last``; ``silence``: how long its heart was silent, for a heart death;
         ``connection``: what its heart's port said, for a kernel that is not our child;
-        ``answered``: whether its heart had answered (an exit code 0 then is asked for)."""
+        ``answered``: whether its heart had answered (an exit code 0 then is asked for);
+        ``carried``: ``never_answered`` and ``language``, for its cause's words."""
         witness = self.witness
         if witness is None or witness.process is not process:
             witness = Witness(process)  # a process it was not watching: counted only now
         death = Death(
             kernel_id=kernel_id,
-            cause=self.memory.explain(witness.cause(silence, connection, answered=answered)),
+            cause=self.memory.explain(
+                witness.cause(silence, connection, answered=answered, **carried)
+            ),
             time=time.time(),
             pid=None if process is None else process.pid,
             restarting=restarting,

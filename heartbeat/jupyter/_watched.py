@@ -10,6 +10,7 @@ import inspect
 import subprocess
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 from tornado.ioloop import IOLoop
@@ -18,10 +19,12 @@ from traitlets.utils.importstring import import_item
 
 from heartbeat._cause import Connection, Death
 from heartbeat._judge import Dead
+from heartbeat._silence import Heart, Verdict
 from heartbeat.jupyter._death import DeathWatch, Witness
 from heartbeat.jupyter._memory_watch import MemoryGuard
 from heartbeat.jupyter._proc import HeartProbe
 from heartbeat.jupyter._responsive_owners import ResponsiveMixin
+from heartbeat.jupyter._silent import HeartSilences
 from heartbeat.jupyter.events import emit_death, prepare
 from heartbeat.jupyter.kernel import (
     HeartbeatSettings,
@@ -29,6 +32,7 @@ from heartbeat.jupyter.kernel import (
     fate,
     kill_local_child,
     local_child,
+    log_heart_death,
     log_process_death,
 )
 from heartbeat.jupyter.metrics import count_death
@@ -43,14 +47,15 @@ class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
     _heart_dead = Bool(False)
     _deaths = Integer(0)
     _death_noted = Bool(False)
-    _beaten = Bool(False)  # the current kernel's heart answered before its monitor stopped
     _closed = Bool(False)  # cleaned up for good, until started again
     _death_watch = Instance(DeathWatch, args=())
     # Recorded by the heart's death line, if it was written, with the verdict it is for.
     _death_of_heart: tuple[Dead, Death] | None = None
-    # The current heart's port, probed at its death: for a kernel that is not our local child.
-    _heart_probe: HeartProbe | None = None
     _death_callbacks: list[Callable[[Death], object]] | None = None
+    # What the current kernel's silences mean (heartbeat._silence, through _silent.py).
+    _silences: HeartSilences | None = None
+    _verdict: Dead | None = None  # the silence decided to be a death, if any
+    _heart_log: KernelLog | None = None
 
     @property
     def deaths(self) -> int:
@@ -72,8 +77,26 @@ class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
     def heart_has_beaten(self) -> bool:
         """True once the current kernel's heart has answered a ping (also after its death
         stopped the monitor: whether it beat decides whether its restart keeps its ports)."""
-        monitor = self._heart_monitor
-        return self._beaten or (monitor is not None and monitor.stats.count > 0)
+        return self._silences is not None and self._silences.silence.answered
+
+    @property
+    def heart_kind(self) -> Heart:
+        """Whether the current kernel's heart answers while it is busy, as this manager knows
+        it: ``"threaded"`` (its silence is its death), ``"main-loop"`` (silent while a cell
+        runs) or ``"unknown"`` (not learned yet, or a kernel not known: silence alone is no
+        death). Declared by ``heart_answers_while_busy``, else learned from the kernel's
+        ``kernel_info_reply`` after its heart first answers."""
+        silences = self._silences
+        return Heart.UNKNOWN if silences is None else silences.silence.heart
+
+    def _starting(self) -> bool:
+        silences = self._silences
+        return silences is not None and silences.silence.state is Verdict.STARTING
+
+    @property
+    def _heart_probe(self) -> HeartProbe | None:
+        # The probe of the current silence's heart's port: for a kernel not our local child.
+        return None if self._silences is None else self._silences.probe
 
     @default("client_factory")
     def _client_factory_named_by_client_class(self) -> type:
@@ -138,8 +161,7 @@ class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
         self._death_noted = True
         if self._heart_dead:
             self._deaths += 1
-            monitor, probe = self._heart_monitor, self._heart_probe
-            verdict = None if monitor is None else monitor.verdict
+            verdict, probe = self._verdict, self._heart_probe
             if probe is not None:
                 answered = probe.start()  # begun by the death line already, if it was logged
                 if not answered.done():
@@ -178,6 +200,12 @@ class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
             restarting=self._restarts(),
             connection=connection,
             answered=self.heart_has_beaten,
+            # Judged starting and never answered since: a kernel not ours was started before it
+            # was watched; one that died before its first verdict says only how it died.
+            never_answered=self._owned() and self._starting(),
+            language=None
+            if self._silences is None or self._silences.kind is None
+            else self._silences.kind.language,
         )
         return self._unresponsive_death(death)
 
@@ -218,12 +246,14 @@ class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
         async with self.lifecycle():
             if self._death_watch.witness is not witness or self.shutting_down:  # type: ignore[attr-defined]
                 return  # restarted or shut down meanwhile: that was not this kernel's death
-            if not self.heart_has_beaten:
-                # Died while starting (an interrupt before its handler was set, say): as
-                # stock, left to the restarter's own poll, which moves it to new ports.
-                return
             restarter = self._restarter  # type: ignore[attr-defined]
-            if self.autorestart and restarter is not None:  # type: ignore[attr-defined]
+            restarts = self.autorestart and restarter is not None  # type: ignore[attr-defined]
+            if restarts and not self.heart_has_beaten:
+                # Died while starting (an interrupt before its handler was set, say): as
+                # stock, left to the restarter's own poll, which moves it to new ports. With
+                # no restarter, nothing would: its death is noted now, below.
+                return
+            if restarts:
                 polled = restarter.poll()
                 if inspect.isawaitable(polled):
                     await polled
@@ -232,42 +262,56 @@ class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
 
     def _start_heart_monitor(self) -> None:
         self._stop_heart_monitor()
-        self._beaten = False  # a new kernel process: it has to answer for itself
         self._death_noted = False
         self._death_of_heart = None
+        self._verdict = None
         prepare(self)
         url = self._make_url("hb")  # type: ignore[attr-defined]
         key = getattr(self, "curve_publickey", None)
-        # A kernel whose process is not our local child has no exit status to tell its death
-        # by: its heart's port is asked instead, at its death, and its death line waits for it.
-        probe = self._heart_probe = None if self._local_child() is not None else HeartProbe(url)
 
+        # A kernel whose process is not our local child has no exit status to tell its death
+        # by: its heart's port is asked instead, at each silence (a probe of its own), and its
+        # death line waits for it.
         def hold(dead: Dead) -> asyncio.Future[Connection | None] | None:
+            probe = self._heart_probe
             return None if probe is None else probe.start()
 
-        log = KernelLog(
+        log = self._heart_log = KernelLog(
             self.log,
             self.kernel_id,  # type: ignore[attr-defined]
-            lambda dead: self._death_fate(dead, probe),
+            lambda dead: self._death_fate(dead, self._heart_probe),
             hold,
+        )
+        silences = self._silences = HeartSilences(
+            owned=self._owned(),
+            declared=self.heart_answers_while_busy,
+            log=log,
+            process=self._local_child,
+            info=self.get_connection_info,  # type: ignore[attr-defined]
+            on_death=self._on_heart_death,
+            on_recovered=self._recovered,
+            probe_port=True,
+            watched=self._watched_on,
         )
         monitor = self.watch(
             url,
             curve_serverkey=key or None,
             context=self.context,  # type: ignore[attr-defined]
             log=log,
+            on_event=silences.on_event,
         )
         self._heart_monitor = monitor
-        monitor.start(self._on_heart_dead)
+        silences.start(monitor)
         self._start_responsive_watch()
 
     def _stop_heart_monitor(self) -> None:
         self._stop_responsive_watch()
         if self._heart_monitor is not None:
-            self._beaten = self.heart_has_beaten  # read by the restart that follows a death
             self._heart_monitor.stop()
         self._heart_monitor = None
         self._heart_dead = False
+        if self._silences is not None:
+            self._silences.close()
 
     def _provisioned(self) -> bool:
         provisioner = self.provisioner  # type: ignore[attr-defined]
@@ -315,16 +359,48 @@ class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
         if process is not None:
             kill_local_child(process)
 
-    def _on_heart_dead(self) -> None:
+    def _watched_on(self) -> bool:
+        # A kernel not ours whose connection file is gone (jupyter_client's multi-kernel
+        # manager forgets it when it next lists its kernels, without shutting it down): no
+        # longer watched, counted nor reported.
+        if self._owned():
+            return True
+        files = getattr(self.parent, "kernel_id_to_connection_file", None)
+        if not isinstance(files, dict):
+            return True
+        path = files.get(self.kernel_id)  # type: ignore[attr-defined]
+        if path is not None and Path(path).exists():
+            return True
+        (self._heart_log or self.log).info("connection file gone: no longer watched")
+        self.stop_restarter()
+        return False
+
+    def _recovered(self) -> None:
+        # A kernel not ours, declared dead, answers again: alive again, its next silence a
+        # death of its own.
+        self._heart_dead = False
+        self._death_noted = False
+        self._verdict = None
+
+    def _on_heart_death(self, monitor: HeartMonitor, silence: float) -> None:
+        process = self._local_child()
+        if process is not None and process.returncode is not None and self._death_watch.exit_watch:
+            # Its process has exited (local_state reaped it): a death of its process, which its
+            # exit watch has seen or sees on this turn, with its own line (and, for a kernel
+            # that never answered, the restarter's own poll).
+            return
         # The death is recorded, and its handling (a kill through the provisioner, a restart)
         # scheduled, before anything that could raise: the callback guard would swallow it.
         self._heart_dead = True
+        dead = self._verdict = Dead(silence)
+        if self._heart_log is not None:
+            log_heart_death(self._heart_log, monitor, dead)
         self._stop_exit_watch()  # its exit is this death's, already reported
         self.note_death()
         # Scheduled after the probe of its port, if any, has sent its connect (the death line
         # began it, or note_death did): a kill through the provisioner would close that port.
         probe = self._heart_probe
-        IOLoop.current().add_callback(self._finish_heart_death, self._heart_monitor, probe)
+        IOLoop.current().add_callback(self._finish_heart_death, monitor, probe)
         self._kill_now()  # now, not next turn: a frozen process must never outlive its kernel
 
     async def _finish_heart_death(

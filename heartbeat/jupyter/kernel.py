@@ -26,7 +26,7 @@ from traitlets.config import LoggingConfigurable
 
 from heartbeat import _validate
 from heartbeat._cause import Cause, Death
-from heartbeat._judge import Dead
+from heartbeat._judge import Dead, Event
 from heartbeat.jupyter.metrics import process_tally
 from heartbeat.monitor import HeartMonitor, Log
 from heartbeat.pool import HeartbeatPool
@@ -69,6 +69,17 @@ class HeartbeatSettings(LoggingConfigurable):
         config=True,
         help="Watch the heart through one HeartbeatPool (one socket, one timer) shared by every "
         "kernel watched from this event loop; False: a socket and timer for this kernel.",
+    )
+    heart_answers_while_busy = Bool(
+        None,
+        allow_none=True,
+        config=True,
+        help="Whether the kernel's heart answers while the kernel is busy (a thread of its own, "
+        "as ipykernel's and xeus'), so that its silence alone is its death (it is killed, and "
+        "restarted). Default (None): learned from its kernel_info_reply's implementation "
+        "(ipykernel, xeus: yes; IRkernel, which answers it from its main loop: no); until "
+        "learned, and for a kernel not known, silence alone kills nothing (a process gone or "
+        "stopped still is a death). See docs/jupyter.md, 'Which kernels a silent heart kills'.",
     )
     metrics = Bool(
         True,
@@ -181,9 +192,16 @@ class HeartbeatSettings(LoggingConfigurable):
         return value  # type: ignore[no-any-return]
 
     def watch(
-        self, url: str, *, curve_serverkey: bytes | str | None, context: Any, log: Log
+        self,
+        url: str,
+        *,
+        curve_serverkey: bytes | str | None,
+        context: Any,
+        log: Log,
+        on_event: Callable[[Event], object] | None = None,
     ) -> HeartMonitor:
-        """A monitor of the kernel's heart at ``url`` with these settings."""
+        """A monitor of the kernel's heart at ``url`` with these settings; ``on_event`` is
+        given every event of its timing core."""
         pool = None
         if self.shared_pool:
             # The pool's own lines are about no one kernel: the owner's logger, unadorned.
@@ -199,6 +217,7 @@ class HeartbeatSettings(LoggingConfigurable):
             pool=pool,
             log=log,
             tally=process_tally() if self.metrics else None,
+            on_event=on_event,
         )
 
 
@@ -278,8 +297,14 @@ class KernelLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         self.hold = hold
 
     def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
-        """Log as any adapter does, but a death line that is held waits (see the class)."""
-        event = (kwargs.get("extra") or {}).get("heartbeat_event")
+        """Log as any adapter does, but a death line that is held waits (see the class), and
+        the monitor's own death line is dropped: whether a silence is a death is decided after
+        it (``heartbeat._silence``), and the death line then written by :func:`log_heart_death`.
+        """
+        extra = kwargs.get("extra") or {}
+        event = extra.get("heartbeat_event")
+        if isinstance(event, Dead) and not extra.get(_DECIDED):
+            return
         if self.hold is not None and isinstance(event, Dead) and self.isEnabledFor(level):
             wait = self.hold(event)
             if wait is not None and not wait.done():
@@ -325,6 +350,22 @@ def fate(
     if process.returncode is not None:
         return f"{said} (process {process.pid}); {then}"
     return f"{said}; killed its process {process.pid}; {then}"
+
+
+#: Marks a death line written once the silence was decided to be a death.
+_DECIDED = "heartbeat_decided"
+
+
+def log_heart_death(log: KernelLog, monitor: HeartMonitor, dead: Dead) -> None:
+    """Write the death line of a heart whose silence was decided to be a death: the monitor's
+    own line (which :class:`KernelLog` drops), with ``dead`` (the silence decided on)."""
+    log.warning(
+        "heart at %s is dead: no reply for %.3f s (time_to_dead %g s)",
+        monitor.url,
+        dead.silent_for,
+        monitor.time_to_dead,
+        extra={"heartbeat_event": dead, _DECIDED: True},
+    )
 
 
 def log_process_death(logger: Log, death: Death, then: str) -> None:

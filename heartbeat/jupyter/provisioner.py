@@ -26,10 +26,12 @@ from traitlets import Instance
 
 from heartbeat._cause import Death
 from heartbeat._judge import Dead
+from heartbeat._silence import Heart, Verdict
 from heartbeat.connection import hb_url
 from heartbeat.jupyter._death import DeathWatch, Witness
 from heartbeat.jupyter._loop_thread import LoopThread
 from heartbeat.jupyter._responsive_owners import ProvisionerResponsive
+from heartbeat.jupyter._silent import HeartSilences
 from heartbeat.jupyter._watched import _HeartbeatMixin
 from heartbeat.jupyter.kernel import (
     HeartbeatSettings,
@@ -37,6 +39,7 @@ from heartbeat.jupyter.kernel import (
     fate,
     kill_local_child,
     local_child,
+    log_heart_death,
     log_process_death,
 )
 from heartbeat.jupyter.metrics import count_death
@@ -65,6 +68,7 @@ class HeartbeatProvisioner(ProvisionerResponsive, LocalProvisioner, HeartbeatSet
     _thread: LoopThread | None = None  # the watch's loop, under a blocking kernel manager
     _death_watch = Instance(DeathWatch, args=())
     _death_of_heart: Death | None = None  # recorded by the heart's death line, if it was written
+    _silences: HeartSilences | None = None  # what its heart's silences mean (_silent.py)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -78,6 +82,15 @@ class HeartbeatProvisioner(ProvisionerResponsive, LocalProvisioner, HeartbeatSet
         kernel itself, that manager's ``last_death``."""
         manager = self._watching_manager()
         return self._death_watch.last if manager is None else manager.last_death
+
+    @property
+    def heart_kind(self) -> Heart:
+        """As a kernel manager's ``heart_kind``: ``"threaded"``, ``"main-loop"`` or
+        ``"unknown"``; under a manager that watches the kernel itself, that manager's."""
+        manager = self._watching_manager()
+        if manager is not None:
+            return manager.heart_kind
+        return Heart.UNKNOWN if self._silences is None else self._silences.silence.heart
 
     def _watching_manager(self) -> _HeartbeatMixin | None:
         parent = self.parent
@@ -130,13 +143,24 @@ class HeartbeatProvisioner(ProvisionerResponsive, LocalProvisioner, HeartbeatSet
             lock=self._reaping,  # it polls the process, as the exit watch does
         )
         heart = hb_url(dict(self.connection_info), f"kernel {self.kernel_id}")
-        self._monitor = self.watch(
+        log = KernelLog(self.log, self.kernel_id, self._reaped_apart(self._death_fate))
+        silences = self._silences = HeartSilences(
+            owned=True,
+            declared=self.heart_answers_while_busy,
+            log=log,
+            process=lambda: local_child(self),
+            info=lambda: dict(self.connection_info),
+            on_death=self._on_heart_dead,
+            guard=self._reaped_apart,
+        )
+        monitor = self._monitor = self.watch(
             heart.url,
             curve_serverkey=heart.curve_serverkey,
             context=None,
-            log=KernelLog(self.log, self.kernel_id, self._reaped_apart(self._death_fate)),
+            log=log,
+            on_event=silences.on_event,
         )
-        self._monitor.start(self._reaped_apart(self._on_heart_dead))
+        silences.start(monitor)
         self._start_responsive_watch()
 
     def _reaped_apart(self, fn: Callable[P, R]) -> Callable[P, R]:
@@ -197,10 +221,21 @@ class HeartbeatProvisioner(ProvisionerResponsive, LocalProvisioner, HeartbeatSet
             monitor.stop()
         self._death_watch.stop()
         self._death_watch.memory.stop()
+        if self._silences is not None:
+            self._silences.close()
 
-    def _record(self, silence: float | None) -> Death:
+    def _record(self, silence: float | None, process: Any = None) -> Death:
+        silences = self._silences
+        kind = None if silences is None else silences.kind
         death = self._death_watch.record(
-            self.kernel_id, local_child(self), silence, restarting=False
+            self.kernel_id,
+            local_child(self) if process is None else process,
+            silence,
+            restarting=False,
+            answered=silences is not None and silences.silence.answered,
+            # Judged starting and never answered since (see the managers' _record_death).
+            never_answered=silences is not None and silences.silence.state is Verdict.STARTING,
+            language=None if kind is None else kind.language,
         )
         return self._unresponsive_death(death)
 
@@ -217,13 +252,8 @@ class HeartbeatProvisioner(ProvisionerResponsive, LocalProvisioner, HeartbeatSet
             # Asked to end: killed by a shutdown or restart ``now``, or by the interrupt a
             # graceful one begins with. No death.
             return
-        monitor = self._monitor
-        answered = monitor is not None and monitor.stats.count > 0
         self._stop_watching()  # its heart would only report this death again, later
-        death = self._death_watch.record(
-            self.kernel_id, witness.process, None, restarting=False, answered=answered
-        )
-        death = self._unresponsive_death(death)
+        death = self._record(None, witness.process)
         log_process_death(self.log, death, _THEN)
         if not death.cause.asked_for:  # exit() in a cell: its line only, no death
             self._announce(death)
@@ -233,13 +263,15 @@ class HeartbeatProvisioner(ProvisionerResponsive, LocalProvisioner, HeartbeatSet
         death = self._death_of_heart = self._record(dead.silent_for)
         return fate(process, death.cause, _THEN, provisioned=self.has_process), death
 
-    def _on_heart_dead(self) -> None:
+    def _on_heart_dead(self, monitor: HeartMonitor, silence: float) -> None:
+        # A silence decided to be a death (heartbeat._silence): its line, then the kill.
+        dead = Dead(silence)
+        log_heart_death(KernelLog(self.log, self.kernel_id, self._death_fate), monitor, dead)
         self._death_watch.stop()  # its exit, now or after the kill, is this death's
         death = self._death_of_heart
         if death is None:
             # The heart's line was not written (its level is not logged): recorded here.
-            verdict = None if self._monitor is None else self._monitor.verdict
-            death = self._record(None if verdict is None else verdict.silent_for)
+            death = self._record(silence)
         process = local_child(self)  # a subclass may report a pid that is not our child
         if self.has_process and (process is None or process.poll() is None):
             # kill(): the process group, or whatever killing means to a subclass; scheduled
