@@ -43,13 +43,15 @@ class Server:
     def delete_kernel(self, kid: str) -> None:
         """DELETE a kernel. Just after a restart, jupyter_client may still mark it undone
         (km.ready not done: MultiKernelManager's InvalidStateError, a 500, stock and ours): the
-        DELETE is then asked again, for 5 s at most."""
-        for attempt in range(50):
+        DELETE is then asked again, for 60 s at most (an R kernel takes seconds to start). A
+        server stopped meanwhile would leave the restarted kernel running: tests that kill a
+        kernel end with this."""
+        for attempt in range(600):
             try:
                 self.api("DELETE", f"/api/kernels/{kid}")
                 return
             except urllib.error.HTTPError as exc:
-                if exc.code != 500 or attempt == 49:
+                if exc.code != 500 or attempt == 599:
                     raise
                 time.sleep(0.1)
 
@@ -281,6 +283,10 @@ def test_each_process_death_is_one_line_of_the_server_log_with_its_cause(server:
             # kernel_info first), so the cell reaches a running kernel.
             if code is None:
                 return 0.0  # connected: the restarted kernel answers
+            # Past two of its heart's pings (every 0.5 s at time_to_dead 1): a kernel that dies
+            # before its heart first answered is left to the restarter's own poll, as stock
+            # (tests/test_deaths.py pins that); this one dies running.
+            await asyncio.sleep(1.0)
             await conn.write_message(execute_request(code))
             sent = time.monotonic()
             while True:
@@ -300,10 +306,10 @@ def test_each_process_death_is_one_line_of_the_server_log_with_its_cause(server:
 
     # Seen at once, not at the restarter's poll every 3 s (tests/test_deaths.py proves that by
     # killing just after a poll; here the phase is chance, so this bound is only a sanity check).
-    # The time counts the cell's own round trip through the server too: 2.5 s holds on a
-    # loaded 2-core machine (1.8 s was seen with four other suites running beside this one).
+    # The time counts the cell's own round trip through the server too: 2 s holds on a loaded
+    # 2-core machine (1.8 s was seen with four other suites running beside this one).
     took = [asyncio.run(die(code)) for code, _ in DEATHS]
-    assert max(took) <= 2.5, took
+    assert max(took) <= 2.0, took
     # A DELETE while jupyter_client's restart is under way fails in MultiKernelManager
     # (km.ready not done: InvalidStateError): first wait for the last restart to finish.
     asyncio.run(die(None))

@@ -156,6 +156,7 @@ def test_an_irkernel_cell_and_idle_time_are_no_death_and_its_kill_is_named_at_on
 
         long, after, killed = asyncio.run(scenario())
         lines = ours(server, kid)
+        server.delete_kernel(kid)  # after its restart: a server stopped during one leaks it
     everything = "\n".join(lines)
     assert reply_of(long)["status"] == "ok", long
     assert any(m["msg_type"] == "stream" and m["content"]["text"] == "slept" for m in long)
@@ -208,6 +209,7 @@ def test_a_busy_xeus_python_cell_is_no_death_and_a_frozen_one_still_is(tmp_path:
 
         long, stopped, took = asyncio.run(scenario())
         lines = ours(server, kid)
+        server.delete_kernel(kid)  # after its restart: a server stopped during one leaks it
     everything = "\n".join(lines)
     assert reply_of(long)["status"] == "ok", long
     assert "its heart answers while it is busy, so: a silent heart is its death" in everything
