@@ -24,7 +24,7 @@ from tornado.websocket import WebSocketClientConnection
 from heartbeat.connection import hb_url
 from heartbeat.jupyter._proc import PROBE_TIMEOUT
 from heartbeat.probe import ping
-from tests.conftest import kernel_spec_or_skip, parent_of, wait_for
+from tests.conftest import SLOW, kernel_spec_or_skip, parent_of, wait_for
 from tests.test_jupyter_server import Server, execute_request, serve
 from tests.test_metrics import metrics_of, scrape
 from tests.test_remote_deaths import SLACK, TTD, kernel_apart, server_of_external_kernels
@@ -124,7 +124,19 @@ SETTINGS = {"defaults": (), "own-socket": ("--HeartbeatKernelManager.shared_pool
 
 
 @pytest.mark.slow  # 30 to 60 s: a 10 s cell, 10 s idle, a restart
-@pytest.mark.parametrize("settings", list(SETTINGS))
+# Its own socket (shared_pool=False) in the full form only (HEARTBEAT_SLOW=1): a minute more,
+# and the REP heart's own DEALER is the lone monitor's, tested on its own in test_rep_hearts.
+@pytest.mark.parametrize(
+    "settings",
+    [
+        name
+        if name == "defaults"
+        else pytest.param(
+            name, marks=pytest.mark.skipif(not SLOW, reason="the full form only (HEARTBEAT_SLOW=1)")
+        )
+        for name in SETTINGS
+    ],
+)
 def test_an_irkernel_cell_and_idle_time_are_no_death_and_its_kill_is_named_at_once(
     tmp_path: Path, settings: str
 ) -> None:
