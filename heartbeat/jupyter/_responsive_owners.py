@@ -23,6 +23,7 @@ from tornado.ioloop import IOLoop
 
 from heartbeat import _tracebacks
 from heartbeat._cause import Cause, Death
+from heartbeat._judge import Beat
 from heartbeat._responsive import Answering, GiveUp
 from heartbeat.jupyter._responsive import Report, ResponsiveWatch, connector
 from heartbeat.jupyter._responsive_shown import episodes, show_answer, show_report, show_unwatched
@@ -40,6 +41,7 @@ class _Responsive:
     """What both owners share: the settings are the owner's (``HeartbeatSettings``)."""
 
     _responsive: ResponsiveWatch | None = None
+    _responsive_began = False  # started in this run of the heart's monitor (its first answer)
     _stack_file: StackFile | None = None
     _why_no_stacks: str | None = None
     _kill_cause: Cause | None = None  # a kill for not answering, until its death is recorded
@@ -91,6 +93,13 @@ class _Responsive:
             self._why_no_stacks = _NOT_IPYKERNEL
         return cmd
 
+    def _responsive_on_event(self, event: object) -> None:
+        """Start the watch of its answers at its heart's first answer (the kernel is up: a
+        slow start is never judged), once a run of its heart's monitor."""
+        if isinstance(event, Beat) and self._responsive is None and not self._responsive_began:
+            self._responsive_began = True
+            self._start_responsive_watch()  # type: ignore[attr-defined]
+
     def _drop_stack_file(self) -> None:
         stacks, self._stack_file = self._stack_file, None
         if stacks is not None:
@@ -123,8 +132,11 @@ class _Responsive:
             why_no_stacks=self._why_no_stacks if process is not None else _NOT_OURS,
             running=running,
             # Not carried over from the kernel's last run: a kernel is judged only once it has
-            # answered in this one (a restarted kernel slow to come up is not "hung").
-            known=None,
+            # answered in this one (a restarted kernel slow to come up is not "hung")... unless
+            # it is an ipykernel we launched (its command took the stack hook), watched from its
+            # heart's first answer on (it is up): its control is answered from a thread of its
+            # own, so a cell stuck holding the GIL before the first probe was read is reported.
+            known="own-thread" if process is not None and self._stack_file is not None else None,
             give_up_after=self.kill_unresponsive_after,  # type: ignore[attr-defined]
             on_give_up=self._give_up_unresponsive,
             on_report=lambda report: self._shown(report, metrics),
@@ -142,6 +154,7 @@ class _Responsive:
         self._tell_unresponsive(None)
 
     def _stop_responsive_watch(self) -> None:
+        self._responsive_began = False  # the next run of the heart's monitor starts it again
         watch, self._responsive = self._responsive, None
         if watch is not None:
             watch.stop()

@@ -18,7 +18,7 @@ from traitlets import Bool, Instance, Integer, default
 from traitlets.utils.importstring import import_item
 
 from heartbeat._cause import Connection, Death
-from heartbeat._judge import Dead
+from heartbeat._judge import Dead, Event
 from heartbeat._silence import Heart, Verdict
 from heartbeat.jupyter._death import DeathWatch, Witness
 from heartbeat.jupyter._memory_watch import MemoryGuard
@@ -298,11 +298,14 @@ class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
             curve_serverkey=key or None,
             context=self.context,  # type: ignore[attr-defined]
             log=log,
-            on_event=silences.on_event,
+            on_event=lambda event: self._heart_event(silences, event),
         )
         self._heart_monitor = monitor
         silences.start(monitor)
-        self._start_responsive_watch()
+
+    def _heart_event(self, silences: HeartSilences, event: Event) -> None:
+        silences.on_event(event)
+        self._responsive_on_event(event)  # its answers watched from the heart's first answer
 
     def _stop_heart_monitor(self) -> None:
         self._stop_responsive_watch()

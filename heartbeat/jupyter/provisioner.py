@@ -25,7 +25,7 @@ from tornado.ioloop import IOLoop
 from traitlets import Instance
 
 from heartbeat._cause import Death
-from heartbeat._judge import Dead
+from heartbeat._judge import Dead, Event
 from heartbeat._silence import Heart, Verdict
 from heartbeat.connection import hb_url
 from heartbeat.jupyter._death import DeathWatch, Witness
@@ -158,10 +158,13 @@ class HeartbeatProvisioner(ProvisionerResponsive, LocalProvisioner, HeartbeatSet
             curve_serverkey=heart.curve_serverkey,
             context=None,
             log=log,
-            on_event=silences.on_event,
+            on_event=lambda event: self._heart_event(silences, event),
         )
-        silences.start(monitor)
-        self._start_responsive_watch()
+        silences.start(monitor)  # its answers watched from the heart's first answer
+
+    def _heart_event(self, silences: HeartSilences, event: Event) -> None:
+        silences.on_event(event)
+        self._responsive_on_event(event)
 
     def _reaped_apart(self, fn: Callable[P, R]) -> Callable[P, R]:
         # A watch on a thread of its own reads and signals the process while the manager's
