@@ -42,6 +42,22 @@ RUNNING = (
 CELL = "import os, signal, time\ntime.sleep(1.5)\nos.kill(os.getpid(), signal.SIGKILL)"
 
 
+# JupyterLab on a machine with no network: nothing to fetch.
+LAB_OFFLINE = ("--LabApp.news_url=", "--LabServerApp.extension_manager=readonly")
+
+
+def write_notebook(path: Path, cell: str) -> None:
+    """A notebook of one code cell, ``cell``, on the python3 kernel, at ``path``."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(cell)]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, path)
+
+
 def browser_or_skip() -> None:
     if not os.access(CHROMIUM, os.X_OK):
         if REQUIRED:
@@ -57,19 +73,11 @@ def test_jupyterlab_shows_why_the_kernel_died_in_the_running_cell(tmp_path: Path
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(CELL)]
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(nb, tmp_path / "nb.ipynb")
+    write_notebook(tmp_path / "nb.ipynb", CELL)
     lab = (
         "--HeartbeatKernelManager.time_to_dead=1",
         "--HeartbeatKernelManager.first_beat=1",
-        "--LabApp.news_url=",  # nothing to fetch: this machine has no network
-        "--LabServerApp.extension_manager=readonly",
+        *LAB_OFFLINE,
     )
     with (
         serve(tmp_path, *lab, extension=True, app="jupyterlab") as server,

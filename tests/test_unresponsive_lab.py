@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
 
 from tests.test_jupyter_server import serve
-from tests.test_jupyterlab import CHROMIUM, browser_or_skip
+from tests.test_jupyterlab import CHROMIUM, LAB_OFFLINE, browser_or_skip, write_notebook
 
 CELL = "x = 1\nimport ctypes; ctypes.PyDLL(None).pause()"
 
@@ -27,18 +26,10 @@ def test_jupyterlab_shows_a_stuck_cell_where_its_kernel_is_stuck(tmp_path: Path)
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(CELL)]
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(nb, tmp_path / "nb.ipynb")
+    write_notebook(tmp_path / "nb.ipynb", CELL)
     lab = (
         "--HeartbeatKernelManager.unresponsive_after=3",
-        "--LabApp.news_url=",  # nothing to fetch: this machine has no network
-        "--LabServerApp.extension_manager=readonly",
+        *LAB_OFFLINE,
     )
     with (
         serve(tmp_path, *lab, extension=True, app="jupyterlab") as server,
