@@ -88,7 +88,9 @@ def grow_in_lab(tmp_path: Path, *, extension: bool = True) -> tuple[dict[str, An
                 page.click(".jp-Cell .jp-InputArea-editor")
                 page.click("[data-command='notebook:run-cell-and-select-next']")
                 try:
-                    page.wait_for_function("() => window.__seen.running", timeout=20_000)
+                    page.wait_for_function(
+                        "() => window.__seen.running || window.__seen.dialog", timeout=30_000
+                    )
                     break
                 except PlaywrightTimeout:
                     continue
