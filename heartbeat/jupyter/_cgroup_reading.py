@@ -13,6 +13,7 @@ Everything here runs on the loop of its members (as their timers do).
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from typing import Protocol
@@ -79,11 +80,12 @@ class CgroupReading:
         if self._next is not None:
             self._loop.remove_timeout(self._next)
             self._next = None
-        found = _readings.get(self._loop)
-        if found is not None and found.get(self.reader) is self:
-            del found[self.reader]
-            if not found:
-                del _readings[self._loop]
+        with _registry:
+            found = _readings.get(self._loop)
+            if found is not None and found.get(self.reader) is self:
+                del found[self.reader]
+                if not found:
+                    del _readings[self._loop]
 
     def _at(self, delay: float) -> None:
         if self._next is not None:
@@ -131,7 +133,9 @@ class CgroupReading:
         return at
 
 
-# The readings of each loop, by the cgroup they read.
+# The readings of each loop, by the cgroup they read; changed under _registry (each loop's own
+# on its thread, but loops run on several: a provisioner's under a blocking manager).
+_registry = threading.Lock()
 _readings: weakref.WeakKeyDictionary[IOLoop, dict[Reader, CgroupReading]] = (
     weakref.WeakKeyDictionary()
 )
@@ -142,14 +146,16 @@ def join_reading(reader: Reader, member: Member, schedule: MemorySchedule) -> Cg
     ``member`` with its ``schedule`` (and read at once); leave it with
     :meth:`CgroupReading.leave`."""
     loop = IOLoop.current()
-    found = _readings.setdefault(loop, {})
-    reading = found.get(reader)
-    if reading is None:
-        reading = found[reader] = CgroupReading(loop, reader)
+    with _registry:
+        found = _readings.setdefault(loop, {})
+        reading = found.get(reader)
+        if reading is None:
+            reading = found[reader] = CgroupReading(loop, reader)
     reading._join(member, schedule)
     return reading
 
 
 def readings(loop: IOLoop | None = None) -> list[CgroupReading]:
     """The open readings of ``loop`` (the current one by default)."""
-    return list(_readings.get(loop if loop is not None else IOLoop.current(), {}).values())
+    with _registry:
+        return list(_readings.get(loop if loop is not None else IOLoop.current(), {}).values())
