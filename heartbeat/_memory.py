@@ -136,34 +136,58 @@ def used(peak: int | None, limit: int | None, others: int | None, *, exact: bool
     return "; ".join(parts)
 
 
+def _cgroup(sharers: int) -> str:
+    if not sharers:
+        return "this kernel's memory cgroup"
+    return (
+        f"this kernel's memory cgroup, shared with {sharers} other "
+        f"kernel{'s' if sharers != 1 else ''},"
+    )
+
+
+def _own(own: int | None, sharers: int, largest: bool = False) -> str:
+    if not sharers or own is None:
+        return ""
+    return f"; this kernel uses {_size(own)} of it{', the most of them' if largest else ''}"
+
+
 @dataclass(frozen=True)
 class Warn:
-    """Usage passed the warning fraction of the limit."""
+    """Usage passed the warning fraction of the limit. ``sharers``: how many other kernels
+    watched here share the cgroup; ``own``: how much this one uses (its processes' resident
+    memory and swap), said when it shares it."""
 
     usage: int
     limit: int
+    own: int | None = None
+    sharers: int = 0
 
     def words(self) -> str:
-        """The notice: "this kernel's cgroup uses 1.8 GiB of its 2.0 GiB limit; ..."."""
+        """The notice: "this kernel's cgroup uses 1.8 GiB of its 2.0 GiB limit; ...", and
+        with kernels that share it "...; this kernel uses 1.2 GiB of it; ..."."""
         return (
-            f"this kernel's memory cgroup uses {_size(self.usage)} of its {_size(self.limit)} "
-            "limit; at the limit the largest kernel is killed by the out-of-memory killer"
+            f"{_cgroup(self.sharers)} uses {_size(self.usage)} of its {_size(self.limit)} "
+            f"limit{_own(self.own, self.sharers)}; at the limit the largest kernel is killed by "
+            "the out-of-memory killer"
         )
 
 
 @dataclass(frozen=True)
 class Interrupt:
-    """Usage passed the interrupt fraction of the limit: interrupt the running cell."""
+    """Usage passed the interrupt fraction of the limit: interrupt the running cell (of the
+    largest kernel, where several share the cgroup: ``sharers``, ``own`` as :class:`Warn`)."""
 
     usage: int
     limit: int
+    own: int | None = None
+    sharers: int = 0
 
     def words(self) -> str:
         """The notice: why the cell was interrupted."""
         return (
-            f"interrupted: this kernel's memory cgroup uses {_size(self.usage)} of its "
-            f"{_size(self.limit)} limit (memory_interrupt); interrupted before the "
-            "out-of-memory killer would kill the kernel"
+            f"interrupted: {_cgroup(self.sharers)} uses {_size(self.usage)} of its "
+            f"{_size(self.limit)} limit (memory_interrupt){_own(self.own, self.sharers, True)}; "
+            "interrupted before the out-of-memory killer would kill the kernel"
         )
 
 
@@ -236,6 +260,12 @@ class MemorySchedule:
         if self._interrupted and self._last is not None:
             self._interrupted = False
             self._interrupt_floor = self._last[1] + (self._last_limit - self._last[1]) / 2
+
+    def spare(self) -> None:
+        """The interrupt of the last reading was not given (another kernel that shares the
+        cgroup is larger: the out-of-memory killer's choice, interrupted instead): it is due
+        again at the next reading past the interrupt, should this kernel become the largest."""
+        self._interrupted = False
 
     def sample(
         self, now: float, usage: int, limit: int | None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -15,14 +16,19 @@ from pathlib import Path
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
+from heartbeat._memory import Interrupt, Warn
 from heartbeat.jupyter import _kernel_memory
+from heartbeat.jupyter._cgroup_reading import readings
 from heartbeat.jupyter._kernel_memory import (
     Reader,
     kernel_pids,
     mark_for_oom,
     warn_if_oom_group,
 )
+from heartbeat.jupyter._memory_watch import MemoryGuard
 from heartbeat.jupyter._proc import MemoryCgroup
+from tests.test_deaths import joiner
+from tests.test_memory_server import memory_cgroup
 from tests.test_provisioner import beating, kernelspec  # noqa: F401
 
 
@@ -186,3 +192,109 @@ def test_the_binding_limit_is_read_v1_fixture(tmp_path: Path) -> None:
     assert reader.usage() == 340_000_000
     # Nowhere a limit: the kernel's own cgroup, read for nothing but its usage.
     assert Reader.of(MemoryCgroup(1, top), root=tmp_path) == Reader(1, top)
+
+
+# -- kernels that share a memory cgroup: one reading, the interrupt for the largest only --------
+
+# A stand-in kernel: holds as many more bytes as each line it reads says, touched.
+HOLDER = (
+    "import sys\nheld = []\n"
+    "for line in sys.stdin:\n    held.append(b'x' * int(line))\n    print('held', flush=True)\n"
+)
+
+
+def test_kernels_sharing_a_cgroup_share_one_reading_and_only_the_largest_is_interrupted(
+    processes: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def holder(group: Path) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=joiner(group),
+        )
+        processes.append(proc)
+        return proc
+
+    def hold(proc: subprocess.Popen[bytes], size: int) -> None:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(f"{size}\n".encode())
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"held\n"
+
+    reads: list[float] = []
+    usage = Reader.usage
+
+    def counted(self: Reader, exact_from: float = 0.0) -> int | None:
+        reads.append(time.monotonic())
+        return usage(self, exact_from)
+
+    monkeypatch.setattr(Reader, "usage", counted)
+
+    async def scenario(group: Path) -> None:
+        a, b = holder(group), holder(group)
+        guards = {"a": MemoryGuard(), "b": MemoryGuard()}
+        told: dict[str, list[Warn | Interrupt]] = {"a": [], "b": []}
+        interrupted: list[str] = []
+        for key, proc in (("a", a), ("b", b)):
+            guards[key].add_listener(told[key].append)
+            guards[key].start(
+                proc,
+                oom_score_adj=0,
+                warning=0.3,
+                interrupt=0.4,
+                log=logging.getLogger("test-shared-cgroup"),
+                interrupt_kernel=lambda key=key: interrupted.append(key),  # type: ignore[misc]
+            )
+        [reading] = readings()  # one for both
+        assert reading.members == [guards["a"], guards["b"]]
+        assert reading.reader.path == group
+        # b holds a little, a grows past both fractions of the shared limit.
+        hold(b, 30 << 20)
+        hold(a, 120 << 20)
+        end = time.monotonic() + 30
+        while not (told["a"] and told["b"] and interrupted):
+            assert time.monotonic() < end, (told, interrupted)
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # two readings past the interrupt: b is not interrupted later
+        assert interrupted == ["a"], interrupted
+        assert [type(e) for e in told["a"]] == [Warn, Interrupt] and told["b"] == [told["b"][0]]
+        for event in (told["a"][0], told["b"][0]):
+            assert isinstance(event, Warn) and event.sharers == 1, event
+            assert event.own is not None and event.own < event.usage
+            assert "shared with 1 other kernel, uses " in event.words()
+        assert told["a"][0].own > 120 << 20 > told["b"][0].own > 30 << 20  # type: ignore[operator]
+        assert re.search(r"; this kernel uses [\d.]+ MiB of it, the most", told["a"][1].words())
+        # a exits (its memory freed): it leaves, b alone is read; a's stop changes nothing more.
+        a.kill()
+        a.wait()
+        while reading.members != [guards["b"]]:
+            assert time.monotonic() < end, reading.members
+            await asyncio.sleep(0.02)
+        guards["a"].stop()
+        assert reading.members == [guards["b"]] and not reading.closed
+        before = len(reads)
+        while len(reads) == before:
+            assert time.monotonic() < end, "b is not read"
+            await asyncio.sleep(0.02)
+        # b stops being watched: the last, it closes the reading; nothing is read any more.
+        guards["b"].stop()
+        assert reading.closed and readings() == []
+        stopped = len(reads)
+        guards["b"].new_cell()
+        hold(b, 60 << 20)
+        await asyncio.sleep(1.0)  # four readings' worth (peak_every)
+        assert len(reads) == stopped, "read after the last stop"
+        assert [len(told["a"]), len(told["b"])] == [2, 1] and interrupted == ["a"]
+
+    with memory_cgroup(256 << 20) as group:
+        try:
+            asyncio.run(scenario(group))
+        finally:
+            for proc in processes:
+                proc.kill()
+                proc.wait()
+                for pipe in (proc.stdin, proc.stdout):
+                    if pipe is not None:
+                        pipe.close()

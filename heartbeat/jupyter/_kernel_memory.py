@@ -218,7 +218,14 @@ class Reader:
 def peak_of(pids: list[int], leader: int) -> int:
     """The most a kernel's processes were seen to use: the largest ``VmHWM`` of one, or their
     ``VmRSS`` together, whichever is more (both never more than they used)."""
-    hwm = rss = 0
+    return sizes_of(pids, leader)[0]
+
+
+def sizes_of(pids: list[int], leader: int) -> tuple[int, int]:
+    """A kernel's peak (:func:`peak_of`) and its resident size: its processes' ``VmRSS`` and
+    ``VmSwap`` together, as the out-of-memory killer counts a process (``oom_badness``); each
+    read through its own ``/proc/<pid>`` and only if still in the kernel's session."""
+    hwm = rss = swap = 0
     for pid in pids:
         with _proc_dir(pid) as fd:
             if fd is None or (pid != leader and not _in_session(fd, leader)):
@@ -227,6 +234,7 @@ def peak_of(pids: list[int], leader: int) -> int:
                 status = _read_at(fd, "status")
                 hwm = max(hwm, _memory.status_bytes(status, "VmHWM") or 0)
                 rss += _memory.status_bytes(status, "VmRSS") or 0
+                swap += _memory.status_bytes(status, "VmSwap") or 0
             except (OSError, ValueError):
                 continue
-    return max(hwm, rss)
+    return max(hwm, rss), rss + swap

@@ -3,9 +3,12 @@ its processes made the out-of-memory killer's preferred victims (``oom_score_adj
 server; its memory cgroup read on :class:`heartbeat._memory.MemorySchedule`'s schedule, with a
 warning (and, opted in, an interrupt) before the limit; its peak kept for its death's words.
 
-What is decided (when to read, when to warn, the words) is in :mod:`heartbeat._memory`; this
-sets the loop's timers and tells; ``heartbeat.jupyter._kernel_memory`` reads ``/proc`` and the
-cgroup's files, and writes ``oom_score_adj``.
+What is decided (when to read, when to warn, the words) is in :mod:`heartbeat._memory`, and
+among kernels that share a cgroup (which is warned, which interrupted) in
+:mod:`heartbeat._memory_share`; the cgroup is read once for all the kernels that share it on a
+loop (``heartbeat.jupyter._cgroup_reading``), which asks each guard for its kernel's size and
+tells it; ``heartbeat.jupyter._kernel_memory`` reads ``/proc`` and the cgroup's files, and
+writes ``oom_score_adj``.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from tornado.ioloop import IOLoop
 
 from heartbeat._cause import Cause
 from heartbeat._memory import Interrupt, MemorySchedule, Warn
+from heartbeat.jupyter._cgroup_reading import CgroupReading, join_reading
 from heartbeat.jupyter._kernel_memory import (
     Reader,
     kernel_pids,
     mark_for_oom,
-    peak_of,
+    sizes_of,
     warn_if_oom_group,
 )
 from heartbeat.jupyter._proc import memory_cgroup_of
@@ -41,6 +45,10 @@ REMARK_AFTER = (1.0, 5.0)
 #: its processes' peak): below, it is far from any threshold (0.5 below the lowest sensible
 #: warning) and from an out-of-memory kill worth a peak.
 PEAK_FROM = 0.5
+
+#: Seconds after which a kernel's processes are looked for again before its size is read (a
+#: cell may have started workers since its last mark).
+PIDS_FOR = 1.0
 
 #: A peak read longer than this (seconds) before an out-of-memory death is not said: the kernel
 #: may have grown by anything since (a single allocation past its limit, read 5 s before).
@@ -58,16 +66,16 @@ class MemoryGuard:
     def __init__(self) -> None:
         self._listeners: list[Callable[[Warn | Interrupt], object]] = []
         self._process: subprocess.Popen[Any] | None = None
-        self._reader: Reader | None = None
+        self._reading: CgroupReading | None = None  # shared with the cgroup's other kernels
         self._schedule: MemorySchedule | None = None
         self._timers: list[object] = []  # the marks after a start
-        self._next: object = None  # the next reading
         self._loop: IOLoop | None = None
         self._lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         self._last_reader: Reader | None = None  # the last process's, kept for its death
         self._read_at: float | None = None  # when its peak was last read
-        self._full_from = PEAK_FROM  # the fraction of its limit from which it is read in full
+        self.full_from = PEAK_FROM  # the fraction of its limit from which it is read in full
         self._pids: list[int] = []
+        self._pids_at = 0.0  # when they were found
         self._log: logging.LoggerAdapter[Any] | logging.Logger | None = None
         self._adj = 0
         self._interrupt: Callable[[], object] | None = None
@@ -120,20 +128,26 @@ class MemoryGuard:
         group = memory_cgroup_of(process.pid)
         if group is None:
             return
-        self._reader = self._last_reader = Reader.of(group)
-        self._schedule = MemorySchedule(warning=warning or None, interrupt=interrupt or None)
-        self._full_from = min(PEAK_FROM, warning or 1.0, interrupt or 1.0)
-        self._sample()
+        reader = self._last_reader = Reader.of(group)
+        schedule = self._schedule = MemorySchedule(
+            warning=warning or None, interrupt=interrupt or None
+        )
+        self.full_from = min(PEAK_FROM, warning or 1.0, interrupt or 1.0)
+        # Read with the other kernels of its cgroup on this loop, if any (at once, as first).
+        self._reading = join_reading(reader, self, schedule)
 
     def stop(self) -> None:
         """Stop watching the current process (its peak and limit stay, for its death).
         Idempotent."""
         loop = self._loop  # the loop it was started on: stopped from anywhere, it is that one's
-        for timer in [*self._timers, self._next]:
-            if timer is not None and loop is not None:
+        for timer in self._timers:
+            if loop is not None:
                 loop.remove_timeout(timer)
-        self._timers, self._next = [], None
-        self._process = self._reader = self._schedule = None
+        self._timers = []
+        reading, self._reading = self._reading, None
+        self._process = self._schedule = None
+        if reading is not None:
+            reading.leave(self)  # the last kernel to leave closes it
 
     def _mark(self) -> None:
         with self._lock:
@@ -145,35 +159,32 @@ class MemoryGuard:
             return
         if self._adj:
             mark_for_oom(process, self._adj)
-        self._pids = kernel_pids(process)
+        self._pids, self._pids_at = kernel_pids(process), time.monotonic()
 
-    def _sample(self) -> None:
+    def measured(
+        self, usage: int, limit: int | None, near: float | None
+    ) -> tuple[bool, int | None]:
+        """For its cgroup's reading (``heartbeat.jupyter._cgroup_reading``): whether its kernel
+        still lives and, from ``near`` bytes of usage on, its size (its processes' resident
+        memory and swap), its peak kept meanwhile."""
         with self._lock:
-            self._sample_now()
-
-    def _sample_now(self) -> None:
-        process, reader, schedule = self._process, self._reader, self._schedule
-        if process is None or reader is None or schedule is None:
-            return
-        now = time.monotonic()
-        limit = reader.limit()
-        # Far below every threshold (and its limit), an idle kernel costs two small reads:
-        # its cache and its processes' peak are read only nearer (PEAK_FROM of its limit).
-        near = None if limit is None else self._full_from * limit
-        usage = reader.usage(exact_from=near if near is not None else float("inf"))
-        if usage is None or process.poll() is not None:
-            return  # its cgroup is gone, or it exited: nothing more to read
-        if near is not None and usage >= near:
-            peak = peak_of(self._pids, process.pid)
+            process = self._process
+            if process is None or process.poll() is not None:
+                return False, None  # stopped, or it exited: nothing more to read
+            self.limit = limit
+            if near is None or usage < near:
+                return True, None
+            if time.monotonic() - self._pids_at > PIDS_FOR:
+                self._pids, self._pids_at = kernel_pids(process), time.monotonic()
+            peak, size = sizes_of(self._pids, process.pid)
             self.peak = max(self.peak or 0, peak) or None
             self._read_at = time.monotonic()
-        self.limit = limit
-        events, at = schedule.sample(now, usage, limit)
-        for event in events:
+            return True, size
+
+    def tell(self, event: Warn | Interrupt) -> None:
+        """For its cgroup's reading: tell this kernel's owner of ``event`` (unless stopped)."""
+        if self._process is not None:
             self._tell(event)
-        if self._process is process:  # not stopped by whoever was told
-            loop = self._loop or IOLoop.current()
-            self._next = loop.call_later(max(at - time.monotonic(), 0), self._sample)
 
     def _tell(self, event: Warn | Interrupt) -> None:
         self._mark()  # the process that grows is marked before the kill, whenever it forked
