@@ -27,12 +27,12 @@ import zmq
 import zmq.asyncio
 from tornado.ioloop import IOLoop
 
+import heartbeat.jupyter._kernel_info as kernel_info
 from heartbeat import _responsive as core
 from heartbeat import _tracebacks
 from heartbeat._cause import stat_state
 from heartbeat._responsive import Answering, AnswersFrom, GiveUp, Probe, Unresponsive
 from heartbeat._tracebacks import Dump, Header
-from heartbeat.jupyter import _kernel_info as kernel_info
 from heartbeat.jupyter._stacks import StackFile
 from heartbeat.monitor import Log
 

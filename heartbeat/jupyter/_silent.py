@@ -18,11 +18,11 @@ import zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from tornado.ioloop import IOLoop
 
+import heartbeat.jupyter._kernel_info as kernel_info
 from heartbeat import _silence
 from heartbeat._cause import Connection
 from heartbeat._judge import Beat, Event
 from heartbeat._silence import Decision, Heart, Process, Silence, Verdict
-from heartbeat.jupyter import _kernel_info as kernel_info
 from heartbeat.jupyter._kernel_info import Kind
 from heartbeat.jupyter._proc import HeartProbe, read_state
 from heartbeat.monitor import HeartMonitor, Log
