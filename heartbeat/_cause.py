@@ -4,7 +4,8 @@ Nothing here reads a file, a clock or a socket. The caller gives what it could l
 process's exit status as ``Popen.returncode`` has it, the text of ``/proc/<pid>/stat``, the text
 of the kernel's memory cgroup files last read while it lived and at its death, the victims the
 kernel log named, what the heart's connection said) and gets a :class:`Cause` back;
-``heartbeat.jupyter._proc`` does the reading (``heartbeat._evidence`` parses the rest).
+``heartbeat.jupyter._proc`` does the reading (``heartbeat._evidence`` parses the rest). What a
+cause says in words (``Cause.describe``) is ``heartbeat._cause_words``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
-from heartbeat import _evidence, _memory
+from heartbeat import _cause_words, _evidence
+from heartbeat._cause_words import signal_name, size
 from heartbeat._evidence import Evidence, Memory, memory, memory_cgroup, stat_state
 
 __all__ = [
@@ -102,132 +104,7 @@ class Cause:
 
     def describe(self) -> str:
         """The cause in words, to follow "the kernel" or "it": "was killed by SIGKILL (9)"."""
-        text = self._describe()
-        if self.never_answered:
-            return f"{text}, its heart never having answered since it started"
-        return text
-
-    def _describe(self) -> str:
-        silent = "" if self.silence is None else f" for {self.silence:.1f} s"
-        if self.kind == "exited":
-            if self.exit_code is None:
-                return "had exited (its exit status was not known here)"
-            if self.asked_for:
-                return "ended itself: it exited with code 0 (exit() or quit() in a cell, say)"
-            return f"exited with code {self.exit_code}"
-        if self.kind in ("signal", "oom"):
-            return self._killed()
-        if self.kind == "stopped":
-            if self.evidence == "descendant":
-                return (
-                    "was likely frozen: a process under its own (the kernel behind a wrapper) "
-                    f"was stopped (SIGSTOP, or a debugger) while its heart was silent{silent}"
-                )
-            return (
-                "was frozen: its process was stopped (SIGSTOP, or a debugger) "
-                f"while its heart was silent{silent}"
-            )
-        if self.kind == "frozen":
-            python = (self.language or "").lower() == "python"
-            stuck = "stuck below Python" if python else "stuck"
-            return (
-                f"was likely frozen: its process ran while its heart was silent{silent} "
-                f"({stuck}, swapped out or suspended)"
-            )
-        if self.kind == "remote-refused":
-            return (
-                f"was likely gone: its heart was silent{silent} and nothing listens at its port "
-                "(connection refused)"
-            )
-        if self.kind == "remote-silent":
-            return (
-                f"was likely frozen, or its host stalled: its heart was silent{silent} though its "
-                "port accepts connections"
-            )
-        if self.kind == "unresponsive":
-            # Ended by its manager (kill_unresponsive_after): its heart beat, it did not answer.
-            return f"did not answer{silent} though its heart beat, and was killed for it"
-        if self.kind == "remote-unreachable":
-            return (
-                f"could not be reached: its heart was silent{silent} and no connection to its "
-                "host could be made (host or network unreachable)"
-            )
-        if self.silence is None:
-            return "died of a cause not known here"
-        return f"died of a cause not known here (its heart was silent{silent})"
-
-    def _killed(self) -> str:
-        named = f"{self.signal_name} ({self.signal})"
-        if self.where is not None:
-            named += f" at {self.where}"  # a crash's Python frame, as faulthandler wrote it
-        if self.exit_code is None:
-            text = f"was killed by {named}"
-        elif self.exit_code != 128 + (self.signal or 0):
-            text = f"exited with code {self.exit_code} after what it wraps was killed by {named}"
-        else:
-            # A wrapper that does not exec (a shell, conda run) exits 128 + N for signal N.
-            likely = "" if self.kind == "oom" and not self.likely else "likely "
-            text = (
-                f"exited with code {self.exit_code}, {likely}killed by {named} behind a "
-                f"wrapper (128 + {self.signal})"
-            )
-        if self.kind != "oom":
-            return text
-        return self._out_of_memory(text)
-
-    def _out_of_memory(self, text: str) -> str:
-        # How much the kernel used, where it was seen (heartbeat.jupyter._memory_watch), ends
-        # the line and says the limit; else the limit alone is said.
-        used = ""
-        if self.memory_peak is not None or self.memory_others is not None:
-            used = _memory.used(
-                self.memory_peak,
-                self.memory_limit,
-                self.memory_others,
-                exact=self.memory_peak_exact,
-            )
-        return self._oom_evidence(text, "" if used else self._limit()) + (
-            f": {used}" if used else ""
-        )
-
-    def _limit(self) -> str:
-        return "" if self.memory_limit is None else f" (limit {size(self.memory_limit)})"
-
-    def _oom_evidence(self, text: str, limit: str) -> str:
-        if self.evidence == "kernel-log":
-            which = "it" if self.exit_code is None else "the process it wraps"
-            return (
-                f"{text}, out of memory: the kernel log names {which} as the out-of-memory "
-                f"killer's victim{limit}"
-            )
-        if self.evidence == "cgroup-unknown-before":
-            return (
-                f"{text}, likely out of memory: its memory cgroup has recorded an "
-                f"out-of-memory kill{limit}, maybe before this kernel started"
-            )
-        if self.evidence == "cgroup-shared":
-            return (
-                f"{text}, likely out of memory: its memory cgroup recorded an out-of-memory "
-                f"kill{limit} just before, but other processes share that cgroup"
-            )
-        recorded = f"its memory cgroup recorded an out-of-memory kill{limit}"
-        return f"{text}, likely out of memory: {recorded}" if self.likely else f"{text}: {recorded}"
-
-
-def signal_name(number: int) -> str:
-    """``SIGKILL`` for 9; ``signal 64`` for a number with no name here."""
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def size(n: int) -> str:
-    """Bytes in words: ``2.0 GiB``, ``64.0 MiB``, ``512 B``."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
+        return _cause_words.describe(self)
 
 
 def decide(

@@ -9,11 +9,9 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +20,8 @@ from jupyter_client.manager import AsyncKernelManager
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from heartbeat.jupyter import _proc
-from tests.test_deaths import joiner
+from tests import cgroups
+from tests.cgroups import joiner
 from tests.test_headless import install_kernelspec
 from tests.test_jupyter_server import Server, execute_request, serve
 from tests.test_metrics import metrics_of, scrape
@@ -36,37 +34,11 @@ BALLAST = 300 << 20
 GROW = "import time\nx = []\nwhile True:\n    x.append(b'x' * (16 << 20))\n    time.sleep(0.2)\n"
 
 
-@contextlib.contextmanager
-def memory_cgroup(limit: int) -> Iterator[Path]:
-    """A cgroup v1 memory cgroup limited to ``limit`` bytes under this process's own; emptied and
+def memory_cgroup(limit: int) -> contextlib.AbstractContextManager[Path]:
+    """A memory cgroup limited to ``limit`` bytes (``tests.cgroups.memory_cgroup``); emptied and
     removed after, even on failure: what is left in it after 30 s (only what this test started
-    joined it) is SIGKILLed, then it is removed."""
-    mine = _proc.memory_cgroup_of(os.getpid())
-    if mine is None or mine.version != 1:
-        pytest.skip("no cgroup v1 memory controller for this process (this test writes v1 only)")
-    group = mine.path / f"heartbeat-memory-{os.getpid()}-{time.monotonic_ns()}"
-    try:
-        group.mkdir()
-    except OSError as exc:
-        pytest.skip(f"cannot make a memory cgroup under {mine.path}: {exc}")
-    try:
-        (group / "memory.limit_in_bytes").write_text(str(limit))
-        yield group
-    finally:
-        end = time.monotonic() + 30
-        killed = False
-        while True:
-            left = [int(pid) for pid in (group / "cgroup.procs").read_text().split()]
-            if not left:
-                group.rmdir()
-                break
-            if time.monotonic() > end and not killed:
-                for pid in left:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                killed = True
-            assert time.monotonic() < end + 30, f"{group} still holds {left}"
-            time.sleep(0.05)
+    joined it: the server lives there) is SIGKILLed, then it is removed."""
+    return cgroups.memory_cgroup(limit, kill_after=30)
 
 
 def ballast(tmp_path: Path) -> None:

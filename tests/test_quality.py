@@ -35,7 +35,7 @@ def test_ruff_is_clean() -> None:
 PURE = ["heartbeat._judge", "heartbeat._schedule", "heartbeat._validate", "heartbeat._stats"]
 PURE += ["heartbeat.transport", "heartbeat._cause", "heartbeat._evidence", "heartbeat._tally"]
 PURE += ["heartbeat._names", "heartbeat._responsive", "heartbeat._tracebacks"]
-PURE += ["heartbeat._memory", "heartbeat._memory_share"]
+PURE += ["heartbeat._memory", "heartbeat._memory_share", "heartbeat._cause_words"]
 
 
 def module_imports(lazy: bool = False) -> dict[str, set[str]]:

@@ -1,9 +1,10 @@
 """Whether a kernel whose heart beats still answers: the adapter of ``heartbeat._responsive``.
 
 It asks the kernel ``kernel_info_request`` on its control channel (its own DEALER socket, the
-manager's session key), reads the process's CPU time and its main thread's state in ``/proc``,
-tells the pure :class:`~heartbeat._responsive.Responsiveness` and does what it says: probes, one
-WARNING line when the kernel stops answering (with where its main thread is, from
+manager's session key; the request is built and its reply read by ``_kernel_info``), reads the
+process's CPU time and its main thread's state in ``/proc``, tells the pure
+:class:`~heartbeat._responsive.Responsiveness` and does what it says: probes, one WARNING line
+when the kernel stops answering (with where its main thread is, from
 :mod:`heartbeat.jupyter._stacks`), an INFO line when it answers again. Nothing is done to the
 kernel.
 
@@ -26,6 +27,7 @@ import zmq
 import zmq.asyncio
 from tornado.ioloop import IOLoop
 
+import heartbeat.jupyter._kernel_info as kernel_info
 from heartbeat import _responsive as core
 from heartbeat import _tracebacks
 from heartbeat._cause import stat_state
@@ -104,7 +106,7 @@ def answers_from(content: dict[str, Any], running: bool | None) -> AnswersFrom |
     while a cell runs has one too. Others are taken to answer from their main loop."""
     if running:
         return "own-thread"
-    if content.get("implementation") == "ipython":
+    if kernel_info.kind(content).implementation == "ipython":
         return "own-thread"
     return "main-loop"
 
@@ -180,27 +182,24 @@ class ResponsiveWatch:
     def _send_probe(self) -> None:
         if self._socket is None:
             return
-        msg = self._session.msg("kernel_info_request")
-        self._asked.add(msg["header"]["msg_id"])
+        msg_id, frames = kernel_info.request(self._session)
+        self._asked.add(msg_id)
         if len(self._asked) > 64:
             self._asked.pop()
         with contextlib.suppress(zmq.ZMQError):
             # NOBLOCK: sent at once, no future to wait on (a DEALER queues for its peer).
-            self._socket.send_multipart(self._session.serialize(msg), flags=zmq.NOBLOCK)
+            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
 
     def _read(self, frames: list[bytes]) -> dict[str, Any] | None:
         # The content of a reply to one of our probes (signed with the kernel's key), or None.
         try:
-            _, parts = self._session.feed_identities(frames, copy=True)
-            msg = self._session.deserialize(parts, content=True, copy=True)
+            parent, content = kernel_info.reply(self._session, frames)
         except Exception:
             return None
-        parent = msg.get("parent_header", {}).get("msg_id")
         if parent not in self._asked:
             return None
         self._asked.discard(parent)
-        content = msg.get("content")
-        return content if isinstance(content, dict) else {}
+        return content
 
     async def _run(self) -> None:
         try:

@@ -1,8 +1,8 @@
 """A kernel's silent heart, for its owners (the kernel managers, the provisioner):
 ``heartbeat._silence`` decides what a silence means from what is learned here (the kind of the
-kernel's heart, asked once by ``kernel_info_request``; the state of its local process; what its
-heart's port says), and :class:`HeartSilences` does what it says, writing the lines of a
-silence that is no death."""
+kernel's heart, asked once by ``kernel_info_request``, built and read by ``_kernel_info``; the
+state of its local process; what its heart's port says), and :class:`HeartSilences` does what
+it says, writing the lines of a silence that is no death."""
 
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable
-from queue import Empty
 from typing import Any
 
 import zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from tornado.ioloop import IOLoop
 
+import heartbeat.jupyter._kernel_info as kernel_info
 from heartbeat import _silence
 from heartbeat._cause import Connection
 from heartbeat._judge import Beat, Event
 from heartbeat._silence import Decision, Heart, Process, Silence, Verdict
+from heartbeat.jupyter._kernel_info import Kind
 from heartbeat.jupyter._proc import HeartProbe, read_state
 from heartbeat.monitor import HeartMonitor, Log
 
@@ -34,28 +35,26 @@ KIND_TIMEOUT = 120.0
 SHELL_AFTER = 2.0
 
 
-class Kind:
-    """What a kernel's ``kernel_info_reply`` said: its ``implementation`` and language."""
-
-    def __init__(self, implementation: str | None, language: str | None) -> None:
-        self.implementation = implementation
-        self.language = language
-
-    def __repr__(self) -> str:
-        return f"Kind({self.implementation!r}, {self.language!r})"
-
-
 async def _reply(channel: Any, msg_id: str, timeout: float) -> dict[str, Any] | None:
+    # The content of the reply to msg_id on one of the client's channels (read as its
+    # get_msg(timeout) does: its socket polled, then a message read), or None in time.
+    socket, session = channel.socket, channel.session
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while (left := end - loop.time()) > 0:
-        try:
-            msg = await channel.get_msg(timeout=left)
-        except Empty:
+        if not await socket.poll(int(left * 1000)):
             return None
-        if msg.get("parent_header", {}).get("msg_id") == msg_id:
-            return dict(msg)
+        parent, content = kernel_info.reply(session, await socket.recv_multipart())
+        if parent == msg_id:
+            return content
     return None
+
+
+def _ask(channel: Any, timeout: float) -> asyncio.Future[dict[str, Any] | None]:
+    # kernel_info_request sent on one of the client's channels; its reply awaited.
+    msg_id, frames = kernel_info.request(channel.session)
+    channel.socket.send_multipart(frames)
+    return asyncio.ensure_future(_reply(channel, msg_id, timeout))
 
 
 async def ask_kind(
@@ -70,34 +69,17 @@ async def ask_kind(
     client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=True)
     waiting: list[asyncio.Future[dict[str, Any] | None]] = []
     try:
-        request = client.session.msg("kernel_info_request")
-        client.control_channel.send(request)
-        waiting.append(
-            asyncio.ensure_future(
-                _reply(client.control_channel, request["header"]["msg_id"], timeout)
-            )
-        )
+        waiting.append(_ask(client.control_channel, timeout))
         done, _ = await asyncio.wait(waiting, timeout=shell_after)
         if not done or waiting[0].result() is None:
-            request = client.session.msg("kernel_info_request")
-            client.shell_channel.send(request)
-            shell = _reply(client.shell_channel, request["header"]["msg_id"], timeout)
-            waiting.append(asyncio.ensure_future(shell))
+            waiting.append(_ask(client.shell_channel, timeout))
         pending = [w for w in waiting if not w.done()]
-        reply = next((w.result() for w in waiting if w.done() and w.result()), None)
+        reply = next((w.result() for w in waiting if w.done() and w.result() is not None), None)
         while reply is None and pending:
             done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             pending = [w for w in pending if not w.done()]
-            reply = next((w.result() for w in done if w.result()), None)
-        if reply is None:
-            return None
-        content = reply.get("content") or {}
-        implementation = content.get("implementation")
-        language = (content.get("language_info") or {}).get("name")
-        return Kind(
-            implementation if isinstance(implementation, str) else None,
-            language if isinstance(language, str) else None,
-        )
+            reply = next((w.result() for w in done if w.result() is not None), None)
+        return None if reply is None else kernel_info.kind(reply)
     finally:
         for wait in waiting:
             wait.cancel()

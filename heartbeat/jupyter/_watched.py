@@ -1,70 +1,48 @@
 """The kernel managers' common part: a kernel dead when its process *or its heart* is, its
 death seen at once (the exit of a local child is watched, not polled), explained (its cause)
-and counted; and the lifecycle steps that must not overlap."""
+and counted; and the lifecycle steps that must not overlap. The kernel's process itself (ours
+or not, killed and reaped, restarted or not) is ``_kernel_process._KernelProcess``, a base;
+who is told of a death, ``_death_callbacks._DeathCallbacks``, another."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import inspect
-import subprocess
-from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 from tornado.ioloop import IOLoop
-from traitlets import Bool, Instance, Integer, default
+from traitlets import Bool, Instance, default
 from traitlets.utils.importstring import import_item
 
 from heartbeat._cause import Connection, Death
 from heartbeat._judge import Dead, Event
 from heartbeat._silence import Heart, Verdict
 from heartbeat.jupyter._death import DeathWatch, Witness
+from heartbeat.jupyter._death_callbacks import _DeathCallbacks
+from heartbeat.jupyter._kernel_process import _KernelProcess
 from heartbeat.jupyter._memory_watch import MemoryGuard
 from heartbeat.jupyter._proc import HeartProbe
 from heartbeat.jupyter._responsive_owners import ResponsiveMixin
 from heartbeat.jupyter._silent import HeartSilences
-from heartbeat.jupyter.events import emit_death, prepare
-from heartbeat.jupyter.kernel import (
-    HeartbeatSettings,
-    KernelLog,
-    fate,
-    kill_local_child,
-    local_child,
-    log_heart_death,
-    log_process_death,
-)
-from heartbeat.jupyter.metrics import count_death
+from heartbeat.jupyter.events import prepare
+from heartbeat.jupyter.kernel import KernelLog, fate, log_heart_death, log_process_death
 from heartbeat.monitor import HeartMonitor
 
-# How long a killed kernel process may take to be reaped.
-_REAP_TIMEOUT = 5.0
 
-
-class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
+class _HeartbeatMixin(ResponsiveMixin, _DeathCallbacks, _KernelProcess):
     _heart_monitor = Instance(HeartMonitor, allow_none=True)
     _heart_dead = Bool(False)
-    _deaths = Integer(0)
     _death_noted = Bool(False)
-    _closed = Bool(False)  # cleaned up for good, until started again
     _death_watch = Instance(DeathWatch, args=())
     # Recorded by the heart's death line, if it was written, with the verdict it is for.
     _death_of_heart: tuple[Dead, Death] | None = None
-    _death_callbacks: list[Callable[[Death], object]] | None = None
     # What the current kernel's silences mean (heartbeat._silence, through _silent.py).
     _silences: HeartSilences | None = None
     _verdict: Dead | None = None  # the silence decided to be a death, if any
     _heart_log: KernelLog | None = None
-
-    @property
-    def deaths(self) -> int:
-        """How often this manager's kernel has died (heart or process) since it was made.
-
-        Restarts asked for are not deaths. A client made by this manager answers
-        ``is_alive()`` False once this grows past what it was when the client was made.
-        """
-        return int(self._deaths)
 
     @property
     def last_death(self) -> Death | None:
@@ -123,35 +101,6 @@ class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
         if self._heart_dead:
             return False
         return bool(await super()._async_is_alive())  # type: ignore[misc]
-
-    def add_death_callback(self, callback: Callable[[Death], object]) -> None:
-        """Call ``callback(death)`` on the loop at each death of this manager's kernel (heart
-        or process), once, as soon as it is seen: before the restarter's "restart" (or "dead")
-        callbacks, so that whoever shows the death can say why before the restart is shown."""
-        if not callable(callback):
-            raise TypeError(f"callback must be callable, got {callback!r}")
-        if self._death_callbacks is None:
-            self._death_callbacks = []
-        self._death_callbacks.append(callback)
-
-    def remove_death_callback(self, callback: Callable[[Death], object]) -> None:
-        """Stop calling ``callback``; one never added is ignored."""
-        with contextlib.suppress(ValueError):
-            (self._death_callbacks or []).remove(callback)
-
-    def _announce(self, death: Death) -> None:
-        # Every death once: counted, to everyone told of deaths and to jupyter_server's event
-        # bus; one who raises is logged, not the others' problem (nor the restarter's, which
-        # acts next).
-        if self.metrics:
-            count_death(death)
-        tell: list[Callable[[Death], object]] = [*(self._death_callbacks or [])]
-        tell.append(lambda death: emit_death(self, death))
-        for callback in tell:
-            try:
-                callback(death)
-            except Exception:
-                self.log.exception("Kernel %s: death callback %r failed", self.kernel_id, callback)  # type: ignore[attr-defined]
 
     def note_death(self) -> None:
         """Count the current kernel's death once (the restarter, the process's exit and the
@@ -316,39 +265,6 @@ class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
         if self._silences is not None:
             self._silences.close()
 
-    def _provisioned(self) -> bool:
-        provisioner = self.provisioner  # type: ignore[attr-defined]
-        return provisioner is not None and bool(provisioner.has_process)
-
-    def _local_child(self) -> subprocess.Popen[Any] | None:
-        """The kernel's process if it is provably our child (see ``local_child``), else None."""
-        return local_child(self.provisioner) if self._provisioned() else None  # type: ignore[attr-defined]
-
-    def _restarts(self) -> bool:
-        return self._why_not_restarted() is None
-
-    def _why_not_restarted(self) -> str | None:
-        if not self._owned():
-            return "it was not started by this manager"
-        restarter = self._restarter  # type: ignore[attr-defined]
-        if not self.autorestart or restarter is None:  # type: ignore[attr-defined]
-            return "autorestart is off"
-        # jupyter_client's restarter gives up after restart_limit restarts in a row (each within
-        # stable_start_time of the last): this death is then "dead", not restarted.
-        tries = restarter._restart_count + 1 if restarter._restarting else 1
-        if tries > restarter.restart_limit:
-            times = "once" if tries == 1 else f"{tries} times in a row"
-            return f"past restart_limit {restarter.restart_limit}: it died {times}"
-        return None
-
-    def _owned(self) -> bool:
-        # jupyter_client 8's owns_kernel (from 8.3): False for a kernel started apart.
-        return bool(getattr(self, "owns_kernel", True))
-
-    def _what_next(self) -> str:
-        why = self._why_not_restarted()
-        return "restarting it" if why is None else f"not restarting it ({why})"
-
     def _death_fate(self, dead: Dead, probe: HeartProbe | None) -> tuple[str, Death]:
         death = self._record_death(dead.silent_for, None if probe is None else probe.connection)
         self._death_of_heart = (dead, death)
@@ -356,11 +272,6 @@ class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
             self._local_child(), death.cause, self._what_next(), provisioned=self._provisioned()
         )
         return ending, death
-
-    def _kill_now(self) -> None:
-        process = self._local_child()
-        if process is not None:
-            kill_local_child(process)
 
     def _watched_on(self) -> bool:
         # A kernel not ours whose connection file is gone (jupyter_client's multi-kernel
@@ -424,61 +335,6 @@ class _HeartbeatMixin(ResponsiveMixin, HeartbeatSettings):
                 polled = restarter.poll()
                 if inspect.isawaitable(polled):
                     await polled
-
-    async def _kill_and_reap(self) -> None:
-        """Kill the kernel's process (and its process group) and reap it, if it is there."""
-        self._kill_now()
-        provisioner = self.provisioner  # type: ignore[attr-defined]
-        if provisioner is None or not provisioner.has_process:
-            return
-        try:
-            await provisioner.kill()  # its process group; for a remote kernel, the only way
-        except Exception:
-            # Logged, not raised: the death is recorded, and the restarter still acts on it.
-            self.log.exception("Kernel %s: its provisioner could not kill it", self.kernel_id)  # type: ignore[attr-defined]
-            return
-        # poll() reaps, and unlike wait() may run while jupyter_client's own shutdown waits.
-        end = asyncio.get_running_loop().time() + _REAP_TIMEOUT
-        while await provisioner.poll() is None:
-            if asyncio.get_running_loop().time() > end:
-                self.log.warning("Kernel %s was killed but has not exited", self.kernel_id)  # type: ignore[attr-defined]
-                return
-            await asyncio.sleep(0.05)
-
-    async def _async_post_start_kernel(self, **kw: Any) -> None:
-        # What fails once the kernel's process is launched (its watch: out of file descriptors,
-        # a heart's url refused; its provisioner's post_launch) would leave that process
-        # running, listed nowhere, until this process exits: it is ended and reaped, and what
-        # its start made released, before the error goes on.
-        try:
-            await super()._async_post_start_kernel(**kw)  # type: ignore[misc]
-        except BaseException:
-            try:
-                await self._end_launched()
-            except Exception:
-                kernel_id = self.kernel_id  # type: ignore[attr-defined]
-                self.log.exception("Kernel %s: could not end it after its start failed", kernel_id)
-            raise
-
-    async def _end_launched(self) -> None:
-        # For good: nothing restarts a kernel whose start failed.
-        await self._async_cleanup_resources()
-        provisioner = self.provisioner  # type: ignore[attr-defined]
-        if (
-            provisioner is not None
-            and provisioner.has_process
-            and await provisioner.poll() is not None
-        ):
-            await provisioner.wait()  # reaped already: this closes its pipes
-
-    async def _async_cleanup_resources(self, restart: bool = False) -> None:
-        if not restart:
-            # For good (nbclient does this without a shutdown when it finds the kernel dead):
-            # nothing may restart the kernel afterwards, and no kernel is left running.
-            self._closed = True
-            self.stop_restarter()
-            await self._kill_and_reap()
-        await super()._async_cleanup_resources(restart=restart)  # type: ignore[misc]
 
     def start_restarter(self) -> None:
         """Start the restarter, the heart monitor that informs it, and the watch of a local
