@@ -192,6 +192,9 @@ def test_exit_in_a_cell_is_the_end_asked_for_not_a_death(
         try:
             client.start_channels()
             await client.wait_for_ready(timeout=60)
+            # A kernel whose heart has answered is running (the rule for "ended itself"):
+            # the heart's first answer may come after the shell's on a loaded machine.
+            await until(lambda: km.heart_has_beaten, 30, "its heart never answered")
             pid = km.provisioner.pid  # type: ignore[union-attr]
             client.execute(code)
             await until(lambda: km.provisioner.pid != pid, 30, "not restarted")  # type: ignore[union-attr]
