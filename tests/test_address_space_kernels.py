@@ -1,0 +1,138 @@
+"""Real ipykernels under an address-space limit (RLIMIT_AS: 'ulimit -v' in the kernel spec's
+wrapper, as a batch system's or a user's script sets it), each under its
+HeartbeatKernelManager, a cell growing its address space: warned (the log, the manager's
+listeners: the running cell's websocket) before the cell's MemoryError; with memory_interrupt,
+its cell interrupted before it, the kernel living on with its variables."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from heartbeat import _address_space
+from heartbeat.jupyter import HeartbeatKernelManager
+
+# An idle ipykernel's address space is ~750 MiB (its threads' stacks and malloc arenas, mostly
+# reserved, not used); 1.25 GiB leaves its cells ~500 MiB.
+LIMIT = 1280 << 20
+
+# Grows its address space (bytes(n) is calloc'd: reserved, not touched: little resident memory)
+# by 160 MiB/s until it fails; gives it back before saying when (monotonic: this machine's).
+GROW = """import time
+x = []
+try:
+    while True:
+        x.append(bytes(16 << 20))
+        time.sleep(0.1)
+except MemoryError:
+    x.clear()
+    print('failed at', time.monotonic())
+    raise
+"""
+
+
+def ulimit_kernelspec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A kernel spec whose argv wraps ipykernel in a shell that sets its RLIMIT_AS first."""
+    where = tmp_path / "share" / "kernels" / "python3-ulimit"
+    where.mkdir(parents=True)
+    wrapped = f"ulimit -v {LIMIT >> 10}; exec {sys.executable} -m ipykernel_launcher -f "
+    spec = {
+        "argv": ["bash", "-c", wrapped + "{connection_file}"],
+        "display_name": "Python 3 (ulimit -v)",
+        "language": "python",
+    }
+    (where / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share"))
+    return "python3-ulimit"
+
+
+async def run(km: HeartbeatKernelManager, told: list[tuple[float, Any]]) -> list[dict[str, Any]]:
+    """Start ``km``'s kernel, run ``kept = 42``, GROW and ``print(kept)``: each cell's reply
+    content, with the text it printed ("printed")."""
+    km.memory.add_listener(lambda event: told.append((time.monotonic(), event)))
+    await km.start_kernel()
+    client = km.client()
+    try:
+        client.start_channels()
+        await client.wait_for_ready(timeout=120)
+        replies = []
+        for code in ("kept = 42", GROW, "print(kept)"):
+            msg_id = client.execute(code)
+            printed = []
+            while True:
+                msg = await client.get_iopub_msg(timeout=60)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                if msg["msg_type"] == "stream":
+                    printed.append(msg["content"]["text"])
+                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    break
+            reply = await client.get_shell_msg(timeout=60)
+            while reply["parent_header"]["msg_id"] != msg_id:  # wait_for_ready's extra asks
+                reply = await client.get_shell_msg(timeout=60)
+            replies.append({**reply["content"], "printed": "".join(printed)})
+        return replies
+    finally:
+        client.stop_channels()
+        await km.shutdown_kernel(now=True)
+
+
+def test_a_kernel_under_ulimit_v_is_warned_before_its_memory_error_or_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = ulimit_kernelspec(tmp_path, monkeypatch)
+    warned = HeartbeatKernelManager(kernel_name=name)  # memory_warning: 0.9, the default
+    stopped = HeartbeatKernelManager(kernel_name=name, memory_interrupt=0.8)
+    told: dict[str, list[tuple[float, Any]]] = {"warned": [], "stopped": []}
+
+    async def scenario() -> list[list[dict[str, Any]]]:
+        return await asyncio.gather(run(warned, told["warned"]), run(stopped, told["stopped"]))
+
+    with caplog.at_level(logging.WARNING):
+        grown, interrupted = asyncio.run(scenario())
+    said = [r.getMessage() for r in caplog.records]
+    words = (
+        r"this kernel's address space is 1\.\d GiB of its 1\.2 GiB limit \(RLIMIT_AS, 'ulimit -v'\)"
+    )
+
+    # Warned: once, in the log and to its listeners, before its cell's MemoryError.
+    assert grown[1]["status"] == "error" and grown[1]["ename"] == "MemoryError", grown[1]
+    failed = re.search(r"failed at ([\d.]+)", grown[1]["printed"])
+    assert failed, grown[1]
+    [(at, event)] = told["warned"]
+    assert isinstance(event, _address_space.Warn), event
+    assert at < float(failed.group(1)), "warned after the MemoryError"
+    assert event.usage >= 0.9 * LIMIT and event.limit == LIMIT
+    [line] = [m for m in said if m.startswith(f"Kernel {warned.kernel_id}: ") and "space" in m]
+    assert re.fullmatch(
+        rf"Kernel {warned.kernel_id}: {words}; at the limit its allocations fail \(MemoryError; "
+        r"native code may abort\) \(memory_warning\)",
+        line,
+    ), line
+    assert grown[2]["status"] == "ok" and grown[2]["printed"] == "42\n"
+
+    # Interrupted at 0.8, before any MemoryError; the kernel lives on, `kept` with it.
+    assert interrupted[0]["status"] == "ok"
+    assert interrupted[1]["status"] == "error", interrupted[1]
+    assert interrupted[1]["ename"] == "KeyboardInterrupt", interrupted[1]
+    assert "failed at" not in interrupted[1]["printed"]
+    assert interrupted[2]["status"] == "ok" and interrupted[2]["printed"] == "42\n"
+    # (Warned too, where its reading passed 0.9 before the interrupt ended the cell.)
+    events = [event for _, event in told["stopped"]]
+    assert all(isinstance(e, _address_space.Warn | _address_space.Interrupt) for e in events)
+    [event] = [e for e in events if isinstance(e, _address_space.Interrupt)]
+    assert event.usage >= 0.8 * LIMIT and event.limit == LIMIT
+    [line] = [m for m in said if m.startswith(f"Kernel {stopped.kernel_id}: interrupted: ")]
+    assert re.fullmatch(
+        rf"Kernel {stopped.kernel_id}: interrupted: {words} \(memory_interrupt\); interrupted "
+        r"before its allocations fail at the limit \(MemoryError\); interrupting it",
+        line,
+    ), line
