@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +22,8 @@ import pytest
 
 from heartbeat import _address_space
 from heartbeat.jupyter import HeartbeatKernelManager
+from heartbeat.jupyter._kernel_memory import address_space, kernel_pids
+from tests.test_memory_watch import until
 
 # An idle ipykernel's address space is ~750 MiB (its threads' stacks and malloc arenas, mostly
 # reserved, not used); 1.25 GiB leaves its cells ~500 MiB.
@@ -37,6 +42,36 @@ except MemoryError:
     print('failed at', time.monotonic())
     raise
 """
+
+
+def test_the_kernels_process_nearest_its_own_limit_is_read_and_no_other_process(
+    tmp_path: Path,
+) -> None:
+    # A kernel (its session): a shell with no limit, and a worker it forked with one of its own;
+    # a bystander with a lower limit, ours but in no kernel's session, is not read.
+    kernel = subprocess.Popen(
+        ["sh", "-c", "(ulimit -v 400000; exec sleep 60) & exec sleep 61"], start_new_session=True
+    )
+    bystander = subprocess.Popen(["sh", "-c", "ulimit -v 300000; exec sleep 62"])
+    try:
+        until(lambda: len(kernel_pids(kernel)) == 2, "the worker was not forked")
+
+        def asleep(pid: int) -> bool:  # exec'd and its libraries loaded: its size is final
+            status = Path(f"/proc/{pid}/status").read_text()
+            return Path(f"/proc/{pid}/comm").read_text() == "sleep\n" and "State:\tS" in status
+
+        until(lambda: all(asleep(pid) for pid in kernel_pids(kernel)), "not asleep")
+        [worker] = [pid for pid in kernel_pids(kernel) if pid != kernel.pid]
+        size = _address_space.size(Path(f"/proc/{worker}/status").read_text())
+        assert address_space(kernel_pids(kernel), kernel.pid) == (size, 400000 << 10)
+        assert address_space([kernel.pid], kernel.pid) is None  # unlimited: nothing to read
+        # Not in the kernel's session: left out, whatever its limit.
+        assert address_space([kernel.pid, bystander.pid], kernel.pid) is None
+    finally:
+        os.killpg(kernel.pid, signal.SIGKILL)  # its session's group: the worker too
+        bystander.kill()
+        for proc in (kernel, bystander):
+            proc.wait()
 
 
 def ulimit_kernelspec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
