@@ -23,6 +23,9 @@ import pytest
 from heartbeat import _address_space
 from heartbeat.jupyter import HeartbeatKernelManager
 from heartbeat.jupyter._kernel_memory import address_space, kernel_pids
+from tests.conftest import SLOW
+from tests.test_deaths import joiner
+from tests.test_memory_server import memory_cgroup
 from tests.test_memory_watch import until
 
 # An idle ipykernel's address space is ~750 MiB (its threads' stacks and malloc arenas, mostly
@@ -171,3 +174,47 @@ def test_a_kernel_under_ulimit_v_is_warned_before_its_memory_error_or_interrupte
         r"before its allocations fail at the limit \(MemoryError\); interrupting it",
         line,
     ), line
+
+
+# Grows its resident memory (touched bytes) as well as its address space: 160 MiB/s.
+GROW_TOUCHED = GROW.replace("bytes(16 << 20)", "b'x' * (16 << 20)")
+
+
+# The full form only (HEARTBEAT_SLOW=1): ~6 s more, for two watches each tested above (the
+# cgroup's in tests/test_memory_server.py), on the default suite's budget.
+@pytest.mark.slow
+@pytest.mark.skipif(not SLOW, reason="the full form only (HEARTBEAT_SLOW=1)")
+def test_a_kernel_under_both_a_cgroup_limit_and_ulimit_v_is_warned_of_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its cgroup's 700 MiB (warned at 0.7: ~490 MiB resident) and its address space's 1.25 GiB
+    # (~875 MiB: ~130 MiB grown past an idle kernel's) both pass the warning before the
+    # MemoryError (~500 MiB grown): each watched on its own, each told once, in its own words.
+    name = ulimit_kernelspec(tmp_path, monkeypatch)
+    km = HeartbeatKernelManager(kernel_name=name, memory_warning=0.7)
+    told: list[tuple[float, Any]] = []
+
+    async def scenario(group: Path) -> list[dict[str, Any]]:
+        km.memory.add_listener(lambda event: told.append((time.monotonic(), event)))
+        await km.start_kernel(preexec_fn=joiner(group))
+        client = km.client()
+        try:
+            client.start_channels()
+            await client.wait_for_ready(timeout=120)
+            reply = await client.execute(GROW_TOUCHED, reply=True, timeout=60)
+            return [reply["content"]]
+        finally:
+            client.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    with memory_cgroup(700 << 20) as group, caplog.at_level(logging.WARNING):
+        [grown] = asyncio.run(scenario(group))
+        oom = (group / "memory.oom_control").read_text()
+    assert re.search(r"^oom_kill 0$", oom, re.M), oom
+    assert grown["status"] == "error" and grown["ename"] == "MemoryError", grown
+    kinds = sorted(type(event).__module__ for _, event in told)
+    assert kinds == ["heartbeat._address_space", "heartbeat._memory"], told
+    said = [r.getMessage() for r in caplog.records if "(memory_warning)" in r.getMessage()]
+    assert len(said) == 2, said
+    assert any("address space is " in m and "of its 1.2 GiB limit (RLIMIT_AS" in m for m in said)
+    assert any("memory cgroup uses " in m and "of its 700.0 MiB limit" in m for m in said)
