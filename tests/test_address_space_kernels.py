@@ -92,17 +92,22 @@ def ulimit_kernelspec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return "python3-ulimit"
 
 
-async def run(km: HeartbeatKernelManager, told: list[tuple[float, Any]]) -> list[dict[str, Any]]:
-    """Start ``km``'s kernel, run ``kept = 42``, GROW and ``print(kept)``: each cell's reply
-    content, with the text it printed ("printed")."""
+async def run(
+    km: HeartbeatKernelManager,
+    told: list[tuple[float, Any]],
+    cells: tuple[str, ...] = ("kept = 42", GROW, "print(kept)"),
+    **start: Any,
+) -> list[dict[str, Any]]:
+    """Start ``km``'s kernel (with ``start``), run ``cells``: each one's reply content, with the
+    text it printed ("printed"); what ``km.memory`` told, with when, into ``told``."""
     km.memory.add_listener(lambda event: told.append((time.monotonic(), event)))
-    await km.start_kernel()
+    await km.start_kernel(**start)
     client = km.client()
     try:
         client.start_channels()
         await client.wait_for_ready(timeout=120)
         replies = []
-        for code in ("kept = 42", GROW, "print(kept)"):
+        for code in cells:
             msg_id = client.execute(code)
             printed = []
             while True:
@@ -195,23 +200,16 @@ def test_a_kernel_under_both_a_cgroup_limit_and_ulimit_v_is_warned_of_each(
     told: list[tuple[float, Any]] = []
 
     async def scenario(group: Path) -> list[dict[str, Any]]:
-        km.memory.add_listener(lambda event: told.append((time.monotonic(), event)))
-        await km.start_kernel(preexec_fn=joiner(group))
-        client = km.client()
-        try:
-            client.start_channels()
-            await client.wait_for_ready(timeout=120)
-            reply = await client.execute(GROW_TOUCHED, reply=True, timeout=60)
-            return [reply["content"]]
-        finally:
-            client.stop_channels()
-            await km.shutdown_kernel(now=True)
+        return await run(km, told, (GROW_TOUCHED,), preexec_fn=joiner(group))
 
     with memory_cgroup(700 << 20) as group, caplog.at_level(logging.WARNING):
         [grown] = asyncio.run(scenario(group))
         oom = (group / "memory.oom_control").read_text()
     assert re.search(r"^oom_kill 0$", oom, re.M), oom
     assert grown["status"] == "error" and grown["ename"] == "MemoryError", grown
+    failed = re.search(r"failed at ([\d.]+)", grown["printed"])
+    assert failed, grown
+    assert all(at < float(failed.group(1)) for at, _ in told), "warned after the MemoryError"
     kinds = sorted(type(event).__module__ for _, event in told)
     assert kinds == ["heartbeat._address_space", "heartbeat._memory"], told
     said = [r.getMessage() for r in caplog.records if "(memory_warning)" in r.getMessage()]
