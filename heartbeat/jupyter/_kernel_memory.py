@@ -1,8 +1,9 @@
 """A kernel's processes and memory cgroup, read and written in ``/proc`` and the cgroup's
 files: its processes found (provably ours) and made the out-of-memory killer's preferred
 victims (``oom_score_adj``), their peak read; its cgroup's binding limit and usage read; the
-server's own ``memory.oom.group`` warned of. What is decided with them is in
-:mod:`heartbeat._memory`; when they are read, in :mod:`heartbeat.jupyter._memory_watch`.
+server's own ``memory.oom.group`` warned of; the address space of its process nearest its
+``RLIMIT_AS`` read. What is decided with them is in :mod:`heartbeat._memory` (and
+:mod:`heartbeat._address_space`); when they are read, in :mod:`heartbeat.jupyter._memory_watch`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heartbeat import _memory
+from heartbeat import _address_space, _memory
 from heartbeat.jupyter._proc import CGROUP_ROOT, MemoryCgroup, memory_cgroup_of
 
 
@@ -238,3 +239,22 @@ def sizes_of(pids: list[int], leader: int) -> tuple[int, int]:
             except (OSError, ValueError):
                 continue
     return max(hwm, rss), rss + swap
+
+
+def address_space(pids: list[int], leader: int) -> tuple[int, int] | None:
+    """Of a kernel's processes under an address-space limit (``RLIMIT_AS``, per process), the
+    one nearest its soft limit: its address space (``VmSize``) and that limit
+    (:func:`heartbeat._address_space.binding`); None when none has one. Each read through its
+    own ``/proc/<pid>`` and only if still in the kernel's session, as :func:`sizes_of`."""
+    found: list[tuple[int | None, int | None]] = []
+    for pid in pids:
+        with _proc_dir(pid) as fd:
+            if fd is None or (pid != leader and not _in_session(fd, leader)):
+                continue
+            try:
+                limit = _address_space.soft_limit(_read_at(fd, "limits"))
+                if limit is not None:
+                    found.append((_address_space.size(_read_at(fd, "status")), limit))
+            except (OSError, ValueError):
+                continue
+    return _address_space.binding(found)

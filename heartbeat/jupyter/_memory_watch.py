@@ -2,8 +2,11 @@
 its processes made the out-of-memory killer's preferred victims (``oom_score_adj``), never the
 server; its memory cgroup read on :class:`heartbeat._memory.MemorySchedule`'s schedule, with a
 warning (and, opted in, an interrupt) before the limit; its peak kept for its death's words.
+A kernel whose processes run under an address-space limit (``RLIMIT_AS``) is read and warned
+likewise, against that limit, on a schedule of its own (:class:`AddressSpaceWatch`).
 
-What is decided (when to read, when to warn, the words) is in :mod:`heartbeat._memory`, and
+What is decided (when to read, when to warn, the words) is in :mod:`heartbeat._memory` (and
+:mod:`heartbeat._address_space`), and
 among kernels that share a cgroup (which is warned, which interrupted) in
 :mod:`heartbeat._memory_share`; the cgroup is read once for all the kernels that share it on a
 loop (``heartbeat.jupyter._cgroup_reading``), which asks each guard for its kernel's size and
@@ -19,15 +22,17 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from tornado.ioloop import IOLoop
 
+from heartbeat import _address_space
 from heartbeat._cause import Cause
 from heartbeat._memory import Interrupt, MemorySchedule, Warn
 from heartbeat.jupyter._cgroup_reading import CgroupReading, join_reading
 from heartbeat.jupyter._kernel_memory import (
     Reader,
+    address_space,
     kernel_pids,
     mark_for_oom,
     sizes_of,
@@ -53,6 +58,52 @@ PIDS_FOR = 1.0
 #: A peak read longer than this (seconds) before an out-of-memory death is not said: the kernel
 #: may have grown by anything since (a single allocation past its limit, read 5 s before).
 STALE = 1.0
+
+
+class AddressSpaceWatch:
+    """A kernel's address space read against its ``RLIMIT_AS`` on its own
+    :class:`heartbeat._memory.MemorySchedule` (see :mod:`heartbeat._address_space`), on
+    ``guard``'s loop, from its first reading (:meth:`read`) to :meth:`stop`."""
+
+    def __init__(self, guard: MemoryGuard, schedule: MemorySchedule, loop: IOLoop) -> None:
+        self._guard = guard
+        self.schedule = schedule
+        self._loop = loop
+        self._next: object = None
+        self.stopped = False
+
+    def stop(self) -> None:
+        """Read no more. Idempotent."""
+        self.stopped = True
+        if self._next is not None:
+            self._loop.remove_timeout(self._next)
+            self._next = None
+
+    def read(self) -> None:
+        """One reading (now: a mark's, or its timer's): its events told to the guard's
+        owner, the next one set."""
+        if self._next is not None:
+            self._loop.remove_timeout(self._next)  # read now, instead
+            self._next = None
+        if self.stopped:
+            return
+        now = time.monotonic()
+        found = self._guard.address_space()
+        if found is False:
+            self.stop()  # its kernel exited, or is no longer watched
+            return
+        if found is None:
+            # No process under a limit now (the one that had it ended): looked for again
+            # slowly, a worker with one may come back.
+            at = now + self.schedule.slowest
+        else:
+            events, at = self.schedule.sample(now, *found)
+            for event in _address_space.events(events):
+                if self.stopped:
+                    return
+                self._guard.tell(event)
+        if not self.stopped and self._next is None:
+            self._next = self._loop.call_later(max(at - time.monotonic(), 0.0), self.read)
 
 
 class MemoryGuard:
@@ -81,6 +132,8 @@ class MemoryGuard:
         self._interrupt: Callable[[], object] | None = None
         self.peak: int | None = None
         self.limit: int | None = None
+        self._fractions: tuple[float | None, float | None] = (None, None)
+        self._space: AddressSpaceWatch | None = None  # once a process has an RLIMIT_AS
 
     def add_listener(self, callback: Callable[[Warn | Interrupt], object]) -> None:
         """Call ``callback(event)`` at each warning (:class:`heartbeat._memory.Warn`) and
@@ -98,6 +151,8 @@ class MemoryGuard:
         """A new cell runs: its crossing of the warning (or interrupt) is told again."""
         if self._schedule is not None:
             self._schedule.rearm_now()
+        if self._space is not None:
+            self._space.schedule.rearm_now()
 
     def start(
         self,
@@ -122,8 +177,9 @@ class MemoryGuard:
             return
         self._process, self._log, self._adj = process, log, oom_score_adj
         self._interrupt = interrupt_kernel if interrupt is not None else None
-        self._mark()
+        self._fractions = (warning or None, interrupt or None)
         loop = self._loop = IOLoop.current()
+        self._mark()
         self._timers = [loop.call_later(delay, self._mark) for delay in REMARK_AFTER]
         group = memory_cgroup_of(process.pid)
         if group is None:
@@ -146,6 +202,9 @@ class MemoryGuard:
         self._timers = []
         reading, self._reading = self._reading, None
         self._process = self._schedule = None
+        space, self._space = self._space, None
+        if space is not None:
+            space.stop()
         if reading is not None:
             reading.leave(self)  # the last kernel to leave closes it
 
@@ -160,6 +219,32 @@ class MemoryGuard:
         if self._adj:
             mark_for_oom(process, self._adj)
         self._pids, self._pids_at = kernel_pids(process), time.monotonic()
+        loop = self._loop
+        if loop is None or self._fractions == (None, None):
+            return
+        if self._space is None:
+            # Whether any of its processes has an address-space limit, at each mark: a wrapper
+            # sets it ('ulimit -v') after our start. Read from then on, on its own schedule.
+            if address_space(self._pids, process.pid) is None:
+                return
+            warning, interrupt = self._fractions
+            schedule = MemorySchedule(warning=warning, interrupt=interrupt)
+            self._space = AddressSpaceWatch(self, schedule, loop)
+        # Read now (not here: under the lock), and at each mark: a wrapper's exec'd kernel is
+        # another program, far larger.
+        loop.add_callback(self._space.read)
+
+    def address_space(self) -> tuple[int, int] | Literal[False] | None:
+        """For its :class:`AddressSpaceWatch`: its kernel's process nearest its ``RLIMIT_AS``,
+        its address space and that limit (None: none has one now); False once its kernel has
+        exited or is no longer watched."""
+        with self._lock:
+            process = self._process
+            if process is None or process.poll() is not None:
+                return False
+            if time.monotonic() - self._pids_at > PIDS_FOR:
+                self._pids, self._pids_at = kernel_pids(process), time.monotonic()
+            return address_space(self._pids, process.pid)
 
     def measured(
         self, usage: int, limit: int | None, near: float | None

@@ -134,7 +134,8 @@ class HeartbeatSettings(LoggingConfigurable):
         allow_none=True,
         config=True,
         help="Warn (the log, the running cell) once when the kernel's memory cgroup uses this "
-        "fraction of its limit (less inactive file cache); None: no warning.",
+        "fraction of its limit (less inactive file cache), or its address space this fraction "
+        "of its RLIMIT_AS ('ulimit -v'); None: no warning.",
     )
     memory_interrupt = Float(
         None,
@@ -142,7 +143,8 @@ class HeartbeatSettings(LoggingConfigurable):
         config=True,
         help="Interrupt the kernel (SIGINT, as the interrupt button) once when its memory "
         "cgroup uses this fraction of its limit, so that its cell ends before the "
-        "out-of-memory killer ends the kernel; None (the default): never.",
+        "out-of-memory killer ends the kernel (or its address space this fraction of its "
+        "RLIMIT_AS, before its allocations fail); None (the default): never.",
     )
 
     @validate("kernel_oom_score_adj")
