@@ -12,7 +12,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,7 +21,9 @@ from traitlets.config import Config
 
 from benchmarks.crash import answers
 from heartbeat._cause import Death
-from heartbeat.jupyter import HeartbeatKernelManager, HeartbeatKernelRestarter, _kmsg, _proc
+from heartbeat.jupyter import HeartbeatKernelManager, HeartbeatKernelRestarter, _kmsg
+from tests import cgroups
+from tests.cgroups import joiner
 from tests.conftest import run_python
 
 # The restarter's own poll, as jupyter_client has it: a death it alone saw would take up to this.
@@ -374,46 +376,10 @@ def test_a_kernel_that_dies_before_its_heart_answered_is_left_to_the_restarters_
 OOM_LIMIT = 256 << 20  # an ipykernel needs about a third of this; the cell asks for twice it
 
 
-@contextlib.contextmanager
-def a_memory_cgroup(limit: int) -> Iterator[Path]:
-    """A cgroup v1 memory cgroup limited to ``limit`` bytes, under this process's own, removed
+def a_memory_cgroup(limit: int) -> contextlib.AbstractContextManager[Path]:
+    """A memory cgroup limited to ``limit`` bytes (v1 or v2: :mod:`tests.cgroups`), removed
     after (once what joined it has exited); skips, saying why, where none can be made."""
-    mine = _proc.memory_cgroup_of(os.getpid())
-    if mine is None or mine.version != 1:
-        pytest.skip("no cgroup v1 memory controller for this process (this test writes v1 only)")
-    group = mine.path / f"heartbeat-test-{os.getpid()}"
-    try:
-        group.mkdir()
-    except OSError as exc:
-        pytest.skip(f"cannot make a memory cgroup under {mine.path}: {exc}")
-    try:
-        try:
-            (group / "memory.limit_in_bytes").write_text(str(limit))
-        except OSError as exc:
-            pytest.skip(f"cannot set a memory limit in {group}: {exc}")
-        yield group
-    finally:
-        # Empty once its kernel is reaped (the test shuts it down first).
-        end = time.monotonic() + 30
-        while True:
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                left = (group / "tasks").read_text()
-                assert time.monotonic() < end, f"{group} still holds {left}"
-                time.sleep(0.05)
-
-
-def joiner(group: Path) -> Callable[[], None]:
-    """A ``preexec_fn`` by which a new process joins ``group`` before it runs anything."""
-    procs = group / "cgroup.procs"
-
-    def join() -> None:
-        with open(procs, "w") as f:
-            f.write(str(os.getpid()))
-
-    return join
+    return cgroups.memory_cgroup(limit)
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from heartbeat.jupyter import _kmsg
 from heartbeat.jupyter.events import SCHEMA_ID
+from tests.cgroups import joiner
 from tests.test_death_causes import WRAPPED
-from tests.test_deaths import a_memory_cgroup, joiner
+from tests.test_deaths import a_memory_cgroup
 from tests.test_jupyter_server import Server, execute_request, serve
 from tests.test_metrics import metrics_of, scrape
 
