@@ -227,3 +227,15 @@ def no_leftover_threads() -> Iterator[None]:
             break
         time.sleep(0.01)
     assert not extra, f"threads left running: {extra}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which cgroup version the memory tests make their cgroups in, here (they run unchanged on
+    either): a run says which it ran."""
+    from tests import cgroups
+
+    version, where = cgroups.available()
+    if version is None:
+        return f"memory cgroups: none can be made here ({where}): the memory tests skip"
+    other = " (cgroup v2: python -m tests.vm runs them in a VM)" if version == 1 else ""
+    return f"memory cgroups: the memory tests make theirs in {where}{other}"
