@@ -21,6 +21,15 @@ SLOW = os.environ.get("HEARTBEAT_SLOW") == "1"
 # CI installs every kernel the suite runs (IRkernel from Debian, xeus-python from PyPI): there a
 # missing one fails its tests instead of skipping them.
 REQUIRE_KERNELS = os.environ.get("HEARTBEAT_REQUIRE_KERNELS") == "1"
+# How many times slower than this machine the tests' machine is: the waits for a kernel or a
+# server to come up are this many times longer (tests.vm's VM, under software emulation, sets
+# it; the product's own settings, time_to_dead and the rest, are never scaled).
+TIME_SCALE = float(os.environ.get("HEARTBEAT_TEST_TIME_SCALE") or 1)
+
+
+def scaled(seconds: float) -> float:
+    """``seconds`` of waiting for something to start, on the tests' machine (``TIME_SCALE``)."""
+    return seconds * TIME_SCALE
 
 
 def kernel_spec_or_skip(name: str) -> str:

@@ -13,6 +13,7 @@ import pytest
 
 from tests import cgroups
 from tests.cgroups import joiner
+from tests.conftest import scaled
 from tests.test_jupyter_server import execute_request, serve
 from tests.test_memory_server import GROW, LIMIT, ready, wait_for
 from tests.test_server_deaths import SETTINGS, connect
@@ -45,7 +46,9 @@ def test_a_server_in_a_memory_oom_group_is_warned_of_at_start_and_rightly(tmp_pa
                 conn = await connect(server, f"/api/kernels/{kid}/channels")
                 try:
                     await conn.write_message(execute_request(GROW))
-                    while await asyncio.wait_for(conn.read_message(), timeout=600) is not None:
+                    while (
+                        await asyncio.wait_for(conn.read_message(), timeout=scaled(60)) is not None
+                    ):
                         pass  # until the server's end closes it
                 finally:
                     conn.close()

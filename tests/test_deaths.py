@@ -24,7 +24,7 @@ from heartbeat._cause import Death
 from heartbeat.jupyter import HeartbeatKernelManager, HeartbeatKernelRestarter, _kmsg
 from tests import cgroups
 from tests.cgroups import joiner
-from tests.conftest import run_python
+from tests.conftest import run_python, scaled
 
 # The restarter's own poll, as jupyter_client has it: a death it alone saw would take up to this.
 RESTARTER_POLL = 3.0
@@ -58,7 +58,7 @@ def manager(**settings: Any) -> HeartbeatKernelManager:
 
 async def until(condition: Any, timeout: float, what: str, step: float = 0.005) -> float:
     """Wait for ``condition()`` (bounded); the monotonic time it was first seen true."""
-    end = time.monotonic() + timeout
+    end = time.monotonic() + scaled(timeout)
     while not condition():
         assert time.monotonic() < end, what
         await asyncio.sleep(step)
@@ -148,7 +148,7 @@ def test_a_cell_that_exits_is_an_exit_code_and_with_autorestart_off_is_not_resta
         client = km.client()
         try:
             client.start_channels()
-            await client.wait_for_ready(timeout=60)
+            await client.wait_for_ready(timeout=scaled(60))
             pid = km.provisioner.pid  # type: ignore[union-attr]
             client.execute("import os; os._exit(3)")
             asked = time.monotonic()
@@ -192,7 +192,7 @@ def test_exit_in_a_cell_is_the_end_asked_for_not_a_death(
         client = km.client()
         try:
             client.start_channels()
-            await client.wait_for_ready(timeout=60)
+            await client.wait_for_ready(timeout=scaled(60))
             pid = km.provisioner.pid  # type: ignore[union-attr]
             client.execute(code)
             await until(lambda: km.provisioner.pid != pid, 30, "not restarted")  # type: ignore[union-attr]
@@ -402,7 +402,7 @@ def test_an_out_of_memory_kill_is_named_with_its_cgroups_limit(
         client = km.client()
         try:
             client.start_channels()
-            await client.wait_for_ready(timeout=60)
+            await client.wait_for_ready(timeout=scaled(60))
             pid = km.provisioner.pid  # type: ignore[union-attr]
             assert str(pid) in procs.read_text().split()
             client.execute(f"x = bytearray({2 * OOM_LIMIT})")
@@ -451,7 +451,7 @@ async def main():
     try:
         client = km.client()
         client.start_channels()
-        client.wait_for_ready(timeout=60)
+        client.wait_for_ready(timeout=scaled(60))
         client.stop_channels()
         process = km.provisioner.process  # the Popen: this process's own child
         # Just after the restarter's periodic poll: only the exit watch can see it sooner.

@@ -22,6 +22,7 @@ from tornado.websocket import websocket_connect
 
 from tests import cgroups
 from tests.cgroups import joiner
+from tests.conftest import scaled
 from tests.test_headless import install_kernelspec
 from tests.test_jupyter_server import Server, execute_request, serve
 from tests.test_metrics import metrics_of, scrape
@@ -55,12 +56,14 @@ async def ready(server: Server, kid: str) -> None:
     longer than a websocket client's default 20 s."""
     url = server.base.replace("http", "ws") + f"/api/kernels/{kid}/channels"
     headers = {"Authorization": f"token {server.token}"}
-    request = HTTPRequest(url, headers=headers, connect_timeout=120, request_timeout=120)
+    request = HTTPRequest(
+        url, headers=headers, connect_timeout=scaled(120), request_timeout=scaled(120)
+    )
     await close(await websocket_connect(request))
 
 
 def wait_for(predicate: object, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
+    end = time.monotonic() + scaled(timeout)
     while not predicate():  # type: ignore[operator]
         assert time.monotonic() < end, what
         time.sleep(0.1)
@@ -82,7 +85,7 @@ def test_stock_the_oom_killer_takes_the_server_larger_than_its_kernel(tmp_path: 
             try:
                 await conn.write_message(execute_request(GROW))
                 # Until the server's end closes it.
-                while await asyncio.wait_for(conn.read_message(), timeout=60) is not None:
+                while await asyncio.wait_for(conn.read_message(), timeout=scaled(60)) is not None:
                     pass
             finally:
                 conn.close()
@@ -188,7 +191,7 @@ def test_memory_interrupt_interrupts_the_cell_and_the_kernel_lives_on(tmp_path: 
                             for m in seen
                         )
                     ):
-                        raw = await asyncio.wait_for(conn.read_message(), timeout=60)
+                        raw = await asyncio.wait_for(conn.read_message(), timeout=scaled(60))
                         assert raw is not None, "websocket closed"
                         msg = json.loads(raw)
                         if msg["parent_header"].get("msg_id") == msg_id:
@@ -231,10 +234,10 @@ def test_a_headless_kernels_memory_interrupt_through_its_provisioner(
         client = km.client()
         try:
             client.start_channels()
-            await client.wait_for_ready(timeout=120)
+            await client.wait_for_ready(timeout=scaled(120))
             replies = []
             for code in ("kept = 42", GROW, "kept"):
-                reply = await client.execute(code, reply=True, timeout=120)
+                reply = await client.execute(code, reply=True, timeout=scaled(120))
                 replies.append(reply["content"])
             return replies
         finally:
