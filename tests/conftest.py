@@ -21,6 +21,15 @@ SLOW = os.environ.get("HEARTBEAT_SLOW") == "1"
 # CI installs every kernel the suite runs (IRkernel from Debian, xeus-python from PyPI): there a
 # missing one fails its tests instead of skipping them.
 REQUIRE_KERNELS = os.environ.get("HEARTBEAT_REQUIRE_KERNELS") == "1"
+# How many times slower than this machine the tests' machine is: the waits for a kernel or a
+# server to come up are this many times longer (tests.vm's VM, under software emulation, sets
+# it; the product's own settings, time_to_dead and the rest, are never scaled).
+TIME_SCALE = float(os.environ.get("HEARTBEAT_TEST_TIME_SCALE") or 1)
+
+
+def scaled(seconds: float) -> float:
+    """``seconds`` of waiting for something to start, on the tests' machine (``TIME_SCALE``)."""
+    return seconds * TIME_SCALE
 
 
 def kernel_spec_or_skip(name: str) -> str:
@@ -227,3 +236,15 @@ def no_leftover_threads() -> Iterator[None]:
             break
         time.sleep(0.01)
     assert not extra, f"threads left running: {extra}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which cgroup version the memory tests make their cgroups in, here (they run unchanged on
+    either): a run says which it ran."""
+    from tests import cgroups
+
+    version, where = cgroups.available()
+    if version is None:
+        return f"memory cgroups: none can be made here ({where}): the memory tests skip"
+    other = " (cgroup v2: python -m tests.vm runs them in a VM)" if version == 1 else ""
+    return f"memory cgroups: the memory tests make theirs in {where}{other}"

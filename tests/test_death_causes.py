@@ -23,7 +23,10 @@ import pytest
 
 from heartbeat._cause import Death
 from heartbeat.jupyter import HeartbeatKernelManager, _kmsg, _proc
-from tests.test_deaths import a_memory_cgroup, death_lines, joiner, manager, ready, until
+from tests import cgroups
+from tests.cgroups import joiner
+from tests.conftest import scaled
+from tests.test_deaths import a_memory_cgroup, death_lines, manager, ready, until
 
 # Two idle ipykernels need about half of this; the cell asks for twice it.
 LIMIT = 384 << 20
@@ -63,7 +66,7 @@ def test_a_kernel_killed_by_hand_after_another_was_oom_killed_in_its_cgroup_is_n
         client = a.client()
         try:
             client.start_channels()
-            await client.wait_for_ready(timeout=60)
+            await client.wait_for_ready(timeout=scaled(60))
             await ready(b)
             await until(lambda: b.heart_has_beaten, 30, "B's heart never answered")
             client.execute(f"x = bytearray({2 * LIMIT})")
@@ -105,7 +108,7 @@ def test_a_kernel_moved_into_a_limited_cgroup_after_its_start_is_oom_killed_ther
         client = km.client()
         try:
             client.start_channels()
-            await client.wait_for_ready(timeout=60)
+            await client.wait_for_ready(timeout=scaled(60))
             pid = km.provisioner.pid  # type: ignore[union-attr]
             # As a cgroup rules engine or a batch system does, once it has started.
             (group / "cgroup.procs").write_text(str(pid))
@@ -120,7 +123,7 @@ def test_a_kernel_moved_into_a_limited_cgroup_after_its_start_is_oom_killed_ther
 
     with caplog.at_level(logging.INFO), a_memory_cgroup(LIMIT) as group:
         death, pid = asyncio.run(scenario(group))
-        assert (group / "memory.oom_control").read_text().split()[-1] == "1"
+        assert cgroups.oom_kills(group) == 1
     assert death.cause.kind == "oom" and death.signal == signal.SIGKILL, death
     assert death.cause.memory_limit == LIMIT and not death.cause.likely, death
     assert death.cause.evidence == evidence, death
@@ -237,7 +240,7 @@ def test_a_wrapped_kernel_oom_killed_is_named_out_of_memory(
         try:
             _, kernel = await wrapped(km, wrapped_kernel)
             client.start_channels()
-            await client.wait_for_ready(timeout=60)
+            await client.wait_for_ready(timeout=scaled(60))
             # The kernel under bash read while it lived (a kill of it is then its kernel's).
             witness = km._death_watch.witness
             await until(lambda: witness and kernel in witness.descendants, 30, "kernel unseen")

@@ -23,7 +23,7 @@ from heartbeat._cause import Death
 from heartbeat.jupyter import HeartbeatKernelManager, HeartbeatKernelRestarter, _kmsg
 from tests import cgroups
 from tests.cgroups import joiner
-from tests.conftest import run_python
+from tests.conftest import run_python, scaled
 
 # The restarter's own poll, as jupyter_client has it: a death it alone saw would take up to this.
 RESTARTER_POLL = 3.0
@@ -57,7 +57,7 @@ def manager(**settings: Any) -> HeartbeatKernelManager:
 
 async def until(condition: Any, timeout: float, what: str, step: float = 0.005) -> float:
     """Wait for ``condition()`` (bounded); the monotonic time it was first seen true."""
-    end = time.monotonic() + timeout
+    end = time.monotonic() + scaled(timeout)
     while not condition():
         assert time.monotonic() < end, what
         await asyncio.sleep(step)
@@ -147,7 +147,7 @@ def test_a_cell_that_exits_is_an_exit_code_and_with_autorestart_off_is_not_resta
         client = km.client()
         try:
             client.start_channels()
-            await client.wait_for_ready(timeout=60)
+            await client.wait_for_ready(timeout=scaled(60))
             pid = km.provisioner.pid  # type: ignore[union-attr]
             client.execute("import os; os._exit(3)")
             asked = time.monotonic()
@@ -191,7 +191,7 @@ def test_exit_in_a_cell_is_the_end_asked_for_not_a_death(
         client = km.client()
         try:
             client.start_channels()
-            await client.wait_for_ready(timeout=60)
+            await client.wait_for_ready(timeout=scaled(60))
             # A kernel whose heart has answered is running (the rule for "ended itself"):
             # the heart's first answer may come after the shell's on a loaded machine.
             await until(lambda: km.heart_has_beaten, 30, "its heart never answered")
@@ -378,8 +378,10 @@ def test_a_kernel_that_dies_before_its_heart_answered_is_left_to_the_restarters_
 OOM_LIMIT = 256 << 20  # an ipykernel needs about a third of this; the cell asks for twice it
 
 
-# One helper for every test's memory cgroup (tests/cgroups.py): no kill after, here.
-a_memory_cgroup = cgroups.memory_cgroup
+def a_memory_cgroup(limit: int) -> contextlib.AbstractContextManager[Path]:
+    """A memory cgroup limited to ``limit`` bytes (v1 or v2: :mod:`tests.cgroups`), removed
+    after (once what joined it has exited); skips, saying why, where none can be made."""
+    return cgroups.memory_cgroup(limit)
 
 
 @pytest.fixture
@@ -402,7 +404,7 @@ def test_an_out_of_memory_kill_is_named_with_its_cgroups_limit(
         client = km.client()
         try:
             client.start_channels()
-            await client.wait_for_ready(timeout=60)
+            await client.wait_for_ready(timeout=scaled(60))
             pid = km.provisioner.pid  # type: ignore[union-attr]
             assert str(pid) in procs.read_text().split()
             client.execute(f"x = bytearray({2 * OOM_LIMIT})")
@@ -451,7 +453,7 @@ async def main():
     try:
         client = km.client()
         client.start_channels()
-        client.wait_for_ready(timeout=60)
+        client.wait_for_ready(timeout=scaled(60))
         client.stop_channels()
         process = km.provisioner.process  # the Popen: this process's own child
         # Just after the restarter's periodic poll: only the exit watch can see it sooner.

@@ -24,7 +24,7 @@ import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from tests.conftest import free_port
+from tests.conftest import free_port, scaled
 
 CONFIG_LINE = (
     "--AsyncMappingKernelManager.kernel_manager_class=heartbeat.jupyter.HeartbeatKernelManager"
@@ -116,7 +116,7 @@ def serve(
     )
     srv = Server(proc, f"http://127.0.0.1:{port}", token, tmp_path / "server.log")
     try:
-        end = time.monotonic() + 60
+        end = time.monotonic() + scaled(60)
         while True:
             try:
                 srv.api("GET", "/api/status")

@@ -17,8 +17,10 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from heartbeat.jupyter import _kmsg
 from heartbeat.jupyter.events import SCHEMA_ID
+from tests.cgroups import joiner
+from tests.conftest import scaled
 from tests.test_death_causes import WRAPPED
-from tests.test_deaths import a_memory_cgroup, joiner
+from tests.test_deaths import a_memory_cgroup
 from tests.test_jupyter_server import Server, execute_request, serve
 from tests.test_metrics import metrics_of, scrape
 
@@ -72,7 +74,7 @@ def deaths_by_cause(values: dict[Any, float]) -> dict[str, int]:
 async def connect(server: Server, path: str) -> WebSocketClientConnection:
     url = server.base.replace("http", "ws") + path
     headers = {"Authorization": f"token {server.token}"}
-    return await websocket_connect(HTTPRequest(url, headers=headers, connect_timeout=30))
+    return await websocket_connect(HTTPRequest(url, headers=headers, connect_timeout=scaled(30)))
 
 
 async def close(conn: WebSocketClientConnection) -> None:
@@ -92,7 +94,7 @@ async def run_until_restart(server: Server, kid: str, code: str) -> tuple[str, l
         await conn.write_message(request)
         seen: list[Any] = []
         while True:
-            raw = await asyncio.wait_for(conn.read_message(), timeout=30)
+            raw = await asyncio.wait_for(conn.read_message(), timeout=scaled(30))
             assert raw is not None, "websocket closed"
             msg = json.loads(raw)
             seen.append(msg)
