@@ -378,10 +378,8 @@ def test_a_kernel_that_dies_before_its_heart_answered_is_left_to_the_restarters_
 OOM_LIMIT = 256 << 20  # an ipykernel needs about a third of this; the cell asks for twice it
 
 
-def a_memory_cgroup(limit: int) -> contextlib.AbstractContextManager[Path]:
-    """A memory cgroup limited to ``limit`` bytes (v1 or v2: :mod:`tests.cgroups`), removed
-    after (once what joined it has exited); skips, saying why, where none can be made."""
-    return cgroups.memory_cgroup(limit)
+# One maker of every test's memory cgroup, v1 or v2 (tests/cgroups.py): no kill after, here.
+a_memory_cgroup = cgroups.memory_cgroup
 
 
 @pytest.fixture
