@@ -451,7 +451,7 @@ async def main():
     try:
         client = km.client()
         client.start_channels()
-        client.wait_for_ready(timeout=scaled(60))
+        client.wait_for_ready(timeout=60)
         client.stop_channels()
         process = km.provisioner.process  # the Popen: this process's own child
         # Just after the restarter's periodic poll: only the exit watch can see it sooner.
