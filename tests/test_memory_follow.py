@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ from heartbeat._memory import Interrupt, Warn
 from heartbeat.jupyter import HeartbeatKernelManager
 from heartbeat.jupyter._cgroup_reading import readings
 from heartbeat.jupyter._kernel_memory import kernel_pids
+from heartbeat.jupyter._memory_watch import MemoryGuard
 from tests import cgroups
+from tests.cgroups import joiner
 from tests.conftest import scaled
 from tests.test_deaths import until
 from tests.test_memory_server import GROW, memory_cgroup
@@ -100,3 +103,49 @@ def test_a_kernel_moved_into_a_limited_cgroup_after_its_start_is_interrupted_the
     ), said
     assert not any(" died: " in m for m in said), said
     assert time.monotonic() - start < scaled(60)
+
+
+def test_a_watch_follows_its_kernel_to_its_binding_cgroup_only_when_that_changes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A process (not a kernel: what is read is where it is) in a limited cgroup A, moved into a
+    # child of A with no limit of its own (A's still binds: the same reading, its state kept),
+    # then into another limited cgroup B (followed: A's reading, its last member gone, closed).
+    async def scenario(a: Path, b: Path, proc: subprocess.Popen[bytes]) -> None:
+        guard = MemoryGuard()
+        log = logging.getLogger("test-memory-follow")
+        guard.start(proc, oom_score_adj=0, warning=0.9, interrupt=None, log=log)
+        try:
+            [first] = readings()
+            assert first.reader.path == a and first.members == [guard]
+            child = a / "child"
+            if cgroups.version_of(a) == 2:
+                (a / "cgroup.subtree_control").write_text("+memory")
+            child.mkdir()
+            (child / "cgroup.procs").write_text(str(proc.pid))
+            # Seen at its next look (its 1 s mark, or its cgroup's next reading).
+            await until(
+                lambda: guard._where is not None and "child" in guard._where, 10, "not seen"
+            )
+            assert readings() == [first] and first.members == [guard] and not first.closed
+            (b / "cgroup.procs").write_text(str(proc.pid))
+            await until(lambda: any(r.reader.path == b for r in readings()), 10, "not followed")
+            [second] = readings()
+            assert second.members == [guard] and first.closed
+            assert guard.limit == 128 << 20  # its death's words: the new cgroup's limit
+        finally:
+            guard.stop()
+        assert readings() == [] and second.closed  # its last kernel left
+
+    caplog.set_level(logging.INFO)
+    with memory_cgroup(256 << 20) as a, memory_cgroup(128 << 20) as b:
+        proc = subprocess.Popen(["sleep", "60"], start_new_session=True, preexec_fn=joiner(a))
+        try:
+            asyncio.run(scenario(a, b, proc))
+        finally:
+            proc.kill()
+            proc.wait()
+            with contextlib.suppress(FileNotFoundError):
+                (a / "child").rmdir()
+    said = [r.getMessage() for r in caplog.records if r.name == "test-memory-follow"]
+    assert said == [f"moved into memory cgroup {b}: its memory is read there"], said

@@ -289,13 +289,20 @@ class MemoryGuard:
             return False
         self._where_at = now
         text = memory_cgroup_text(process.pid)
-        if not moved(self._where, text):
+        if text is None or not moved(self._where, text):
             return False
         self._where = text  # followed once
-        loop.add_callback(self._follow, process, text)
+        group = memory_cgroup_in(text)
+        reader = None if group is None else Reader.of(group)
+        bound = None if self._reading is None else self._reading.reader
+        if reader == bound:
+            # Moved under the same binding limit (into a child cgroup with none of its own):
+            # still read where it was, its warning's state and peak kept.
+            return False
+        loop.add_callback(self._follow, process, reader)
         return True
 
-    def _follow(self, process: subprocess.Popen[Any], text: str) -> None:
+    def _follow(self, process: subprocess.Popen[Any], reader: Reader | None) -> None:
         # Its kernel moved (see _look): it leaves its old cgroup's reading and joins its new
         # one's with a schedule of its own there (what it crossed of the old limit says nothing
         # of the new one), its peak and limit now the new cgroup's (for its death's words).
@@ -303,8 +310,6 @@ class MemoryGuard:
             if self._process is not process or process.poll() is not None:
                 return  # stopped (or restarted), or exited, meanwhile
             old, self._reading = self._reading, None
-            group = memory_cgroup_in(text)
-            reader = None if group is None else Reader.of(group)
             self.peak = self.limit = self._read_at = None
             self._last_reader = reader
             schedule = self._schedule = self._new_schedule()
