@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from heartbeat._evidence import memory_cgroup
+
 # cgroup v1 writes the largest page-aligned 64-bit number for "no limit".
 _NO_LIMIT = 1 << 62
 
@@ -189,6 +191,35 @@ class Interrupt:
             f"{_size(self.limit)} limit (memory_interrupt){_own(self.own, self.sharers, True)}; "
             "interrupted before the out-of-memory killer would kill the kernel"
         )
+
+
+#: Seconds within which where a kernel is (its memory cgroup) is not looked at again at its
+#: cgroup's readings: near its limit those come many times a second, and a move is rare.
+WHERE_EVERY = 1.0
+
+
+def where_due(now: float, last: float | None) -> bool:
+    """Whether where a kernel is (``/proc/<pid>/cgroup``) is looked at again at a reading at
+    ``now``, last looked at at ``last`` (None: never)."""
+    return last is None or now - last >= WHERE_EVERY
+
+
+def moved(before: str | None, now: str | None) -> bool:
+    """Whether a process whose ``/proc/<pid>/cgroup`` read ``before`` (None: unreadable) is in
+    another memory cgroup now, when it reads ``now`` (None: unreadable, it has exited: no
+    move to follow). A move in another controller's hierarchy alone is none."""
+    if now is None or now == before:
+        return False
+    try:
+        after = memory_cgroup(now)
+    except ValueError:
+        return False  # not a cgroup file's text (a read torn by the move): looked at again
+    if before is None:
+        return after is not None
+    try:
+        return memory_cgroup(before) != after
+    except ValueError:
+        return after is not None
 
 
 class MemorySchedule:

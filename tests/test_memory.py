@@ -222,3 +222,35 @@ def test_the_memory_settings_defaults() -> None:
     assert settings.memory_warning == 0.9 and settings.memory_interrupt is None
     settings.memory_warning = None  # off
     settings.kernel_oom_score_adj = 0  # left as they are
+
+
+# -- a kernel moved into another cgroup after its start -------------------------------------------
+
+V1_CGROUP = "9:name=systemd:/\n4:memory:/spawner/{}\n3:cpuset:/\n0::/\n"
+V2_CGROUP = "0::/spawner/{}\n"
+
+
+@pytest.mark.parametrize("text", [V1_CGROUP, V2_CGROUP])
+def test_a_kernel_moved_into_another_memory_cgroup_has_moved(text: str) -> None:
+    assert _memory.moved(text.format("a"), text.format("kernel-1"))
+    assert not _memory.moved(text.format("a"), text.format("a"))
+
+
+def test_a_move_in_another_controllers_hierarchy_alone_is_none() -> None:
+    before = V1_CGROUP.format("a")
+    assert not _memory.moved(before, before.replace("3:cpuset:/", "3:cpuset:/pinned"))
+
+
+def test_an_unreadable_or_torn_cgroup_file_is_no_move() -> None:
+    before = V2_CGROUP.format("a")
+    assert not _memory.moved(before, None)  # it exited: nothing to follow
+    assert not _memory.moved(before, "0::")  # torn: looked at again later
+    # Nowhere to read before (no cgroup file then): a memory cgroup now is one to follow.
+    assert _memory.moved(None, before)
+    assert not _memory.moved(None, "1:cpu:/\n")
+
+
+def test_where_a_kernel_is_is_looked_at_at_most_every_WHERE_EVERY_seconds() -> None:
+    assert _memory.where_due(10.0, None)
+    assert not _memory.where_due(10.0 + _memory.WHERE_EVERY / 2, 10.0)
+    assert _memory.where_due(10.0 + _memory.WHERE_EVERY, 10.0)

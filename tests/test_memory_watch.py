@@ -298,3 +298,30 @@ def test_kernels_sharing_a_cgroup_share_one_reading_and_only_the_largest_is_inte
                 for pipe in (proc.stdin, proc.stdout):
                     if pipe is not None:
                         pipe.close()
+
+
+def test_kernels_joining_a_reading_leave_it_one_timer(
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    # Each joins with a reading at once: the timer set by the one before is replaced, not left
+    # to read the cgroup again (with 1,000 kernels, 1,000 readings of 1,000 every 5 s).
+    async def scenario() -> int:
+        guards = []
+        for _ in range(5):
+            proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+            processes.append(proc)
+            guard = MemoryGuard()
+            guard.start(proc, oom_score_adj=0, warning=0.9, interrupt=None, log=logging.getLogger())
+            guards.append(guard)
+        try:
+            [reading] = readings()
+            assert len(reading.members) == 5
+            loop = asyncio.get_running_loop()
+            pending = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+            # tornado's call_later: asyncio's, its callback given as a partial.
+            return sum(getattr(h._args[0], "func", None) == reading._tick for h in pending)
+        finally:
+            for guard in guards:
+                guard.stop()
+
+    assert asyncio.run(scenario()) == 1

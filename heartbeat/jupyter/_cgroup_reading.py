@@ -93,7 +93,11 @@ class CgroupReading:
         self._next = self._loop.call_later(max(delay, 0.0), self._tick)
 
     def _tick(self) -> None:
-        self._next = None
+        if self._next is not None:
+            # Read before its timer (a new member's first reading): that timer is replaced, not
+            # left to read again (a reading for each kernel that joined, every few seconds).
+            self._loop.remove_timeout(self._next)
+            self._next = None
         if self.closed:
             return
         self._ticking = True

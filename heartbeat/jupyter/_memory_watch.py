@@ -28,7 +28,7 @@ from tornado.ioloop import IOLoop
 
 from heartbeat import _address_space
 from heartbeat._cause import Cause
-from heartbeat._memory import Interrupt, MemorySchedule, Warn
+from heartbeat._memory import Interrupt, MemorySchedule, Warn, moved, where_due
 from heartbeat.jupyter._cgroup_reading import CgroupReading, join_reading
 from heartbeat.jupyter._kernel_memory import (
     Reader,
@@ -38,7 +38,7 @@ from heartbeat.jupyter._kernel_memory import (
     sizes_of,
     warn_if_oom_group,
 )
-from heartbeat.jupyter._proc import memory_cgroup_of
+from heartbeat.jupyter._proc import memory_cgroup_in, memory_cgroup_text
 
 #: Seconds after a kernel's start at which its processes are marked again: a wrapper (a shell
 #: script, ``conda run``) may fork the real kernel before the first mark, which forks made
@@ -134,6 +134,10 @@ class MemoryGuard:
         self.limit: int | None = None
         self._fractions: tuple[float | None, float | None] = (None, None)
         self._space: AddressSpaceWatch | None = None  # once a process has an RLIMIT_AS
+        # Where its kernel was (/proc/<pid>/cgroup) when its reading was joined, and when that
+        # was last looked at: a kernel moved into another cgroup is read there.
+        self._where: str | None = None
+        self._where_at: float | None = None
 
     def add_listener(self, callback: Callable[[Warn | Interrupt], object]) -> None:
         """Call ``callback(event)`` at each warning (:class:`heartbeat._memory.Warn`) and
@@ -179,15 +183,15 @@ class MemoryGuard:
         self._interrupt = interrupt_kernel if interrupt is not None else None
         self._fractions = (warning or None, interrupt or None)
         loop = self._loop = IOLoop.current()
+        self._where = text = memory_cgroup_text(process.pid)
+        self._where_at = time.monotonic()
         self._mark()
         self._timers = [loop.call_later(delay, self._mark) for delay in REMARK_AFTER]
-        group = memory_cgroup_of(process.pid)
+        group = None if text is None else memory_cgroup_in(text)
         if group is None:
             return
         reader = self._last_reader = Reader.of(group)
-        schedule = self._schedule = MemorySchedule(
-            warning=warning or None, interrupt=interrupt or None
-        )
+        schedule = self._schedule = self._new_schedule()
         self.full_from = min(PEAK_FROM, warning or 1.0, interrupt or 1.0)
         # Read with the other kernels of its cgroup on this loop, if any (at once, as first).
         self._reading = join_reading(reader, self, schedule)
@@ -202,6 +206,7 @@ class MemoryGuard:
         self._timers = []
         reading, self._reading = self._reading, None
         self._process = self._schedule = None
+        self._where = self._where_at = None
         space, self._space = self._space, None
         if space is not None:
             space.stop()
@@ -219,6 +224,7 @@ class MemoryGuard:
         if self._adj:
             mark_for_oom(process, self._adj)
         self._pids, self._pids_at = kernel_pids(process), time.monotonic()
+        self._look(self._pids_at)
         loop = self._loop
         if loop is None or self._fractions == (None, None):
             return
@@ -256,6 +262,9 @@ class MemoryGuard:
             process = self._process
             if process is None or process.poll() is not None:
                 return False, None  # stopped, or it exited: nothing more to read
+            now = time.monotonic()
+            if where_due(now, self._where_at) and self._look(now):
+                return False, None  # moved: read where it is now, not here
             self.limit = limit
             if near is None or usage < near:
                 return True, None
@@ -265,6 +274,62 @@ class MemoryGuard:
             self.peak = max(self.peak or 0, peak) or None
             self._read_at = time.monotonic()
             return True, size
+
+    def _new_schedule(self) -> MemorySchedule:
+        warning, interrupt = self._fractions
+        return MemorySchedule(warning=warning, interrupt=interrupt)
+
+    def _look(self, now: float) -> bool:
+        # Where its kernel is now (its main process's /proc/<pid>/cgroup, a tiny read), under
+        # the lock: moved into another memory cgroup (a spawner's hook, systemd-run --scope,
+        # an operator's echo into cgroup.procs), it is read there from now on (on the loop,
+        # not here: this may be in the middle of its old cgroup's reading). Whether it moved.
+        process, loop = self._process, self._loop
+        if process is None or loop is None:
+            return False
+        self._where_at = now
+        text = memory_cgroup_text(process.pid)
+        if text is None or not moved(self._where, text):
+            return False
+        self._where = text  # followed once
+        group = memory_cgroup_in(text)
+        reader = None if group is None else Reader.of(group)
+        bound = None if self._reading is None else self._reading.reader
+        if reader == bound:
+            # Moved under the same binding limit (into a child cgroup with none of its own):
+            # still read where it was, its warning's state and peak kept.
+            return False
+        loop.add_callback(self._follow, process, reader)
+        return True
+
+    def _follow(self, process: subprocess.Popen[Any], reader: Reader | None) -> None:
+        # Its kernel moved (see _look): it leaves its old cgroup's reading and joins its new
+        # one's with a schedule of its own there (what it crossed of the old limit says nothing
+        # of the new one), its peak and limit now the new cgroup's (for its death's words).
+        with self._lock:
+            if self._process is not process or process.poll() is not None:
+                return  # stopped (or restarted), or exited, meanwhile
+            old, self._reading = self._reading, None
+            self.peak = self.limit = self._read_at = None
+            self._last_reader = reader
+            schedule = self._schedule = self._new_schedule()
+            log = self._log
+        if old is not None:
+            old.leave(self)  # the last kernel to leave closes it
+        if log is not None:
+            log.info(
+                "moved into memory cgroup %s: its memory is read there",
+                "(none to read)" if reader is None else reader.path,
+            )
+        if reader is None:
+            return
+        # Outside the lock: joining reads at once, which asks this guard its kernel's size.
+        reading = join_reading(reader, self, schedule)
+        with self._lock:
+            if self._process is process and self._schedule is schedule:
+                self._reading = reading
+                return
+        reading.leave(self)  # stopped meanwhile (from another thread): nothing to read
 
     def tell(self, event: Warn | Interrupt) -> None:
         """For its cgroup's reading: tell this kernel's owner of ``event`` (unless stopped)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +103,16 @@ def descendants(pid: int, limit: int = 64) -> frozenset[int]:
 def memory_cgroup_text(pid: int) -> str | None:
     """The text of ``/proc/<pid>/cgroup`` (where process ``pid`` is now); None: gone, or no
     cgroups here."""
+    # os's calls, not pathlib's: the memory watch reads it at each reading of every kernel.
     try:
-        return Path(f"/proc/{pid}/cgroup").read_text()
+        fd = os.open(f"/proc/{pid}/cgroup", os.O_RDONLY)
+        try:
+            data = os.read(fd, 1 << 16)  # a few lines: read whole at once
+        finally:
+            os.close(fd)
     except OSError:
         return None
+    return data.decode(errors="replace")
 
 
 def memory_cgroup_of(pid: int, root: Path = CGROUP_ROOT) -> MemoryCgroup | None:
