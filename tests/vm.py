@@ -118,7 +118,15 @@ def main(argv: list[str]) -> int:
     print("tests.vm:", shlex.join(cmd), flush=True)
     env = dict(os.environ)
     env["PATH"] = f"{Path(cmd[0]).parent}:{env.get('PATH', '')}"  # vng runs virtme-run beside it
-    return subprocess.run(cmd, env=env, check=False).returncode
+    # Through a pipe: QEMU opens its output (/proc/self/fd/1) as a file, truncating it, which
+    # would erase what a log that this process's output is redirected to holds before it.
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as vm:
+        out = vm.stdout
+        assert out is not None
+        for chunk in iter(lambda: os.read(out.fileno(), 1 << 16), b""):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+        return vm.wait()
 
 
 if __name__ == "__main__":
