@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,7 +45,9 @@ def test_scale_benchmark_smoke() -> None:
         "--start",
         "staggered",
         "--rounds",
-        "2",
+        # Two rounds in full (the medians and the CPU range of real runs); the short form one:
+        # how rounds combine is tested on plain rows below (test_rounds_combine_...).
+        "2" if SLOW else "1",
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr  # exit 1: a false death
@@ -60,10 +63,37 @@ def test_scale_benchmark_smoke() -> None:
     assert pool[0] == sizes and pool[2] == "staggered" and pool[6] == "0"  # false deaths
     assert pool[7] != "-"  # the killed heart was reported dead
     assert int(pool[9]) > 200  # the open descriptors: one a heart's connection, and more
-    low, _, high = pool[10].partition("-")  # two rounds: the median and the range of CPU
-    assert float(low) <= float(pool[3]) <= float(high)
+    if SLOW:
+        low, _, high = pool[10].partition("-")  # two rounds: the median and the range of CPU
+        assert float(low) <= float(pool[3]) <= float(high)
     assert f"{sizes} hearts, pool staggered: " in result.stdout  # the goals, side by side
     assert "kernel managers at " in result.stdout
+
+
+def test_rounds_combine_into_medians_every_false_death_and_the_cpu_range() -> None:
+    from benchmarks.scale import combine, table
+
+    def run(cpu: float, false_deaths: int, detect: float | None) -> dict[str, Any]:
+        return {
+            "n": 200,
+            "kind": "pool",
+            "start": "staggered",
+            "cpu": cpu,
+            "rss": 50.0,
+            "beats_per_s": 600.0,
+            "false_deaths": false_deaths,
+            "detect": detect,
+            "silent": None,
+            "fds": 210,
+        }
+
+    row = combine([run(3.0, 0, 1.2), run(9.0, 1, None), run(4.0, 0, 1.0)])
+    assert row["cpu"] == 4.0 and row["detect"] == 1.1  # medians, of what was measured
+    assert row["false_deaths"] == 1  # every one, never a median
+    assert row["cpu_range"] == (3.0, 9.0) and row["rounds"] == 3
+    assert table([row]).splitlines()[-1].split()[-1] == "3.0-9.0"
+    single = run(5.0, 0, 1.0)
+    assert combine([single]) is single and "range" not in table([single])
 
 
 @pytest.mark.slow
