@@ -397,6 +397,14 @@ def test_a_kernel_the_hook_cannot_enter_is_reported_without_stacks_saying_why_on
             client = km.client()
             client.start_channels()
             await client.wait_for_ready(timeout=60)
+            # Not launched as `-m ipykernel_launcher`, it is judged only once it has answered on
+            # control (a kernel that never has is never called hung): on a loaded machine the
+            # first probe's answer can come after the shell's.
+            await until(
+                lambda: km._responsive is not None and km._responsive.answers_from is not None,
+                REPORT_WITHIN,
+                "its control never answered",
+            )
             for _ in range(2):  # two episodes
                 client.execute(PAUSE_MAIN, stop_on_error=False)
                 await until(lambda: km.unresponsive is not None, REPORT_WITHIN, "reported")
