@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -58,6 +59,35 @@ def write_notebook(path: Path, cell: str) -> None:
     nbformat.write(nb, path)
 
 
+def open_notebook(page: Any, server: Any) -> None:
+    """Open the server's ``nb.ipynb`` in JupyterLab and wait until its kernel is up and idle
+    (JupyterLab's status bar says so)."""
+    page.goto(f"{server.base}/lab/tree/nb.ipynb?token={server.token}", timeout=90_000)
+    page.wait_for_selector(".jp-Notebook-cell", timeout=90_000)
+    page.wait_for_function(
+        "() => document.querySelector('.jp-Notebook-ExecutionIndicator')"
+        "?.getAttribute('data-status') === 'idle'",
+        timeout=90_000,
+    )
+
+
+def run_cell(page: Any, started: str, timeout: int) -> None:
+    """Run the notebook's cell with the toolbar's run button until ``started`` (a JavaScript
+    function's text) holds, ``timeout`` ms each try: on a loaded machine a first click can land
+    before the toolbar acts on it, so it is clicked again, three times at most, only while the
+    cell has not started (a second run would run it twice)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(3):
+        page.click(".jp-Cell .jp-InputArea-editor")
+        page.click("[data-command='notebook:run-cell-and-select-next']")
+        try:
+            page.wait_for_function(started, timeout=timeout)
+            return
+        except PlaywrightTimeout:
+            continue
+
+
 def browser_or_skip() -> None:
     if not os.access(CHROMIUM, os.X_OK):
         if REQUIRED:
@@ -70,7 +100,6 @@ def browser_or_skip() -> None:
 @pytest.mark.timeout(240)
 def test_jupyterlab_shows_why_the_kernel_died_in_the_running_cell(tmp_path: Path) -> None:
     browser_or_skip()
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     write_notebook(tmp_path / "nb.ipynb", CELL)
@@ -98,25 +127,8 @@ def test_jupyterlab_shows_why_the_kernel_died_in_the_running_cell(tmp_path: Path
         try:
             page = browser.new_page()
             page.add_init_script(WATCH)
-            page.goto(f"{server.base}/lab/tree/nb.ipynb?token={server.token}", timeout=90_000)
-            # The kernel is up and idle (JupyterLab's status bar says so).
-            page.wait_for_selector(".jp-Notebook-cell", timeout=90_000)
-            page.wait_for_function(
-                "() => document.querySelector('.jp-Notebook-ExecutionIndicator')"
-                "?.getAttribute('data-status') === 'idle'",
-                timeout=90_000,
-            )
-            # Run the cell with the notebook toolbar's run button; on a loaded machine a first
-            # click can land before the toolbar acts on it: until the cell runs ([*], for the
-            # cell's 1.5 s) or its notice is there, a few times at most.
-            for _ in range(3):
-                page.click(".jp-Cell .jp-InputArea-editor")
-                page.click("[data-command='notebook:run-cell-and-select-next']")
-                try:
-                    page.wait_for_function(RUNNING, timeout=20_000)
-                    break
-                except PlaywrightTimeout:
-                    continue
+            open_notebook(page, server)
+            run_cell(page, RUNNING, 20_000)
             page.wait_for_function(
                 "() => window.__seen.notice && window.__seen.dialog", timeout=60_000
             )

@@ -12,7 +12,14 @@ import pytest
 
 from tests.test_deaths import joiner
 from tests.test_jupyter_server import serve
-from tests.test_jupyterlab import CHROMIUM, LAB_OFFLINE, browser_or_skip, write_notebook
+from tests.test_jupyterlab import (
+    CHROMIUM,
+    LAB_OFFLINE,
+    browser_or_skip,
+    open_notebook,
+    run_cell,
+    write_notebook,
+)
 from tests.test_memory_server import GROW, memory_cgroup
 from tests.test_server_deaths import SETTINGS
 
@@ -51,7 +58,6 @@ def grow_in_lab(tmp_path: Path, *, extension: bool = True) -> tuple[dict[str, An
     """Run GROW in JupyterLab, its server in a LIMIT memory cgroup, until its kernel dies (with
     and without ``extension``). What the page saw (:data:`WATCH`) and
     the server's log."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     write_notebook(tmp_path / "nb.ipynb", GROW)
@@ -75,25 +81,9 @@ def grow_in_lab(tmp_path: Path, *, extension: bool = True) -> tuple[dict[str, An
         try:
             page = browser.new_page()
             page.add_init_script(WATCH)
-            page.goto(f"{server.base}/lab/tree/nb.ipynb?token={server.token}", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook-cell", timeout=90_000)
-            page.wait_for_function(
-                "() => document.querySelector('.jp-Notebook-ExecutionIndicator')"
-                "?.getAttribute('data-status') === 'idle'",
-                timeout=90_000,
-            )
-            # A first click can land before the toolbar acts on it: clicked again only if the
-            # cell never ran (a second run would grow the restarted kernel to its death again).
-            for _ in range(3):
-                page.click(".jp-Cell .jp-InputArea-editor")
-                page.click("[data-command='notebook:run-cell-and-select-next']")
-                try:
-                    page.wait_for_function(
-                        "() => window.__seen.running || window.__seen.dialog", timeout=30_000
-                    )
-                    break
-                except PlaywrightTimeout:
-                    continue
+            open_notebook(page, server)
+            # Started: running, or already dead (a second run would grow the restarted kernel).
+            run_cell(page, "() => window.__seen.running || window.__seen.dialog", 30_000)
             # Until its kernel's death is shown: the restart dialog (and ours, the notice).
             done = "window.__seen.dialog" + (" && window.__seen.notice" if extension else "")
             page.wait_for_function(f"() => {done}", timeout=90_000)

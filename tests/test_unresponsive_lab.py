@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from tests.test_jupyter_server import serve
-from tests.test_jupyterlab import CHROMIUM, LAB_OFFLINE, browser_or_skip, write_notebook
+from tests.test_jupyterlab import (
+    CHROMIUM,
+    LAB_OFFLINE,
+    browser_or_skip,
+    open_notebook,
+    run_cell,
+    write_notebook,
+)
 
 CELL = "x = 1\nimport ctypes; ctypes.PyDLL(None).pause()"
 
@@ -23,7 +30,6 @@ PROMPT = "() => document.querySelector('.jp-InputPrompt')?.textContent"
 @pytest.mark.timeout(240)
 def test_jupyterlab_shows_a_stuck_cell_where_its_kernel_is_stuck(tmp_path: Path) -> None:
     browser_or_skip()
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     write_notebook(tmp_path / "nb.ipynb", CELL)
@@ -41,21 +47,8 @@ def test_jupyterlab_shows_a_stuck_cell_where_its_kernel_is_stuck(tmp_path: Path)
         )
         try:
             page = browser.new_page()
-            page.goto(f"{server.base}/lab/tree/nb.ipynb?token={server.token}", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook-cell", timeout=90_000)
-            page.wait_for_function(
-                "() => document.querySelector('.jp-Notebook-ExecutionIndicator')"
-                "?.getAttribute('data-status') === 'idle'",
-                timeout=90_000,
-            )
-            for _ in range(3):  # a first click can land before the toolbar acts on it
-                page.click(".jp-Cell .jp-InputArea-editor")
-                page.click("[data-command='notebook:run-cell-and-select-next']")
-                try:
-                    page.wait_for_function(NOTICE, timeout=30_000)
-                    break
-                except PlaywrightTimeout:
-                    continue
+            open_notebook(page, server)
+            run_cell(page, NOTICE, 30_000)
             notice = page.evaluate(NOTICE)
             prompt_then = page.evaluate(PROMPT)
             page.screenshot(path=str(tmp_path / "lab.png"))
