@@ -13,10 +13,9 @@ import pytest
 
 from tests import cgroups
 from tests.cgroups import joiner
-from tests.conftest import scaled
-from tests.test_jupyter_server import execute_request, serve
-from tests.test_memory_server import GROW, LIMIT, ready, wait_for
-from tests.test_server_deaths import SETTINGS, connect
+from tests.test_jupyter_server import serve
+from tests.test_memory_server import LIMIT, grow_until_the_server_ends, wait_for
+from tests.test_server_deaths import SETTINGS
 
 
 def v2_or_skip() -> None:
@@ -41,19 +40,7 @@ def test_a_server_in_a_memory_oom_group_is_warned_of_at_start_and_rightly(tmp_pa
             assert f"({group})" in said and "singleProcessOOMKill" in said, said
             kid = server.api("POST", "/api/kernels")["id"]
 
-            async def scenario() -> None:
-                await ready(server, kid)
-                conn = await connect(server, f"/api/kernels/{kid}/channels")
-                try:
-                    await conn.write_message(execute_request(GROW))
-                    while (
-                        await asyncio.wait_for(conn.read_message(), timeout=scaled(60)) is not None
-                    ):
-                        pass  # until the server's end closes it
-                finally:
-                    conn.close()
-
-            asyncio.run(scenario())
+            asyncio.run(grow_until_the_server_ends(server, kid))
             wait_for(lambda: server.proc.poll() is not None, 120, "the server outlived the OOM")
             assert server.proc.returncode == -signal.SIGKILL
             events = (group / "memory.events").read_text()

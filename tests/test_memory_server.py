@@ -69,6 +69,18 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+async def grow_until_the_server_ends(server: Server, kid: str) -> None:
+    """Run GROW in kernel ``kid`` and read its channels until the server's end closes them."""
+    await ready(server, kid)
+    conn = await connect(server, f"/api/kernels/{kid}/channels")
+    try:
+        await conn.write_message(execute_request(GROW))
+        while await asyncio.wait_for(conn.read_message(), timeout=scaled(60)) is not None:
+            pass
+    finally:
+        conn.close()
+
+
 @pytest.mark.slow
 def test_stock_the_oom_killer_takes_the_server_larger_than_its_kernel(tmp_path: Path) -> None:
     # The comparison: what the next test's mechanism changes. Stock jupyter_server, no extension.
@@ -79,18 +91,7 @@ def test_stock_the_oom_killer_takes_the_server_larger_than_its_kernel(tmp_path: 
     ):
         kid = server.api("POST", "/api/kernels")["id"]
 
-        async def scenario() -> None:
-            await ready(server, kid)
-            conn = await connect(server, f"/api/kernels/{kid}/channels")
-            try:
-                await conn.write_message(execute_request(GROW))
-                # Until the server's end closes it.
-                while await asyncio.wait_for(conn.read_message(), timeout=scaled(60)) is not None:
-                    pass
-            finally:
-                conn.close()
-
-        asyncio.run(scenario())
+        asyncio.run(grow_until_the_server_ends(server, kid))
         wait_for(lambda: server.proc.poll() is not None, 60, "the server outlived the OOM")
         assert server.proc.returncode == -signal.SIGKILL
         oom = cgroups.oom_kills(group)
